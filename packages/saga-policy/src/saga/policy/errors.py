@@ -1,0 +1,26 @@
+"""Typed errors of saga-policy: each says what was wrong and what to change."""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Base of every error SAGA raises on purpose."""
+
+
+class SagaConfigError(SagaError, ValueError):
+    """A configuration value (preset name, parameter, spec field) is invalid."""
+
+
+class UnknownSessionError(SagaError, KeyError):
+    """A session id that the component has never seen (or has forgotten)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else "unknown session"
+
+
+class CacheError(SagaError, RuntimeError):
+    """A cache operation that would break an invariant (double free, unknown block, no room)."""
+
+
+class TraceFormatError(SagaError, ValueError):
+    """A trace line that does not follow the trace's schema; names the line and field."""

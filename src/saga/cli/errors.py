@@ -1,0 +1,30 @@
+"""Turn SAGA's typed errors into a clear one-line message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from saga.policy.errors import SagaError
+
+T = TypeVar("T")
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Report a `SagaError` or a missing/unreadable file as ``error: ...`` and exit 2."""
+    try:
+        yield
+    except (SagaError, OSError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    with user_errors():
+        return fn()

@@ -1,0 +1,99 @@
+"""`saga replay`: replay a request trace through the KV cache under several eviction policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from saga.cli.errors import user_errors
+from saga.cli.render import console, progress, replay_table, write_json
+from saga.policy.errors import SagaConfigError
+from saga.policy.replay import ReplayResult, make_policy, replay_policies
+from saga.policy.traces import Trace, bundled_trace_path, get_trace_parser
+
+DEFAULT_POLICIES = "lru,prefix_lru,walru,belady"
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``"1000,4000"`` → ``[1000, 4000]``; anything else is a clear error naming ``what``."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SagaConfigError(
+            f"{what} must be integers separated by commas, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SagaConfigError(f"{what} must be integers >= 1, got {text!r}")
+    return values
+
+
+def parse_policies(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise SagaConfigError("--policies must name at least one policy")
+    for name in names:
+        make_policy(name)
+    return names
+
+
+def load_trace(path: Path, fmt: str, *, skip_bad_lines: bool, limit: int | None) -> Trace:
+    parser = get_trace_parser(fmt)
+    if not path.is_file():
+        raise SagaConfigError(f"trace file {str(path)!r} does not exist")
+    with path.open(encoding="utf-8") as fh:
+        return parser(fh, name=path.name, skip_bad_lines=skip_bad_lines, limit=limit)
+
+
+def run_replays(trace: Trace, policies: list[str], capacities: list[int],
+                dram_blocks: int) -> list[list[ReplayResult]]:
+    """One replay per policy and capacity, with a progress bar over all requests."""
+    out: list[list[ReplayResult]] = []
+    with progress() as bar:
+        task = bar.add_task(f"replaying {trace.name}",
+                            total=len(trace.requests) * len(policies) * len(capacities))
+        for cap in capacities:
+            out.append(replay_policies(trace, policies, cap, dram_blocks=dram_blocks,
+                                       on_progress=lambda n: bar.advance(task, n)))
+    return out
+
+
+def replay(
+    trace_path: Annotated[Path | None, typer.Argument(
+        metavar="TRACE", help="Trace file (default: the bundled Mooncake slice).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Trace format: mooncake.")] = "mooncake",
+    capacity_blocks: Annotated[str, typer.Option(
+        help="HBM capacity in trace blocks; several as 1000,4000.")] = "2000",
+    policies: Annotated[str, typer.Option(
+        help="Comma-separated: lru, prefix_lru, radix_lru, walru, kvflow, belady.")
+    ] = DEFAULT_POLICIES,
+    dram_blocks: Annotated[int, typer.Option(
+        min=0, help="DRAM-tier capacity in blocks (0: evicted blocks are dropped).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    skip_bad_lines: Annotated[bool, typer.Option(
+        help="Count and skip malformed lines instead of stopping.")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay the first N requests.")] = None,
+) -> None:
+    """Replay TRACE through SAGA's cache manager and compare eviction policies."""
+    with user_errors():
+        capacities = parse_int_list(capacity_blocks, "--capacity-blocks")
+        names = parse_policies(policies)
+        path = trace_path if trace_path is not None else bundled_trace_path()
+        trace = load_trace(path, fmt, skip_bad_lines=skip_bad_lines, limit=limit)
+        if not trace.requests:
+            raise SagaConfigError(f"trace {str(path)!r} holds no valid request")
+        for _lineno, reason in trace.skipped[:5]:
+            console.print(f"[yellow]skipped[/] {reason}", highlight=False)
+        if trace.skipped:
+            console.print(f"[yellow]{len(trace.skipped)} malformed line(s) skipped[/]")
+        results = run_replays(trace, names, capacities, dram_blocks)
+        console.print(f"{trace.name}: {len(trace.requests):,} requests, "
+                      f"{trace.block_refs:,} block references of {trace.block_tokens} tokens")
+        for cap, rows in zip(capacities, results, strict=True):
+            console.print(replay_table(f"capacity {cap:,} blocks", rows))
+        if json_out is not None:
+            write_json(json_out, {
+                "trace": str(path), "format": fmt, "requests": len(trace.requests),
+                "block_tokens": trace.block_tokens, "skipped_lines": len(trace.skipped),
+                "results": [r.to_dict() for rows in results for r in rows]})
+            console.print(f"wrote {json_out}")
