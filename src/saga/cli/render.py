@@ -30,16 +30,20 @@ def _ratio(x: float | None) -> str:
 
 
 def replay_table(title: str, results: Sequence[ReplayResult]) -> Table:
-    """Policies side by side: misses, hit tokens, recomputed tokens and the ratio to Bélády."""
+    """Policies side by side: misses, hit and recomputed tokens, and the ratio to Bélády."""
     table = Table(title=title, title_justify="left")
-    for col in ("policy", "capacity (blocks)", "miss blocks", "hit tokens", "hit ratio",
-                "recomputed tokens", "evictions", "misses ÷ Bélády"):
+    for col in ("policy", "miss blocks", "hit tokens", "hit ratio", "recomputed tokens",
+                "evictions", "misses ÷ Bélády"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for r in results:
-        table.add_row(r.policy, f"{r.capacity_blocks:,}", f"{r.miss_blocks:,}",
-                      f"{r.hit_tokens:,}", f"{r.hit_ratio:.1%}", f"{r.recomputed_tokens:,}",
-                      f"{r.evictions:,}", _ratio(r.ratio_to_belady))
+        table.add_row(r.policy, f"{r.miss_blocks:,}", _tokens(r.hit_tokens), f"{r.hit_ratio:.1%}",
+                      _tokens(r.recomputed_tokens), f"{r.evictions:,}",
+                      _ratio(r.ratio_to_belady))
     return table
+
+
+def _tokens(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1_000_000 else f"{n:,}"
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

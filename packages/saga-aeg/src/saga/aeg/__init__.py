@@ -1,1 +1,42 @@
-"""Agent Execution Graph."""
+"""saga-aeg: the Agent Execution Graph — a task's workflow as an absorbing Markov chain.
+
+From it SAGA predicts which cached prefixes will be reused and how soon (`p_reuse`, steps and
+time to the next LLM call) and how much work a task has left; tool latencies are log-normal,
+fitted online; AEGs are inferred per agent type from observed tasks and seeded by framework hints.
+"""
+
+from saga.aeg.counts import TransitionCounts
+from saga.aeg.errors import AEGError
+from saga.aeg.graph import AEG, Edge, LLMNode, Node, TerminalNode, ToolNode, p_reuse
+from saga.aeg.hints import WorkflowHint, hint_aeg
+from saga.aeg.inference import PatternInference, infer_aeg
+from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
+from saga.aeg.steps import LLMStep, Step, ToolStep, steps_from_trace_record
+from saga.aeg.templates import TEMPLATES, generic_agent, swe_bench_agent, template, webarena_agent
+
+__all__ = [
+    "AEG",
+    "TEMPLATES",
+    "AEGError",
+    "Edge",
+    "LLMNode",
+    "LLMStep",
+    "LogNormalLatency",
+    "Node",
+    "PatternInference",
+    "Step",
+    "TerminalNode",
+    "ToolLatencyModel",
+    "ToolNode",
+    "ToolStep",
+    "TransitionCounts",
+    "WorkflowHint",
+    "generic_agent",
+    "hint_aeg",
+    "infer_aeg",
+    "p_reuse",
+    "steps_from_trace_record",
+    "swe_bench_agent",
+    "template",
+    "webarena_agent",
+]

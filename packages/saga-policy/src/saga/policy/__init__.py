@@ -1,1 +1,142 @@
-"""SAGA policies."""
+"""saga-policy: every scheduling decision of SAGA, pure and composable.
+
+KV cache with HBM/DRAM tiers and pins, eviction policies (LRU, vLLM prefix LRU, SGLang radix LRU,
+WA-LRU, KVFlow, Bélády), tool-call TTL, routing and work stealing, queue orders and AFS fairness,
+the reference deployment, and the presets that bundle them. Time and randomness are parameters,
+so the same objects serve a simulator, a vLLM scheduler and a coordinator.
+"""
+
+from saga.policy.afs import AFS, afs_urgency
+from saga.policy.autellix import ATLAS, PLAS, AutellixRouter
+from saga.policy.cache import (
+    Allocation,
+    BlockHints,
+    CacheManager,
+    CacheStats,
+    PrefixMatch,
+    Tier,
+    chain_hashes,
+)
+from saga.policy.errors import (
+    CacheError,
+    SagaConfigError,
+    SagaError,
+    TraceFormatError,
+    UnknownSessionError,
+)
+from saga.policy.eviction import (
+    EVICTION_POLICIES,
+    BeladyPolicy,
+    EvictionPolicy,
+    KVFlowPolicy,
+    LRUPolicy,
+    PrefixLRUPolicy,
+    RadixLRUPolicy,
+    WALRUPolicy,
+    next_use_positions,
+    walru_score,
+)
+from saga.policy.presets import PRESETS, PolicyBundle, PolicySpec, Preset, get_preset
+from saga.policy.queueing import (
+    BFSQueue,
+    DFSQueue,
+    FCFSQueue,
+    HybridQueue,
+    ProgramFCFSQueue,
+    QueuedRequest,
+    RequestQueue,
+)
+from saga.policy.routing import (
+    AffinityRouter,
+    CacheAwareRouter,
+    LeastLoadedRouter,
+    PrefixAffinityRouter,
+    Router,
+    RouteRequest,
+    route,
+)
+from saga.policy.spec import (
+    LLAMA3_70B,
+    REFERENCE_CLUSTER,
+    ClusterSpec,
+    ModelSpec,
+    ReferenceReport,
+    check_reference_invariants,
+)
+from saga.policy.stealing import Steal, WorkerState, WorkStealer, should_steal
+from saga.policy.swap import SwapTimeModel, pcie_swap_time
+from saga.policy.ttl import (
+    ContinuumTTL,
+    FixedTTL,
+    ToolCallTTL,
+    TTLPolicy,
+    continuum_ttl,
+    tool_call_ttl,
+)
+
+__all__ = [
+    "AFS",
+    "ATLAS",
+    "EVICTION_POLICIES",
+    "LLAMA3_70B",
+    "PLAS",
+    "PRESETS",
+    "REFERENCE_CLUSTER",
+    "AffinityRouter",
+    "Allocation",
+    "AutellixRouter",
+    "BFSQueue",
+    "BeladyPolicy",
+    "BlockHints",
+    "CacheAwareRouter",
+    "CacheError",
+    "CacheManager",
+    "CacheStats",
+    "ClusterSpec",
+    "ContinuumTTL",
+    "DFSQueue",
+    "EvictionPolicy",
+    "FCFSQueue",
+    "FixedTTL",
+    "HybridQueue",
+    "KVFlowPolicy",
+    "LRUPolicy",
+    "LeastLoadedRouter",
+    "ModelSpec",
+    "PolicyBundle",
+    "PolicySpec",
+    "PrefixAffinityRouter",
+    "PrefixLRUPolicy",
+    "PrefixMatch",
+    "Preset",
+    "ProgramFCFSQueue",
+    "QueuedRequest",
+    "RadixLRUPolicy",
+    "ReferenceReport",
+    "RequestQueue",
+    "RouteRequest",
+    "Router",
+    "SagaConfigError",
+    "SagaError",
+    "Steal",
+    "SwapTimeModel",
+    "TTLPolicy",
+    "Tier",
+    "ToolCallTTL",
+    "TraceFormatError",
+    "UnknownSessionError",
+    "WALRUPolicy",
+    "WorkStealer",
+    "WorkerState",
+    "afs_urgency",
+    "chain_hashes",
+    "check_reference_invariants",
+    "continuum_ttl",
+    "get_preset",
+    "next_use_positions",
+    "pcie_swap_time",
+    "route",
+    "should_steal",
+    "tool_call_ttl",
+    "walru_score",
+]

@@ -1,0 +1,615 @@
+"""The Agent Execution Graph (AEG): a task's workflow as an absorbing Markov chain.
+
+Nodes are kinds of LLM calls, tool calls and terminal states; edges carry transition
+probabilities. Terminal nodes absorb, every other node is transient, so the questions SAGA asks
+("how likely is this session's cached prefix reused?", "how long until its next LLM call?",
+"how much work is left?") are expectations over an absorbing chain, answered in closed form
+from the fundamental matrix `N = (I − Q)⁻¹` (`Q` = transitions among transient nodes) with
+`numpy.linalg.solve`, not by simulation.
+
+Conventions: a node id passed to a prediction method is the node the session is at — the call
+it is running or has just finished. "Remaining" counts exclude that node unless
+`include_current=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+from saga.aeg import _serde
+from saga.aeg.errors import AEGError
+from saga.aeg.latency import LogNormalLatency
+from saga.aeg.steps import LLMStep, Step, ToolStep
+
+__all__ = [
+    "AEG",
+    "PROBABILITY_TOLERANCE",
+    "Edge",
+    "LLMNode",
+    "Node",
+    "TerminalNode",
+    "ToolNode",
+    "node_from_dict",
+    "p_reuse",
+]
+
+PROBABILITY_TOLERANCE = 1e-9
+"""Outgoing probabilities of a node must sum to 1 within this."""
+
+_FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+Overlap = Mapping[str, float] | Callable[[str], float]
+
+
+def _check_id(node_id: object, what: str) -> str:
+    if not isinstance(node_id, str) or not node_id:
+        raise AEGError(f"{what} must be a non-empty string, got {node_id!r}")
+    return node_id
+
+
+@dataclass(frozen=True)
+class LLMNode:
+    """A kind of LLM call: expected new prompt tokens it adds and expected output tokens.
+
+    `prompt_tokens` is the prompt growth: tokens appended to the session's context since the
+    previous call's prompt and output (tool observation, formatting); for the first call it is
+    the whole initial prompt. So the context of a call is the sum of the growths and outputs
+    before it, and `prompt_tokens + output_tokens` is the new work the call brings under
+    perfect prefix caching.
+    """
+
+    id: str
+    prompt_tokens: float
+    output_tokens: float
+    kind: ClassVar[str] = "llm"
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "LLMNode.id")
+        for name in ("prompt_tokens", "output_tokens"):
+            v = _serde.check_finite(getattr(self, name), f"LLMNode '{self.id}' {name}")
+            if v < 0:
+                raise AEGError(f"LLMNode '{self.id}': {name} must be >= 0, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class ToolNode:
+    """A kind of tool call with its latency distribution."""
+
+    id: str
+    tool: str
+    latency: LogNormalLatency
+    kind: ClassVar[str] = "tool"
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "ToolNode.id")
+        if not isinstance(self.tool, str) or not self.tool:
+            raise AEGError(f"ToolNode '{self.id}': tool must be a non-empty string")
+        if not isinstance(self.latency, LogNormalLatency):
+            raise AEGError(
+                f"ToolNode '{self.id}': latency must be a LogNormalLatency, "
+                f"got {type(self.latency).__name__}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "tool": self.tool,
+            "latency": self.latency.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class TerminalNode:
+    """The task is over (answer given, patch submitted, step budget exhausted...)."""
+
+    id: str
+    kind: ClassVar[str] = "terminal"
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "TerminalNode.id")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"kind": self.kind, "id": self.id}
+
+
+Node = LLMNode | ToolNode | TerminalNode
+
+
+def node_from_dict(data: Mapping[str, Any]) -> Node:
+    """Parse a node dict by its `kind` ("llm", "tool" or "terminal")."""
+    d = _serde.as_mapping(data, "node")
+    kind = d.get("kind")
+    what = f"node {d.get('id')!r}"
+    if kind == "llm":
+        return LLMNode(
+            id=_serde.get_str(d, "id", what),
+            prompt_tokens=_serde.get_float(d, "prompt_tokens", what),
+            output_tokens=_serde.get_float(d, "output_tokens", what),
+        )
+    if kind == "tool":
+        return ToolNode(
+            id=_serde.get_str(d, "id", what),
+            tool=_serde.get_str(d, "tool", what),
+            latency=LogNormalLatency.from_dict(_serde.get(d, "latency", what)),
+        )
+    if kind == "terminal":
+        return TerminalNode(id=_serde.get_str(d, "id", what))
+    raise AEGError(f"{what}: field 'kind' must be 'llm', 'tool' or 'terminal', got {kind!r}")
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Transition `src → dst` taken with probability `p`."""
+
+    src: str
+    dst: str
+    p: float
+
+    def __post_init__(self) -> None:
+        _check_id(self.src, "Edge.src")
+        _check_id(self.dst, "Edge.dst")
+        p = _serde.check_finite(self.p, f"Edge {self.src}->{self.dst} probability")
+        if p < 0.0 or p > 1.0 + PROBABILITY_TOLERANCE:
+            raise AEGError(
+                f"Edge {self.src}->{self.dst}: probability must lie in [0, 1], got {p!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"src": self.src, "dst": self.dst, "p": self.p}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Edge:
+        """Inverse of `to_dict`."""
+        d = _serde.as_mapping(data, "edge")
+        return cls(
+            src=_serde.get_str(d, "src", "edge"),
+            dst=_serde.get_str(d, "dst", "edge"),
+            p=_serde.get_float(d, "p", "edge"),
+        )
+
+
+def p_reuse(
+    transitions: Mapping[str, float] | Iterable[tuple[str, float]],
+    overlaps: Overlap,
+) -> float:
+    """Reuse probability of a cached prefix `s`: `P_reuse(s) = Σ_u P(v→u) · overlap(s, u)`.
+
+    `transitions` are the successors `u` of the session's current node `v` with `P(v→u)`
+    (a mapping or `(u, p)` pairs, as `AEG.successors` returns); `overlaps` gives
+    `overlap(s, u)` ∈ [0, 1], the share of `s` that the step at `u` reuses (mapping — a missing
+    successor counts as 0 — or callable).
+    """
+    pairs = transitions.items() if isinstance(transitions, Mapping) else transitions
+    total = 0.0
+    for u, p in pairs:
+        if not math.isfinite(p) or p < 0.0:
+            raise AEGError(f"p_reuse: transition probability to '{u}' must be >= 0, got {p!r}")
+        ov = overlaps(u) if callable(overlaps) else overlaps.get(u, 0.0)
+        if isinstance(ov, bool) or not isinstance(ov, int | float) or not 0.0 <= ov <= 1.0:
+            raise AEGError(f"p_reuse: overlap for successor '{u}' must lie in [0, 1], got {ov!r}")
+        total += p * float(ov)
+    return total
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Matrices of the absorbing chain, computed once per AEG (probabilities are immutable)."""
+
+    ids: tuple[str, ...]
+    P: _FloatArray  # full transition matrix, rows of terminals are zero
+    transient: np.ndarray[Any, np.dtype[np.intp]]  # indices of non-terminal nodes
+    N: _FloatArray  # fundamental matrix over transient nodes, (I − Q)⁻¹
+    is_llm: _FloatArray  # 1.0 where the node is an LLM node
+    tokens: _FloatArray  # prompt + output tokens of LLM nodes, 0 elsewhere
+    gap: np.ndarray[Any, np.dtype[np.intp]]  # indices of tool nodes (transient, non-LLM)
+    N_gap: _FloatArray  # fundamental matrix of the chain stopped at LLM or terminal nodes
+    h_gap: _FloatArray  # P(reach an LLM node before a terminal) from each tool node
+    gap_nodes: tuple[ToolNode, ...]  # the tool nodes at `gap` (latencies are read per call)
+
+
+@dataclass(frozen=True)
+class AEG:
+    """Agent Execution Graph of one agent type; validated on construction.
+
+    Raises `AEGError` naming the node for: duplicate or unknown node ids, a missing start,
+    negative probabilities, outgoing probabilities not summing to 1 (±1e-9), a terminal with
+    outgoing edges, a non-terminal without any, or a node from which no terminal is reachable
+    through edges of positive probability (this also catches cycles with no exit).
+    Nodes unreachable from the start are allowed (a hint may declare steps never taken).
+    """
+
+    agent_type: str
+    nodes: Sequence[Node]
+    edges: Sequence[Edge]
+    start: str
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _succ: dict[str, tuple[tuple[str, float], ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.agent_type, str) or not self.agent_type:
+            raise AEGError(f"AEG.agent_type must be a non-empty string, got {self.agent_type!r}")
+        nodes = tuple(self.nodes)
+        edges = tuple(self.edges)
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "edges", edges)
+        where = f"AEG '{self.agent_type}'"
+        index: dict[str, int] = {}
+        for node in nodes:
+            if not isinstance(node, LLMNode | ToolNode | TerminalNode):
+                raise AEGError(
+                    f"{where}: nodes must be LLMNode, ToolNode or TerminalNode, "
+                    f"got {type(node).__name__}"
+                )
+            if node.id in index:
+                raise AEGError(f"{where}: duplicate node id '{node.id}'; ids must be unique")
+            index[node.id] = len(index)
+        if not isinstance(self.start, str) or self.start not in index:
+            raise AEGError(
+                f"{where}: start node {self.start!r} is missing; add it to nodes "
+                f"or set start to one of {sorted(index)}"
+            )
+        succ: dict[str, list[tuple[str, float]]] = {nid: [] for nid in index}
+        for edge in edges:
+            if not isinstance(edge, Edge):
+                raise AEGError(f"{where}: edges must be Edge objects, got {type(edge).__name__}")
+            for end in (edge.src, edge.dst):
+                if end not in index:
+                    raise AEGError(
+                        f"{where}: edge {edge.src}->{edge.dst} names unknown node "
+                        f"'{end}'; add the node or fix the edge"
+                    )
+            if any(dst == edge.dst for dst, _ in succ[edge.src]):
+                raise AEGError(f"{where}: duplicate edge {edge.src}->{edge.dst}; merge them")
+            succ[edge.src].append((edge.dst, float(edge.p)))
+        for node in nodes:
+            out = succ[node.id]
+            if isinstance(node, TerminalNode):
+                if out:
+                    raise AEGError(
+                        f"{where}: terminal node '{node.id}' has outgoing edges "
+                        f"(to {[d for d, _ in out]}); terminals end the task"
+                    )
+                continue
+            if not out:
+                raise AEGError(
+                    f"{where}: node '{node.id}' has no outgoing edges; add one "
+                    "(e.g. to a terminal node) or make it a TerminalNode"
+                )
+            total = math.fsum(p for _, p in out)
+            if abs(total - 1.0) > PROBABILITY_TOLERANCE:
+                raise AEGError(
+                    f"{where}: outgoing probabilities of node '{node.id}' sum to "
+                    f"{total!r}, not 1; renormalise them"
+                )
+        self._check_exits(nodes, succ, where)
+        object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_succ", {k: tuple(v) for k, v in succ.items()})
+
+    @staticmethod
+    def _check_exits(
+        nodes: tuple[Node, ...], succ: dict[str, list[tuple[str, float]]], where: str
+    ) -> None:
+        """Every node must reach a terminal via positive-probability edges (reverse BFS)."""
+        preds: dict[str, list[str]] = {n.id: [] for n in nodes}
+        for src, out in succ.items():
+            for dst, p in out:
+                if p > 0.0:
+                    preds[dst].append(src)
+        seen = {n.id for n in nodes if isinstance(n, TerminalNode)}
+        queue = deque(seen)
+        while queue:
+            for src in preds[queue.popleft()]:
+                if src not in seen:
+                    seen.add(src)
+                    queue.append(src)
+        stuck = [n.id for n in nodes if n.id not in seen]
+        if stuck:
+            raise AEGError(
+                f"{where}: no terminal node is reachable from node '{stuck[0]}' "
+                f"(stuck: {stuck}); a cycle needs an exit edge of positive probability"
+            )
+
+    # --- lookup -------------------------------------------------------------------------
+    def node(self, node_id: str) -> Node:
+        """The node with id `node_id`."""
+        return self.nodes[self._idx(node_id)]
+
+    def _idx(self, node_id: str) -> int:
+        try:
+            return self._index[node_id]
+        except (KeyError, TypeError):
+            raise AEGError(
+                f"AEG '{self.agent_type}' has no node {node_id!r}; known nodes: "
+                f"{sorted(self._index)}"
+            ) from None
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, str) and node_id in self._index
+
+    @property
+    def node_ids(self) -> list[str]:
+        """Node ids in declaration order."""
+        return list(self._index)
+
+    def successors(self, node_id: str) -> list[tuple[str, float]]:
+        """`(successor id, probability)` pairs of `node_id`, in edge order."""
+        self._idx(node_id)
+        return list(self._succ[node_id])
+
+    def is_terminal(self, node_id: str) -> bool:
+        """Whether the task is over at `node_id`."""
+        return isinstance(self.node(node_id), TerminalNode)
+
+    def llm_nodes(self) -> list[LLMNode]:
+        """The LLM-call nodes."""
+        return [n for n in self.nodes if isinstance(n, LLMNode)]
+
+    def tool_nodes(self) -> list[ToolNode]:
+        """The tool-call nodes."""
+        return [n for n in self.nodes if isinstance(n, ToolNode)]
+
+    def tools(self) -> list[str]:
+        """Distinct tool names, sorted."""
+        return sorted({n.tool for n in self.tool_nodes()})
+
+    def with_agent_type(self, agent_type: str) -> AEG:
+        """The same graph under another agent type name."""
+        return AEG(agent_type, self.nodes, self.edges, self.start)
+
+    # --- closed-form predictions --------------------------------------------------------
+    @cached_property
+    def _chain(self) -> _Chain:
+        ids = tuple(self._index)
+        n = len(ids)
+        P = np.zeros((n, n), dtype=np.float64)
+        for src, out in self._succ.items():
+            for dst, p in out:
+                P[self._index[src], self._index[dst]] = p
+        kinds = [type(node) for node in self.nodes]
+        transient = np.array(
+            [i for i, k in enumerate(kinds) if k is not TerminalNode], dtype=np.intp
+        )
+        gap = np.array([i for i, k in enumerate(kinds) if k is ToolNode], dtype=np.intp)
+        is_llm = np.array([1.0 if k is LLMNode else 0.0 for k in kinds], dtype=np.float64)
+        tokens = np.array(
+            [
+                n.prompt_tokens + n.output_tokens if isinstance(n, LLMNode) else 0.0
+                for n in self.nodes
+            ],
+            dtype=np.float64,
+        )
+        Q = P[np.ix_(transient, transient)]
+        N = np.asarray(
+            np.linalg.solve(np.eye(len(transient)) - Q, np.eye(len(transient))), np.float64
+        )
+        Qg = P[np.ix_(gap, gap)]
+        N_gap = np.asarray(np.linalg.solve(np.eye(len(gap)) - Qg, np.eye(len(gap))), np.float64)
+        to_llm = P[gap] @ is_llm  # one-step probability of entering an LLM node
+        h_gap = np.asarray(N_gap @ to_llm, dtype=np.float64)
+        gap_nodes = tuple(n for n in self.nodes if isinstance(n, ToolNode))
+        return _Chain(ids, P, transient, N, is_llm, tokens, gap, N_gap, h_gap, gap_nodes)
+
+    def _transient_row(self, node_id: str) -> _FloatArray | None:
+        """Row of N for `node_id` (expected visits of each transient node, this one included)."""
+        c = self._chain
+        i = self._idx(node_id)
+        pos = np.searchsorted(c.transient, i)
+        if pos >= len(c.transient) or c.transient[pos] != i:
+            return None  # terminal
+        return np.asarray(c.N[pos], dtype=np.float64)
+
+    def expected_visits(self, node_id: str) -> dict[str, float]:
+        """Expected visits of each non-terminal node from `node_id` on (it counts once itself)."""
+        row = self._transient_row(node_id)
+        c = self._chain
+        if row is None:
+            return {c.ids[j]: 0.0 for j in c.transient}
+        return {c.ids[j]: float(row[k]) for k, j in enumerate(c.transient)}
+
+    def expected_remaining_llm_calls(self, node_id: str, *, include_current: bool = False) -> float:
+        """Expected LLM calls still to come: `Σ_u N[v,u]·[u is LLM]` (minus the current node)."""
+        row = self._transient_row(node_id)
+        if row is None:
+            return 0.0
+        c = self._chain
+        total = float(row @ c.is_llm[c.transient])
+        if not include_current:
+            total -= float(c.is_llm[self._idx(node_id)])
+        return max(total, 0.0)
+
+    def expected_remaining_work(self, node_id: str, *, include_current: bool = False) -> float:
+        """Expected remaining work W in tokens: `Σ_u N[v,u]·(prompt_u + output_u)` over LLM nodes.
+
+        This is the AFS work estimate: the new tokens (prompt growth + output) of the LLM calls
+        still to come, excluding the current node unless `include_current`.
+        """
+        row = self._transient_row(node_id)
+        if row is None:
+            return 0.0
+        c = self._chain
+        total = float(row @ c.tokens[c.transient])
+        if not include_current:
+            total -= float(c.tokens[self._idx(node_id)])
+        return max(total, 0.0)
+
+    def expected_total_llm_calls(self) -> float:
+        """Expected LLM calls of a whole task (from the start node, inclusive)."""
+        return self.expected_remaining_llm_calls(self.start, include_current=True)
+
+    def expected_total_work(self) -> float:
+        """Expected tokens of a whole task (from the start node, inclusive)."""
+        return self.expected_remaining_work(self.start, include_current=True)
+
+    def _first_step(self, node_id: str) -> tuple[_FloatArray, float, float]:
+        """One step out of `node_id` into the chain stopped at the next LLM/terminal node.
+
+        Returns (P(v→u) for u in the tool set, P(v→LLM directly), H = P(next LLM call happens)).
+        """
+        c = self._chain
+        row = c.P[self._idx(node_id)]
+        to_gap = np.asarray(row[c.gap], dtype=np.float64)
+        direct = float(row @ c.is_llm)
+        return to_gap, direct, direct + float(to_gap @ c.h_gap)
+
+    def p_next_llm(self, node_id: str) -> float:
+        """Probability that the session makes another LLM call before its task ends."""
+        return self._first_step(node_id)[2]
+
+    def expected_steps_to_next_llm(self, node_id: str) -> float:
+        """Expected transitions until the session's next LLM call, given that one comes.
+
+        Conditioned on reaching an LLM node before a terminal (inf when none can follow):
+        with `h = N_g·r` (r = one-step LLM probability, N_g the fundamental matrix over tool
+        nodes) and `m = N_g·h`, the answer is `(direct + Σ_u P(v→u)(h_u + m_u)) / H`.
+        """
+        to_gap, direct, H = self._first_step(node_id)
+        if H <= 0.0:
+            return math.inf
+        c = self._chain
+        m = c.N_gap @ c.h_gap
+        return (direct + float(to_gap @ (c.h_gap + m))) / H
+
+    def expected_time_to_next_llm(
+        self, node_id: str, *, llm_call_s: float = 0.0, include_current: bool = True
+    ) -> float:
+        """Expected seconds until the session's next LLM call starts, given that one comes.
+
+        The sum of the mean latencies of the tool calls on the way (`N_g·(mean ∘ h)`, each
+        visit weighted by its chance of leading to an LLM call), plus the current node's own
+        duration when `include_current` (a tool's mean latency, or `llm_call_s` for an LLM
+        node whose call is still running). inf when no LLM call can follow.
+        """
+        _serde.check_finite(llm_call_s, "llm_call_s")
+        if llm_call_s < 0:
+            raise AEGError(f"llm_call_s must be >= 0, got {llm_call_s!r}")
+        to_gap, _direct, H = self._first_step(node_id)
+        if H <= 0.0:
+            return math.inf
+        c = self._chain
+        means = np.array([n.latency.mean() for n in c.gap_nodes], dtype=np.float64)
+        weighted = c.N_gap @ (means * c.h_gap)
+        total = float(to_gap @ weighted) / H
+        if include_current:
+            node = self.node(node_id)
+            if isinstance(node, ToolNode):
+                total += node.latency.mean()
+            elif isinstance(node, LLMNode):
+                total += llm_call_s
+        return total
+
+    def p_reuse(self, node_id: str, overlap: Overlap | None = None) -> float:
+        """`P_reuse` of a session at `node_id`, composing the module-level `p_reuse`.
+
+        `overlap` maps each successor to `overlap(s, u)`. When omitted, a successor LLM call
+        reuses the whole prefix (1), a terminal none (0), and a tool call as much as the chance
+        that an LLM call follows it (its `p_next_llm`).
+        """
+        if overlap is None:
+            c = self._chain
+            h = dict(zip((c.ids[j] for j in c.gap), c.h_gap.tolist(), strict=True))
+
+            def default_overlap(u: str) -> float:
+                node = self.node(u)
+                if isinstance(node, LLMNode):
+                    return 1.0
+                return float(min(max(h.get(u, 0.0), 0.0), 1.0))
+
+            return p_reuse(self.successors(node_id), default_overlap)
+        return p_reuse(self.successors(node_id), overlap)
+
+    # --- sampling -----------------------------------------------------------------------
+    @cached_property
+    def _cumulative(self) -> dict[str, tuple[tuple[str, ...], _FloatArray]]:
+        return {
+            nid: (tuple(d for d, _ in out), np.cumsum([p for _, p in out], dtype=np.float64))
+            for nid, out in self._succ.items()
+            if out
+        }
+
+    def sample_path(self, rng: np.random.Generator, max_steps: int = 100_000) -> list[str]:
+        """Node ids of one sampled task, from the start to a terminal (both included).
+
+        Deterministic given `rng`; raises `AEGError` past `max_steps` transitions.
+        """
+        path = [self.start]
+        cum = self._cumulative
+        current = self.start
+        for _ in range(max_steps):
+            if current not in cum:
+                return path
+            dsts, c = cum[current]
+            k = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+            current = dsts[min(k, len(dsts) - 1)]
+            path.append(current)
+        if current in cum:
+            raise AEGError(f"AEG '{self.agent_type}': sampled task exceeded max_steps={max_steps}")
+        return path
+
+    def sample_trace(self, rng: np.random.Generator, max_steps: int = 100_000) -> list[Step]:
+        """Steps of one sampled task: LLM calls with growing prompts, tools with sampled durations.
+
+        Token counts are the nodes' expected values rounded to integers; the prompt of each
+        call is the running context (growths and outputs so far), as observed from a real
+        agent. Deterministic given `rng`.
+        """
+        steps: list[Step] = []
+        context = 0
+        for nid in self.sample_path(rng, max_steps):
+            node = self.node(nid)
+            if isinstance(node, LLMNode):
+                prompt = context + round(node.prompt_tokens)
+                out = round(node.output_tokens)
+                steps.append(LLMStep(input_tokens=prompt, output_tokens=out))
+                context = prompt + out
+            elif isinstance(node, ToolNode):
+                steps.append(ToolStep(node.tool, float(node.latency.sample(rng, 1)[0])))
+        return steps
+
+    # --- serde --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "agent_type": self.agent_type,
+            "start": self.start,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_dict() for e in self.edges],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AEG:
+        """Inverse of `to_dict` (validates like the constructor)."""
+        d = _serde.as_mapping(data, "AEG")
+        return cls(
+            agent_type=_serde.get_str(d, "agent_type", "AEG"),
+            nodes=[node_from_dict(n) for n in _serde.get_list(d, "nodes", "AEG")],
+            edges=[Edge.from_dict(e) for e in _serde.get_list(d, "edges", "AEG")],
+            start=_serde.get_str(d, "start", "AEG"),
+        )
+
+    def to_json(self, indent: int | None = None) -> str:
+        """JSON text of `to_dict`."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> AEG:
+        """Inverse of `to_json`."""
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,100 @@
+"""SAGA's workflow-aware LRU (WA-LRU): recency, predicted reuse and size in one score."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, overload
+
+import numpy as np
+import numpy.typing as npt
+from saga.policy.block_table import BlockTable
+from saga.policy.errors import SagaConfigError
+from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
+
+WALRU_ALPHA = 0.3
+WALRU_BETA = 0.5
+WALRU_GAMMA = 0.2
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def check_walru_weights(alpha: float, beta: float, gamma: float) -> None:
+    """Reject negative or NaN weights, naming the bad one (scores must stay comparable)."""
+    for field, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if math.isnan(value) or value < 0:
+            raise SagaConfigError(
+                f"WA-LRU weight {field} must be a non-negative number, got {value}; "
+                f"the spec's defaults are alpha={WALRU_ALPHA}, beta={WALRU_BETA}, "
+                f"gamma={WALRU_GAMMA}")
+
+
+@overload
+def walru_score(recency_hat: float, p_reuse: float, size_hat: float, alpha: float = ...,
+                beta: float = ..., gamma: float = ...) -> float: ...
+@overload
+def walru_score(recency_hat: FloatArray, p_reuse: FloatArray | float,
+                size_hat: FloatArray | float, alpha: float = ..., beta: float = ...,
+                gamma: float = ...) -> FloatArray: ...
+def walru_score(recency_hat: FloatArray | float, p_reuse: FloatArray | float,
+                size_hat: FloatArray | float, alpha: float = WALRU_ALPHA,
+                beta: float = WALRU_BETA, gamma: float = WALRU_GAMMA) -> FloatArray | float:
+    """The spec's WA-LRU eviction score, ``P_evict = α·R̂ + β·(1 − P_reuse) + γ·Ŝ``.
+
+    ``R̂`` is the normalised time since last use, ``P_reuse`` the predicted reuse probability,
+    ``Ŝ`` the normalised size, each in [0, 1]. The block with the highest score is evicted first.
+    Works element-wise on arrays; scalars in give a float out.
+    """
+    check_walru_weights(alpha, beta, gamma)
+    score = (alpha * np.asarray(recency_hat, np.float64)
+             + beta * (1.0 - np.asarray(p_reuse, np.float64))
+             + gamma * np.asarray(size_hat, np.float64))
+    if score.ndim == 0:
+        return float(score)
+    return score
+
+
+def _normalise_by_max(x: FloatArray) -> FloatArray:
+    """``x / max(x)``; all zeros when the max is 0 (nothing to tell apart)."""
+    top = float(np.max(x)) if x.size else 0.0
+    if top <= 0.0:
+        return np.zeros_like(x)
+    return x / top
+
+
+@dataclass(frozen=True)
+class WALRUPolicy(EvictionPolicy):
+    """Evict the highest `walru_score`, leaves first.
+
+    Over the candidate blocks: ``R̂ = (now − last_access) / max`` (0 when every age is 0);
+    ``P_reuse`` is the caller's hint (the simulator or engine derives it from the session's AEG
+    via ``saga.aeg``'s ``p_reuse``); where no hint is set it falls back to the block's own history,
+    ``hits / (hits + 1)`` — a Laplace-style estimate that starts at 0 for a never-reused block and
+    tends to 1 for a hot one, not a workflow prediction; ``Ŝ = prefix tokens ending at the block
+    (caller size hint, else (depth + 1) · block_tokens) / max``, so long, specific tails go before
+    shared heads. Leaves first, because evicting an inner block strands its descendants. Ties go
+    least recently used, then deepest first.
+    """
+
+    alpha: float = WALRU_ALPHA
+    beta: float = WALRU_BETA
+    gamma: float = WALRU_GAMMA
+
+    name: ClassVar[str] = "walru"
+    leaves_only: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_walru_weights(self.alpha, self.beta, self.gamma)
+
+    def scores(self, table: BlockTable, slots: Slots, now: float) -> FloatArray:
+        """WA-LRU score of each slot, normalised over ``slots``."""
+        age = np.maximum(now - table.last_access[slots], 0.0)
+        hint = table.reuse_prob[slots]
+        hits = table.hits[slots].astype(np.float64)
+        p_reuse = np.where(np.isnan(hint), hits / (hits + 1.0), hint)
+        size = table.prefix_tokens(slots)
+        return walru_score(_normalise_by_max(age), p_reuse, _normalise_by_max(size),
+                           self.alpha, self.beta, self.gamma)
+
+    def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
+        return (-table.depth[slots], table.last_access[slots], -self.scores(table, slots, now))

@@ -1,0 +1,379 @@
+"""Request routing across serving instances: SAGA's session affinity and the peers' routers.
+
+Routers are deterministic and clock-free: loads (and the time, inside the request) come in as
+arguments; the state a router keeps (a session table, an approximate view of each worker's prefix
+cache) changes only through its own methods. Ties are broken by the lower load, then the smaller
+worker id, so a run is reproducible.
+
+Each router states which load signal it expects in ``load_kind``: ``"utilisation"`` (busy share
+of the instance, 1.0 = full; SAGA's theta is in these units) or ``"requests"`` (running plus
+waiting requests, the signal sgl-router balances on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+from saga.policy.errors import SagaConfigError, SagaError, UnknownSessionError
+from saga.policy.stealing import Steal, WorkerState, WorkStealer, should_steal
+
+LoadKind = Literal["utilisation", "requests"]
+
+THETA = 0.8
+"""Spec default: a session stays home while its home worker's load is below theta."""
+
+
+class UnknownWorkerError(SagaError, KeyError):
+    """A worker id absent from the loads the router was given."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown worker"
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """What a router sees of a request.
+
+    ``block_hashes`` are the chained hashes of the prompt's full KV blocks
+    (``saga.policy.cache.chain_hashes``), so equal hashes mean equal prefixes.
+    """
+
+    session_id: str
+    block_hashes: tuple[int, ...] = ()
+    prompt_tokens: int = 0
+    now: float = 0.0
+
+
+class Router(Protocol):
+    """Picks the worker that serves a request."""
+
+    load_kind: ClassVar[LoadKind]
+
+    def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str: ...
+
+
+def _check_loads(loads: Mapping[str, float]) -> None:
+    if not loads:
+        raise SagaConfigError("loads is empty: a router needs at least one worker to route to")
+    for worker, load in loads.items():
+        if not (load >= 0 and math.isfinite(load)):
+            raise SagaConfigError(f"load of worker {worker!r} must be finite and >= 0, got {load}")
+
+
+def least_loaded(loads: Mapping[str, float]) -> str:
+    """``argmin_w load(w)``; ties go to the smaller worker id."""
+    _check_loads(loads)
+    return min(loads, key=lambda w: (loads[w], w))
+
+
+def route(home: str | None, loads: Mapping[str, float], theta: float = THETA) -> str:
+    """The spec's routing rule: ``w*_s if load(w*_s) < theta else argmin_w load(w)``.
+
+    ``home`` is the session's home worker ``w*_s`` (``None`` for a new session, which goes to the
+    least loaded worker). Loads are utilisations (1.0 = full).
+    """
+    if not (theta > 0 and math.isfinite(theta)):
+        raise SagaConfigError(f"theta must be a finite number > 0, got {theta}")
+    _check_loads(loads)
+    if home is None:
+        return least_loaded(loads)
+    if home not in loads:
+        raise UnknownWorkerError(
+            f"home worker {home!r} is not among the workers {sorted(loads)}")
+    return home if loads[home] < theta else least_loaded(loads)
+
+
+@dataclass(frozen=True)
+class Move:
+    """A session re-homed from ``src`` to ``dst`` (its KV must be rebuilt or transferred)."""
+
+    session_id: str
+    src: str
+    dst: str
+    now: float
+
+
+class LeastLoadedRouter:
+    """Stock routing: every request to the least loaded worker (vLLM behind a load balancer)."""
+
+    load_kind: ClassVar[LoadKind] = "utilisation"
+
+    def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
+        """``argmin_w load(w)``."""
+        return least_loaded(loads)
+
+
+class AffinityRouter:
+    """SAGA's session affinity with load headroom, composed with :func:`route`.
+
+    A session is homed on the worker that served its first call and stays there while that
+    worker's load is below ``theta``; past it the call goes to the least loaded worker, which
+    becomes the new home (its KV is now there). A home that disappeared from ``loads`` (worker
+    removed) re-homes the same way. Every re-homing is recorded in :attr:`moves`.
+    """
+
+    load_kind: ClassVar[LoadKind] = "utilisation"
+
+    def __init__(self, theta: float = THETA) -> None:
+        if not (theta > 0 and math.isfinite(theta)):
+            raise SagaConfigError(f"AffinityRouter.theta must be a finite number > 0, got {theta}")
+        self.theta = theta
+        self._home: dict[str, str] = {}
+        self.moves: list[Move] = []
+
+    def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
+        """Route one call of ``request.session_id`` and update its home."""
+        _check_loads(loads)
+        home = self._home.get(request.session_id)
+        usable_home = home if home is not None and home in loads else None
+        dst = route(usable_home, loads, self.theta)
+        if home is not None and dst != home:
+            self.moves.append(Move(request.session_id, home, dst, request.now))
+        self._home[request.session_id] = dst
+        return dst
+
+    def home(self, session_id: str) -> str:
+        """The worker a session is homed on."""
+        try:
+            return self._home[session_id]
+        except KeyError:
+            raise UnknownSessionError(
+                f"session {session_id!r} has no home worker; route one of its calls first"
+            ) from None
+
+    def reassign(self, session_id: str, worker: str, now: float = 0.0) -> None:
+        """Move a session's home (work stealing, migration) and record the move."""
+        src = self.home(session_id)
+        if src != worker:
+            self.moves.append(Move(session_id, src, worker, now))
+            self._home[session_id] = worker
+
+    def forget(self, session_id: str) -> None:
+        """Drop a finished session from the table."""
+        if self._home.pop(session_id, None) is None:
+            raise UnknownSessionError(f"session {session_id!r} is not in the session table")
+
+    def __len__(self) -> int:
+        return len(self._home)
+
+
+class _PrefixIndex:
+    """Which worker holds which chained block hash, LRU-bounded per worker.
+
+    With chained hashes a block hash names its whole prefix, so a per-worker set of hashes is an
+    exact encoding of a radix tree over blocks; the longest cached prefix of a request on a worker
+    is the longest run of its hashes, from the first, that the worker holds.
+    """
+
+    def __init__(self, capacity_blocks: int | None) -> None:
+        if capacity_blocks is not None and capacity_blocks <= 0:
+            raise SagaConfigError(f"capacity_blocks must be > 0 or None, got {capacity_blocks}")
+        self.capacity = capacity_blocks
+        self._held: dict[str, OrderedDict[int, None]] = {}
+        self._where: dict[int, set[str]] = {}
+
+    def size(self, worker: str) -> int:
+        return len(self._held.get(worker, ()))
+
+    def insert(self, worker: str, hashes: Sequence[int]) -> None:
+        held = self._held.setdefault(worker, OrderedDict())
+        for h in hashes:
+            if h in held:
+                held.move_to_end(h)
+            else:
+                held[h] = None
+                self._where.setdefault(h, set()).add(worker)
+        if self.capacity is not None:
+            while len(held) > self.capacity:
+                old, _ = held.popitem(last=False)
+                self._drop(worker, old)
+
+    def remove(self, worker: str, hashes: Sequence[int]) -> None:
+        held = self._held.get(worker)
+        if held is None:
+            return
+        for h in hashes:
+            if h in held:
+                del held[h]
+                self._drop(worker, h)
+
+    def forget_worker(self, worker: str) -> None:
+        for h in self._held.pop(worker, OrderedDict()):
+            self._drop(worker, h)
+
+    def _drop(self, worker: str, h: int) -> None:
+        owners = self._where.get(h)
+        if owners is not None:
+            owners.discard(worker)
+            if not owners:
+                del self._where[h]
+
+    def match_blocks(self, hashes: Sequence[int], workers: Sequence[str]) -> dict[str, int]:
+        """Blocks of the longest cached prefix of ``hashes`` on each of ``workers``."""
+        matched = dict.fromkeys(workers, 0)
+        alive = set(workers)
+        for depth, h in enumerate(hashes):
+            owners = self._where.get(h)
+            if not owners:
+                break
+            alive &= owners
+            if not alive:
+                break
+            for w in alive:
+                matched[w] = depth + 1
+        return matched
+
+
+class PrefixAffinityRouter:
+    """Prefix-cache-aware routing as llm-d's inference scheduler does it for vLLM with APC.
+
+    Each worker is scored ``prefix_weight * hit + queue_weight * q`` where ``hit`` is the share of
+    the request's blocks already cached on the worker (longest prefix match) and ``q`` is the
+    worker's queue score, ``1 - (load - min) / (max - min)`` (1 for the least loaded; 1 for all
+    when loads are equal); the highest score wins. llm-d's default profile weights the
+    prefix-cache scorer 3 and the queue scorer 2, which are the defaults here.
+
+    At its best: llm-d's *precise* prefix-cache scorer follows vLLM's KV events, so its view of
+    each cache is exact. Feed evictions through :meth:`blocks_removed` (and stores through
+    :meth:`blocks_stored`) to get that; without events, routed blocks are assumed cached (llm-d's
+    approximate scorer), bounded per worker by ``capacity_blocks`` in LRU order.
+    """
+
+    load_kind: ClassVar[LoadKind] = "utilisation"
+
+    def __init__(self, prefix_weight: float = 3.0, queue_weight: float = 2.0,
+                 capacity_blocks: int | None = None) -> None:
+        if prefix_weight < 0 or queue_weight < 0 or prefix_weight + queue_weight == 0:
+            raise SagaConfigError(
+                "PrefixAffinityRouter weights must be >= 0 and not both 0, got "
+                f"prefix_weight={prefix_weight}, queue_weight={queue_weight}")
+        self.prefix_weight = prefix_weight
+        self.queue_weight = queue_weight
+        self._index = _PrefixIndex(capacity_blocks)
+
+    def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
+        """The highest-scoring worker; the request's blocks are then recorded there."""
+        _check_loads(loads)
+        workers = sorted(loads)
+        n = len(request.block_hashes)
+        matched = self._index.match_blocks(request.block_hashes, workers)
+        lo, hi = min(loads.values()), max(loads.values())
+
+        def score(w: str) -> float:
+            hit = matched[w] / n if n else 0.0
+            q = 1.0 if hi == lo else 1.0 - (loads[w] - lo) / (hi - lo)
+            return self.prefix_weight * hit + self.queue_weight * q
+
+        best = min(workers, key=lambda w: (-score(w), loads[w], w))
+        self._index.insert(best, request.block_hashes)
+        return best
+
+    def blocks_stored(self, worker: str, hashes: Sequence[int]) -> None:
+        """A worker's cache now holds these blocks (a KV 'stored' event)."""
+        self._index.insert(worker, hashes)
+
+    def blocks_removed(self, worker: str, hashes: Sequence[int]) -> None:
+        """A worker's cache evicted these blocks (a KV 'removed' event)."""
+        self._index.remove(worker, hashes)
+
+    def forget_worker(self, worker: str) -> None:
+        """Drop everything known about a worker (it left or restarted)."""
+        self._index.forget_worker(worker)
+
+    def cached_blocks(self, request: RouteRequest, worker: str) -> int:
+        """Blocks of the request's longest cached prefix on ``worker``, per this router's view."""
+        return self._index.match_blocks(request.block_hashes, [worker])[worker]
+
+
+class CacheAwareRouter:
+    """SGLang's cache-aware router (sgl-router ``cache_aware`` policy).
+
+    The router keeps an approximate radix tree per worker of the prompts it sent there. If the
+    system is imbalanced, ``max - min > balance_abs_threshold`` *and* ``max > balance_rel_threshold
+    * min`` over the workers' loads (running + queued requests), it routes to the least loaded
+    worker (shortest queue). Otherwise it routes to the worker with the highest prefix match rate
+    (matched / request length) if that rate exceeds ``cache_threshold``, else to the worker whose
+    tree is smallest (the most free cache). The chosen worker's tree then gains the request.
+
+    Defaults are sgl-router's current CLI defaults: cache_threshold 0.3, balance_abs_threshold 64,
+    balance_rel_threshold 1.5, max_tree_size 2**26 (older releases documented cache_threshold
+    0.5). sgl-router's tree is over characters (or tokens) and evicts LRU leaves every
+    ``eviction_interval`` seconds down to ``max_tree_size``; ours is over KV blocks and evicts at
+    once, the tighter reading (the view never overshoots the cap). ``max_tree_size`` is converted
+    from tokens to blocks with ``block_tokens``.
+    """
+
+    load_kind: ClassVar[LoadKind] = "requests"
+
+    def __init__(self, cache_threshold: float = 0.3, balance_abs_threshold: float = 64.0,
+                 balance_rel_threshold: float = 1.5, max_tree_size: int = 2**26,
+                 block_tokens: int = 16) -> None:
+        if not 0.0 <= cache_threshold <= 1.0:
+            raise SagaConfigError(
+                f"CacheAwareRouter.cache_threshold must be in [0, 1], got {cache_threshold}")
+        if balance_abs_threshold < 0 or balance_rel_threshold < 1.0:
+            raise SagaConfigError(
+                "CacheAwareRouter needs balance_abs_threshold >= 0 and balance_rel_threshold "
+                f">= 1, got {balance_abs_threshold} and {balance_rel_threshold}")
+        if max_tree_size <= 0 or block_tokens <= 0:
+            raise SagaConfigError("CacheAwareRouter.max_tree_size and block_tokens must be > 0")
+        self.cache_threshold = cache_threshold
+        self.balance_abs_threshold = balance_abs_threshold
+        self.balance_rel_threshold = balance_rel_threshold
+        self._index = _PrefixIndex(max(1, max_tree_size // block_tokens))
+
+    def is_imbalanced(self, loads: Mapping[str, float]) -> bool:
+        """sgl-router's test: both the absolute and the relative gap exceed their thresholds."""
+        _check_loads(loads)
+        lo, hi = min(loads.values()), max(loads.values())
+        return hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo
+
+    def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
+        """Shortest queue when imbalanced, else best prefix match or smallest tree."""
+        _check_loads(loads)
+        workers = sorted(loads)
+        if self.is_imbalanced(loads):
+            dst = least_loaded(loads)
+        else:
+            n = len(request.block_hashes)
+            matched = self._index.match_blocks(request.block_hashes, workers)
+            best = min(workers, key=lambda w: (-matched[w], loads[w], w))
+            rate = matched[best] / n if n else 0.0
+            if rate > self.cache_threshold:
+                dst = best
+            else:
+                dst = min(workers, key=lambda w: (self._index.size(w), loads[w], w))
+        self._index.insert(dst, request.block_hashes)
+        return dst
+
+    def tree_size(self, worker: str) -> int:
+        """Blocks in the router's tree for ``worker``."""
+        return self._index.size(worker)
+
+    def forget_worker(self, worker: str) -> None:
+        """Drop a worker's tree (it left or restarted)."""
+        self._index.forget_worker(worker)
+
+
+__all__ = [
+    "THETA",
+    "AffinityRouter",
+    "CacheAwareRouter",
+    "LeastLoadedRouter",
+    "LoadKind",
+    "Move",
+    "PrefixAffinityRouter",
+    "RouteRequest",
+    "Router",
+    "Steal",
+    "UnknownWorkerError",
+    "WorkStealer",
+    "WorkerState",
+    "least_loaded",
+    "route",
+    "should_steal",
+]

@@ -1,0 +1,146 @@
+"""Presets: the registry, fresh builds, and ablations that differ from SAGA in one field."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+from saga.policy import presets as presets_module
+from saga.policy.afs import AFS
+from saga.policy.autellix import ATLAS, AutellixRouter
+from saga.policy.errors import SagaConfigError
+from saga.policy.eviction import (
+    BeladyPolicy,
+    KVFlowPolicy,
+    LRUPolicy,
+    PrefixLRUPolicy,
+    RadixLRUPolicy,
+    WALRUPolicy,
+)
+from saga.policy.presets import PRESETS, PolicySpec, Preset, get_preset
+from saga.policy.queueing import FCFSQueue, HybridQueue, ProgramFCFSQueue
+from saga.policy.routing import (
+    AffinityRouter,
+    CacheAwareRouter,
+    LeastLoadedRouter,
+    PrefixAffinityRouter,
+)
+from saga.policy.stealing import WorkStealer
+from saga.policy.ttl import ContinuumTTL, FixedTTL, ToolCallTTL
+
+SPEC_PRESETS = {
+    "vllm", "vllm_apc", "sglang", "llumnix", "trt_llm_scaffolding", "vllm_kvflow", "saga",
+    "saga_no_walru", "saga_no_ttl", "saga_no_prefetch", "saga_no_affinity", "saga_no_stealing",
+    "saga_no_afs",
+}
+
+
+def test_registry_has_spec_presets_and_peers() -> None:
+    assert set(PRESETS) == SPEC_PRESETS | {"continuum", "autellix"}
+    assert all(name == p.name for name, p in PRESETS.items())
+    assert all(p.description for p in PRESETS.values())
+
+
+def test_get_preset_unknown_lists_valid_names() -> None:
+    with pytest.raises(SagaConfigError, match=r"unknown preset .nope.*saga_no_afs"):
+        get_preset("nope")
+    assert get_preset("saga") is PRESETS["saga"]
+
+
+def test_saga_builds_its_policies() -> None:
+    b = get_preset("saga").build()
+    assert isinstance(b.eviction, WALRUPolicy)
+    assert (b.eviction.alpha, b.eviction.beta, b.eviction.gamma) == (0.3, 0.5, 0.2)
+    assert isinstance(b.ttl, ToolCallTTL)
+    assert isinstance(b.router, AffinityRouter) and b.router.theta == 0.8
+    assert isinstance(b.stealer, WorkStealer)
+    assert (b.stealer.t_idle, b.stealer.r_max) == (0.1, 2.0)
+    assert isinstance(b.queue, HybridQueue)
+    assert isinstance(b.fairness, AFS)
+    assert b.dram_tier and b.prefetch and b.prefix_caching and not b.migration
+
+
+def test_build_makes_fresh_objects() -> None:
+    a, b = get_preset("saga").build(), get_preset("saga").build()
+    assert a.router is not b.router and a.queue is not b.queue and a.ttl is not b.ttl
+
+
+ABLATION_FIELD = {
+    "saga_no_walru": "eviction", "saga_no_ttl": "ttl", "saga_no_prefetch": "prefetch",
+    "saga_no_affinity": "router", "saga_no_stealing": "stealing", "saga_no_afs": "fairness",
+}
+
+
+@pytest.mark.parametrize(("name", "changed"), sorted(ABLATION_FIELD.items()))
+def test_ablation_differs_from_saga_in_one_field(name: str, changed: str) -> None:
+    saga, ablation = get_preset("saga"), get_preset(name)
+    diff = {f.name for f in dataclasses.fields(Preset)
+            if getattr(saga, f.name) != getattr(ablation, f.name)}
+    assert diff == {"name", "description", changed}
+
+
+def test_ablation_builds() -> None:
+    assert isinstance(get_preset("saga_no_walru").build().eviction, PrefixLRUPolicy)
+    assert get_preset("saga_no_ttl").build().ttl is None
+    nopf = get_preset("saga_no_prefetch").build()
+    assert nopf.dram_tier and not nopf.prefetch
+    assert isinstance(get_preset("saga_no_affinity").build().router, LeastLoadedRouter)
+    assert get_preset("saga_no_stealing").build().stealer is None
+    assert get_preset("saga_no_afs").build().fairness is None
+
+
+@pytest.mark.parametrize(
+    ("name", "eviction", "router", "queue", "ttl"),
+    [
+        ("vllm", LRUPolicy, LeastLoadedRouter, FCFSQueue, None),
+        ("vllm_apc", PrefixLRUPolicy, PrefixAffinityRouter, FCFSQueue, None),
+        ("sglang", RadixLRUPolicy, CacheAwareRouter, FCFSQueue, None),
+        ("llumnix", PrefixLRUPolicy, LeastLoadedRouter, FCFSQueue, None),
+        ("trt_llm_scaffolding", RadixLRUPolicy, LeastLoadedRouter, FCFSQueue, FixedTTL),
+        ("vllm_kvflow", KVFlowPolicy, PrefixAffinityRouter, FCFSQueue, None),
+        ("continuum", PrefixLRUPolicy, PrefixAffinityRouter, ProgramFCFSQueue, ContinuumTTL),
+        ("autellix", PrefixLRUPolicy, AutellixRouter, ATLAS, None),
+    ],
+)
+def test_peer_presets(name: str, eviction: type, router: type, queue: type,
+                      ttl: type | None) -> None:
+    b = get_preset(name).build()
+    assert type(b.eviction) is eviction
+    assert type(b.router) is router
+    assert type(b.queue) is queue
+    assert (b.ttl is None) if ttl is None else isinstance(b.ttl, ttl)
+    assert b.stealer is None and b.fairness is None
+
+
+def test_flags_of_peers() -> None:
+    assert not get_preset("vllm").prefix_caching
+    assert get_preset("llumnix").migration
+    kv = get_preset("vllm_kvflow")
+    assert kv.dram_tier and kv.prefetch
+
+
+def test_no_preset_uses_belady() -> None:
+    assert all(p.eviction.factory is not BeladyPolicy for p in PRESETS.values())
+
+
+def test_policy_spec_build_and_overrides() -> None:
+    spec = PolicySpec(AffinityRouter, {"theta": 0.7})
+    assert spec.build().theta == 0.7
+    assert spec.build(theta=0.9).theta == 0.9
+    assert spec.describe() == "AffinityRouter(theta=0.7)"
+    with pytest.raises(TypeError):
+        spec.kwargs["theta"] = 1.0  # type: ignore[index]
+    with pytest.raises(SagaConfigError):
+        PolicySpec(42)  # type: ignore[arg-type]
+
+
+def test_prefetch_without_dram_is_rejected() -> None:
+    with pytest.raises(SagaConfigError, match="prefetch"):
+        dataclasses.replace(get_preset("saga"), dram_tier=False)
+
+
+def test_no_branching_on_preset_names() -> None:
+    source = inspect.getsource(presets_module)
+    for name in PRESETS:
+        assert f'== "{name}"' not in source and f"== '{name}'" not in source

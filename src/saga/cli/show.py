@@ -1,0 +1,78 @@
+"""`saga show ...`: what SAGA is configured with — presets, the reference deployment."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import typer
+from rich.table import Table
+
+from saga.cli.render import console
+from saga.policy.presets import PRESETS, Preset, PolicySpec
+from saga.policy.spec import GB, GiB, check_reference_invariants
+
+app = typer.Typer(help="Show SAGA's presets and reference deployment.", no_args_is_help=True)
+
+
+def _spec(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, PolicySpec):
+        return value.describe()
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def presets_table() -> Table:
+    """One row per preset, one column per layer."""
+    layers = [f.name for f in fields(Preset) if f.name not in ("name", "description")]
+    table = Table(title="SAGA presets (policy per layer)", title_justify="left")
+    table.add_column("preset")
+    for layer in layers:
+        table.add_column(layer)
+    for preset in PRESETS.values():
+        table.add_row(preset.name, *(_spec(getattr(preset, layer)) for layer in layers))
+    return table
+
+
+@app.command("presets")
+def presets(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                         help="Also print what each preset models.")) -> None:
+    """The presets: the 13 of the spec plus the continuum and autellix peers."""
+    console.print(presets_table())
+    if verbose:
+        for preset in PRESETS.values():
+            console.print(f"[bold]{preset.name}[/]: {preset.description}")
+
+
+def spec_table() -> Table:
+    """The reference deployment's capacities, each computed from the model and cluster facts."""
+    r = check_reference_invariants()
+    table = Table(title=f"Reference deployment: {r.model} on {r.cluster_gpus} GPUs (computed)",
+                  title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("KV bytes per token", f"{r.kv_bytes_per_token:,} B"),
+        ("KV bytes per 16-token block", f"{r.kv_bytes_per_block:,} B"),
+        (f"KV of one {r.session_tokens:,}-token session",
+         f"{r.session_kv_bytes / GB:.1f} GB ({r.session_kv_bytes / GiB:.1f} GiB)"),
+        ("weights", f"{r.weight_bytes / GB:.1f} GB"),
+        ("HBM left for KV per instance", f"{r.kv_hbm_bytes_per_instance / GB:.1f} GB"),
+        ("KV blocks per instance", f"{r.kv_blocks_per_instance:,}"),
+        ("32K sessions per instance / cluster",
+         f"{r.sessions_per_instance} / {r.sessions_per_cluster}"),
+        ("DRAM KV blocks per node", f"{r.dram_blocks_per_node:,}"),
+        ("PCIe swap of one session", f"{r.pcie_swap_s_per_session * 1e3:.0f} ms"),
+        ("InfiniBand transfer of one session", f"{r.ib_transfer_s_per_session * 1e3:.0f} ms"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+@app.command("spec")
+def spec() -> None:
+    """The reference deployment (Llama-3-70B, 16 x TP4 on 64 A100-80GB), computed."""
+    console.print(spec_table())

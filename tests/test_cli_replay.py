@@ -1,0 +1,101 @@
+"""`saga replay` through typer's runner: good runs, JSON output and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from saga.cli.main import app
+from saga.policy.traces import bundled_trace_path
+
+runner = CliRunner()
+
+
+def _lines(n: int) -> list[str]:
+    return bundled_trace_path().read_text().splitlines()[:n]
+
+
+@pytest.fixture
+def small_trace(tmp_path: Path) -> Path:
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(_lines(300)) + "\n")
+    return p
+
+
+def test_replay_prints_policies_side_by_side_and_writes_json(small_trace: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["replay", str(small_trace), "--capacity-blocks", "200,800",
+                              "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("lru", "prefix_lru", "walru", "belady"):
+        assert name in res.output
+    data = json.loads(out.read_text())
+    assert data["requests"] == 300
+    rows = data["results"]
+    assert {r["policy"] for r in rows} == {"lru", "prefix_lru", "walru", "belady"}
+    assert {r["capacity_blocks"] for r in rows} == {200, 800}
+    for r in rows:
+        assert r["hit_tokens"] + r["recomputed_tokens"] == r["input_tokens"]
+        assert r["ratio_to_belady"] >= 1.0  # Bélády is a lower bound on misses here
+    by = {(r["policy"], r["capacity_blocks"]): r for r in rows}
+    # a larger cache never misses more under the oracle
+    assert by[("belady", 800)]["miss_blocks"] <= by[("belady", 200)]["miss_blocks"]
+
+
+def test_replay_default_trace_is_bundled() -> None:
+    res = runner.invoke(app, ["replay", "--limit", "50", "--policies", "lru",
+                              "--capacity-blocks", "100"])
+    assert res.exit_code == 0, res.output
+    assert "50 requests" in res.output
+
+
+def test_malformed_line_stops_with_its_number(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    lines = _lines(5)
+    lines[2] = '{"timestamp": 0, "input_length": 10}'
+    p.write_text("\n".join(lines) + "\n")
+    res = runner.invoke(app, ["replay", str(p), "--capacity-blocks", "10"])
+    assert res.exit_code == 2
+    assert "line 3" in res.output and "hash_ids" in res.output
+
+
+def test_skip_bad_lines_counts_and_continues(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    lines = _lines(6)
+    lines[1] = "not json"
+    lines[4] = '{"timestamp": 0, "input_length": 600, "output_length": 1, "hash_ids": [1]}'
+    p.write_text("\n".join(lines) + "\n")
+    res = runner.invoke(app, ["replay", str(p), "--capacity-blocks", "10", "--skip-bad-lines",
+                              "--policies", "lru"])
+    assert res.exit_code == 0, res.output
+    assert "2 malformed line(s) skipped" in res.output
+    assert "4 requests" in res.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["replay", "/nonexistent/trace.jsonl"], "does not exist"),
+    (["replay", "--policies", "lru,fifo"], "unknown eviction policy 'fifo'"),
+    (["replay", "--capacity-blocks", "0"], "--capacity-blocks must be integers >= 1"),
+    (["replay", "--capacity-blocks", "ten"], "--capacity-blocks must be integers"),
+    (["replay", "--format", "csv"], "unknown trace format 'csv'"),
+])
+def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_agent_format_replays_sessions(tmp_path: Path) -> None:
+    from saga.policy.traces import BUNDLED_AGENT
+    src = bundled_trace_path(BUNDLED_AGENT).read_text().splitlines()[:6]
+    p = tmp_path / "agents.jsonl"
+    p.write_text("\n".join(src) + "\n")
+    res = runner.invoke(app, ["replay", str(p), "--format", "agent", "--capacity-blocks", "64",
+                              "--policies", "lru,walru,belady"])
+    assert res.exit_code == 0, res.output
+    assert "walru" in res.output
