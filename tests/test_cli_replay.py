@@ -60,7 +60,7 @@ def test_malformed_line_stops_with_its_number(tmp_path: Path) -> None:
     p.write_text("\n".join(lines) + "\n")
     res = runner.invoke(app, ["replay", str(p), "--capacity-blocks", "10"])
     assert res.exit_code == 2
-    assert "line 3" in res.output and "hash_ids" in res.output
+    assert "line 3" in res.output and "output_length" in res.output
 
 
 def test_skip_bad_lines_counts_and_continues(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from saga.aeg.errors import AEGError
 from saga.aeg.hints import PLACEHOLDER_TOOL, WorkflowHint, hint_aeg
 from saga.aeg.templates import swe_bench_agent

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from saga.aeg.counts import TransitionCounts, node_kind_of_id
 from saga.aeg.errors import AEGError
 from saga.aeg.graph import AEG, Edge, LLMNode, TerminalNode, ToolNode

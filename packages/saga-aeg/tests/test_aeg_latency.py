@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from saga.aeg.errors import AEGError
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel, pool_log_moments
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from saga.aeg.counts import TransitionCounts
 from saga.aeg.errors import AEGError
 from saga.aeg.graph import AEG, Edge, LLMNode, Node, TerminalNode, ToolNode, node_from_dict

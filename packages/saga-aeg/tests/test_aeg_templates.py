@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from saga.aeg.errors import AEGError
 from saga.aeg.graph import AEG
 from saga.aeg.templates import TEMPLATES, generic_agent, swe_bench_agent, template, webarena_agent

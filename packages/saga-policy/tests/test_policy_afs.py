@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from saga.policy.afs import AFS, afs_urgency
 from saga.policy.errors import SagaConfigError, UnknownSessionError
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 import pytest
+
 from saga.policy.block_table import Tier
 from saga.policy.cache import BlockHints, CacheManager, chain_hashes
 from saga.policy.errors import CacheError, SagaConfigError

@@ -16,6 +16,7 @@ import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
 from saga.policy.block_table import Tier
 from saga.policy.cache import CacheManager
 from saga.policy.errors import CacheError

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from saga.policy.block_table import BlockTable, Tier
 from saga.policy.cache import CacheManager
 from saga.policy.errors import SagaConfigError

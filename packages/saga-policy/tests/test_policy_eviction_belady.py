@@ -6,6 +6,7 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from saga.policy.cache import CacheManager
 from saga.policy.eviction import (
     EVICTION_POLICIES,

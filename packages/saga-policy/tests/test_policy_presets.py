@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 
 import pytest
+
 from saga.policy import presets as presets_module
 from saga.policy.afs import AFS
 from saga.policy.autellix import ATLAS, AutellixRouter

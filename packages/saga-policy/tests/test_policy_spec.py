@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from saga.policy.errors import SagaConfigError
 from saga.policy.spec import (
     LLAMA3_70B,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from saga.policy.errors import SagaConfigError
 from saga.policy.stealing import (
     WaitingSession,

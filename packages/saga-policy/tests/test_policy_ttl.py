@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
+
 from saga.policy.errors import SagaConfigError
 from saga.policy.ttl import (
     ContinuumTTL,

@@ -34,7 +34,10 @@ def replay_table(title: str, results: Sequence[ReplayResult]) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("policy", "miss blocks", "hit tokens", "hit ratio", "recomputed tokens",
                 "evictions", "misses ÷ Bélády"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+        if col == "policy":
+            table.add_column(col, no_wrap=True, min_width=10)
+        else:
+            table.add_column(col, justify="right")
     for r in results:
         table.add_row(r.policy, f"{r.miss_blocks:,}", _tokens(r.hit_tokens), f"{r.hit_ratio:.1%}",
                       _tokens(r.recomputed_tokens), f"{r.evictions:,}",

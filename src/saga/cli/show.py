@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from saga.cli.render import console
-from saga.policy.presets import PRESETS, Preset, PolicySpec
+from saga.policy.presets import PRESETS, PolicySpec, Preset
 from saga.policy.spec import GB, GiB, check_reference_invariants
 
 app = typer.Typer(help="Show SAGA's presets and reference deployment.", no_args_is_help=True)

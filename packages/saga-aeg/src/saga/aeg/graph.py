@@ -23,6 +23,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+
 from saga.aeg import _serde
 from saga.aeg.errors import AEGError
 from saga.aeg.latency import LogNormalLatency

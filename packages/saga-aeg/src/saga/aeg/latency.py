@@ -17,6 +17,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
 from saga.aeg import _serde
 from saga.aeg.errors import AEGError
 

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
 from saga.policy.errors import SagaConfigError, UnknownSessionError
 
 EPOCH_S = 0.1

@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from saga.policy.block_table import NO_PARENT, BlockTable, Tier
 from saga.policy.errors import CacheError, SagaConfigError
 from saga.policy.eviction import EvictionPolicy, LRUPolicy

@@ -61,7 +61,8 @@ def make_policy(name: str) -> EvictionPolicy:
         factory = EVICTION_POLICIES[name]
     except KeyError:
         valid = ", ".join(EVICTION_POLICIES)
-        raise SagaConfigError(f"unknown eviction policy {name!r}; valid policies: {valid}") from None
+        raise SagaConfigError(
+            f"unknown eviction policy {name!r}; valid policies: {valid}") from None
     return factory()
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from saga.policy.errors import SagaConfigError
 
 PCIE_GEN4_X16_BYTES_PER_S = 32e9
-"""PCIe Gen4 x16 theoretical bandwidth: 16 GT/s x 16 lanes x 128b/130b ~= 31.5 GB/s, quoted as 32 GB/s."""
+"""PCIe Gen4 x16 theoretical bandwidth: 16 GT/s x 16 lanes x 128b/130b ~= 31.5 GB/s (32 GB/s)."""
 
 
 def pcie_swap_time(nbytes: float, latency_s: float, bandwidth_bytes_per_s: float,
@@ -35,7 +35,8 @@ class SwapTimeModel:
     def __post_init__(self) -> None:
         if not self.bandwidth_bytes_per_s > 0:
             raise SagaConfigError(
-                f"SwapTimeModel.bandwidth_bytes_per_s must be > 0, got {self.bandwidth_bytes_per_s}")
+                "SwapTimeModel.bandwidth_bytes_per_s must be > 0, "
+                f"got {self.bandwidth_bytes_per_s}")
         if not 0 < self.efficiency <= 1:
             raise SagaConfigError(
                 f"SwapTimeModel.efficiency must be in (0, 1], got {self.efficiency}")

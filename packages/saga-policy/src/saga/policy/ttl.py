@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
 from saga.policy.errors import SagaConfigError, SagaError
 
 TTL_MAX_S = 300.0

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
+
 from saga.policy.block_table import NO_PARENT, BlockTable
 
 Slots = npt.NDArray[np.int64]

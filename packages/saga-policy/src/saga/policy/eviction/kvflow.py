@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from saga.policy.block_table import BlockTable
 from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
 

@@ -8,6 +8,7 @@ from typing import ClassVar, overload
 
 import numpy as np
 import numpy.typing as npt
+
 from saga.policy.block_table import BlockTable
 from saga.policy.errors import SagaConfigError
 from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
