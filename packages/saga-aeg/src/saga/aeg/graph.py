@@ -426,16 +426,20 @@ class AEG:
             return {c.ids[j]: 0.0 for j in c.transient}
         return {c.ids[j]: float(row[k]) for k, j in enumerate(c.transient)}
 
-    def expected_remaining_llm_calls(self, node_id: str, *, include_current: bool = False) -> float:
-        """Expected LLM calls still to come: `Σ_u N[v,u]·[u is LLM]` (minus the current node)."""
+    def _expected_sum(self, node_id: str, per_node: _FloatArray, include_current: bool) -> float:
+        """`Σ_u N[v,u]·x_u` over transient u, minus the current node's `x_v` unless included."""
         row = self._transient_row(node_id)
         if row is None:
             return 0.0
         c = self._chain
-        total = float(row @ c.is_llm[c.transient])
+        total = float(row @ per_node[c.transient])
         if not include_current:
-            total -= float(c.is_llm[self._idx(node_id)])
+            total -= float(per_node[self._idx(node_id)])
         return max(total, 0.0)
+
+    def expected_remaining_llm_calls(self, node_id: str, *, include_current: bool = False) -> float:
+        """Expected LLM calls still to come: `Σ_u N[v,u]·[u is LLM]` (minus the current node)."""
+        return self._expected_sum(node_id, self._chain.is_llm, include_current)
 
     def expected_remaining_work(self, node_id: str, *, include_current: bool = False) -> float:
         """Expected remaining work W in tokens: `Σ_u N[v,u]·(prompt_u + output_u)` over LLM nodes.
@@ -443,14 +447,7 @@ class AEG:
         This is the AFS work estimate: the new tokens (prompt growth + output) of the LLM calls
         still to come, excluding the current node unless `include_current`.
         """
-        row = self._transient_row(node_id)
-        if row is None:
-            return 0.0
-        c = self._chain
-        total = float(row @ c.tokens[c.transient])
-        if not include_current:
-            total -= float(c.tokens[self._idx(node_id)])
-        return max(total, 0.0)
+        return self._expected_sum(node_id, self._chain.tokens, include_current)
 
     def expected_total_llm_calls(self) -> float:
         """Expected LLM calls of a whole task (from the start node, inclusive)."""

@@ -1,0 +1,69 @@
+"""`saga show` and `saga demo` through typer's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from saga.cli.demo import instance_capacity_blocks, verdict
+from saga.cli.main import app
+from saga.policy import PRESETS, check_reference_invariants
+from saga.policy.replay import ReplayResult
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+def test_show_presets_lists_every_preset() -> None:
+    res = runner.invoke(app, ["show", "presets", "--verbose"])
+    assert res.exit_code == 0, res.output
+    assert len(PRESETS) == 15
+    for name in PRESETS:
+        assert name in res.output
+    assert "WALRUPolicy(alpha=0.3, beta=0.5, gamma=0.2)" in res.output
+
+
+def test_show_spec_prints_computed_kv_per_token() -> None:
+    res = runner.invoke(app, ["show", "spec"])
+    assert res.exit_code == 0, res.output
+    assert f"{2 * 80 * 8 * 128 * 2:,} B" in res.output  # Llama-3-70B FP16 KV per token
+
+
+def test_unknown_command_is_an_error() -> None:
+    res = runner.invoke(app, ["show", "nothing"])
+    assert res.exit_code != 0
+
+
+def test_instance_capacity_is_one_instance_of_kv() -> None:
+    r = check_reference_invariants()
+    cap = instance_capacity_blocks(512)
+    assert cap * 512 * r.kv_bytes_per_token <= r.kv_hbm_bytes_per_instance
+    assert (cap + 1) * 512 * r.kv_bytes_per_token > r.kv_hbm_bytes_per_instance
+
+
+def _result(policy: str, misses: int) -> ReplayResult:
+    return ReplayResult(policy=policy, capacity_blocks=1, dram_blocks=0, requests=1,
+                        block_refs=100, hit_blocks=100 - misses, dram_hit_blocks=0,
+                        miss_blocks=misses, input_tokens=100, hit_tokens=100 - misses,
+                        recomputed_tokens=misses, evictions=0)
+
+
+def test_verdict_reports_wins_and_losses_honestly() -> None:
+    assert verdict([_result("lru", 100), _result("walru", 80)]) == (
+        "WA-LRU: 20.0% fewer misses than lru")
+    assert "more misses than prefix_lru" in verdict([_result("prefix_lru", 50),
+                                                     _result("walru", 60)])
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert data["workflow_model"]["AEG source"] == "inferred"
+    assert data["workflow_model"]["P_reuse while waiting on 'submit'"] == 0.0
+    for rows in data["replays"].values():
+        policies = {r["policy"] for r in rows}
+        assert {"lru", "walru", "belady"} <= policies
+        for r in rows:
+            assert r["ratio_to_belady"] >= 1.0
