@@ -20,6 +20,14 @@ IMPORTS: dict[str, list[str]] = {
     "saga_policy": ["saga.policy", "saga.policy.traces"],
     "saga": ["saga.cli.main"],
 }
+# distribution -> a statement that must run in its venv (package data, entry points)
+CHECKS: dict[str, str] = {
+    "saga_policy": "from saga.policy.traces import BUNDLED_AGENT, bundled_trace_path; "
+                   "bundled_trace_path(); bundled_trace_path(BUNDLED_AGENT)",
+    "saga": "import shutil, subprocess, sys; "
+            "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
+            "check=True, capture_output=True)",
+}
 
 
 def run(cmd: list[str], **kw: object) -> None:
@@ -42,7 +50,8 @@ def main() -> int:
             run([sys.executable, "-m", "venv", str(venv)])
             py = str(venv / "bin" / "python")
             run([py, "-m", "pip", "install", "-q", "--find-links", str(dist), str(built[name])])
-            code = "; ".join(f"import {m}" for m in modules) + "; print('ok')"
+            code = "; ".join(f"import {m}" for m in modules)
+            code += "; " + CHECKS.get(name, "pass") + "; print('ok')"
             run([py, "-c", code], cwd=tmp)  # not the repo: import from the installed wheel
             print(f"{name}: wheel installs alone and imports {', '.join(modules)}")
     return 0
