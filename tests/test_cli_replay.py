@@ -29,11 +29,13 @@ def test_replay_prints_policies_side_by_side_and_writes_json(small_trace: Path,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     res = runner.invoke(app, ["replay", str(small_trace), "--capacity-blocks", "200,800",
-                              "--json", str(out)])
+                              "--json", str(out), "--csv", str(tmp_path / "r.csv")])
     assert res.exit_code == 0, res.output
     for name in ("lru", "prefix_lru", "walru", "belady"):
         assert name in res.output
     data = json.loads(out.read_text())
+    csv_lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("policy,capacity_blocks") and len(csv_lines) == 1 + 8
     assert data["requests"] == 300
     rows = data["results"]
     assert {r["policy"] for r in rows} == {"lru", "prefix_lru", "walru", "belady"}

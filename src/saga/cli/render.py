@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections.abc import Sequence
@@ -61,3 +62,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         return v
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(clean(payload), indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write one CSV row per result (columns from the first row)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        if not rows:
+            return
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

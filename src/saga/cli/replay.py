@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress, replay_table, write_json
+from saga.cli.render import console, progress, replay_table, write_csv, write_json
 from saga.policy.errors import SagaConfigError
 from saga.policy.replay import ReplayResult, make_policy, replay_policies
 from saga.policy.traces import Trace, bundled_trace_path, get_trace_parser
@@ -70,6 +70,7 @@ def replay(
     dram_blocks: Annotated[int, typer.Option(
         min=0, help="DRAM-tier capacity in blocks (0: evicted blocks are dropped).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write results as CSV.")] = None,
     skip_bad_lines: Annotated[bool, typer.Option(
         help="Count and skip malformed lines instead of stopping.")] = False,
     limit: Annotated[int | None, typer.Option(min=1, help="Replay the first N requests.")] = None,
@@ -91,9 +92,13 @@ def replay(
                       f"{trace.block_refs:,} block references of {trace.block_tokens} tokens")
         for cap, rows in zip(capacities, results, strict=True):
             console.print(replay_table(f"capacity {cap:,} blocks", rows))
+        flat = [r.to_dict() for rows in results for r in rows]
         if json_out is not None:
             write_json(json_out, {
                 "trace": str(path), "format": fmt, "requests": len(trace.requests),
                 "block_tokens": trace.block_tokens, "skipped_lines": len(trace.skipped),
-                "results": [r.to_dict() for rows in results for r in rows]})
+                "results": flat})
             console.print(f"wrote {json_out}")
+        if csv_out is not None:
+            write_csv(csv_out, flat)
+            console.print(f"wrote {csv_out}")
