@@ -66,15 +66,18 @@ def test_walru_policy_scores_and_evicts_the_argmax() -> None:
     assert a.evicted == 1 and not c.contains(2)  # plain LRU would have evicted 1
 
 
-def test_walru_falls_back_to_hit_history() -> None:
+def test_walru_without_hint_uses_a_neutral_reuse_prior() -> None:
     c = CacheManager(4, WALRUPolicy(alpha=0.0, beta=1.0, gamma=0.0))
     put(c, [1], 0.0)
     put(c, [1], 1.0)
-    put(c, [1], 2.0)  # two hits: P_reuse = 2 / 3
-    put(c, [2], 2.0)  # no hits: P_reuse = 0
-    slots = np.array([c._index[1], c._index[2]], np.int64)
+    put(c, [1], 2.0)  # two hits, but hits are no workflow prediction
+    put(c, [2], 2.0)
+    put(c, [3], 2.0)
+    c.set_hints([3], reuse_prob=0.8)
+    slots = np.array([c._index[1], c._index[2], c._index[3]], np.int64)
+    # 1 - P_reuse: unknown -> 1 - 0.5 for blocks 1 and 2, 1 - 0.8 for the hinted block 3
     np.testing.assert_allclose(WALRUPolicy(0.0, 1.0, 0.0).scores(c.table, slots, 2.0),
-                               [1 / 3, 1.0])
+                               [0.5, 0.5, 0.2])
 
 
 def test_walru_size_defaults_to_prefix_length() -> None:

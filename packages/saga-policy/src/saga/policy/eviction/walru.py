@@ -16,6 +16,9 @@ from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
 WALRU_ALPHA = 0.3
 WALRU_BETA = 0.5
 WALRU_GAMMA = 0.2
+UNKNOWN_REUSE = 0.5
+"""P_reuse of a block with no workflow prediction: a neutral prior (the same for every such
+block, so it does not change their order)."""
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -68,13 +71,15 @@ class WALRUPolicy(EvictionPolicy):
     """Evict the highest `walru_score`, leaves first.
 
     Over the candidate blocks: ``R̂ = (now − last_access) / max`` (0 when every age is 0);
-    ``P_reuse`` is the caller's hint (the simulator or engine derives it from the session's AEG
-    via ``saga.aeg``'s ``p_reuse``); where no hint is set it falls back to the block's own history,
-    ``hits / (hits + 1)`` — a Laplace-style estimate that starts at 0 for a never-reused block and
-    tends to 1 for a hot one, not a workflow prediction; ``Ŝ = prefix tokens ending at the block
-    (caller size hint, else (depth + 1) · block_tokens) / max``, so long, specific tails go before
-    shared heads. Leaves first, because evicting an inner block strands its descendants. Ties go
-    least recently used, then deepest first.
+    ``P_reuse`` is the caller's hint — the simulator or engine derives it from the session's AEG
+    via ``saga.aeg``'s ``p_reuse``; a block with no hint gets the neutral ``UNKNOWN_REUSE``, so
+    without workflow knowledge WA-LRU ranks by recency and size alone. (A hit-count fallback,
+    ``hits / (hits + 1)``, was measured and rejected: on the Mooncake trace it behaves like LFU,
+    evicting the newest conversation turns — exactly the blocks the next turn reuses — and lost
+    to LRU by 6–8 % in misses at 16K–32K blocks.) ``Ŝ = prefix tokens ending at the block (caller
+    size hint, else (depth + 1) · block_tokens) / max``, so long, specific tails go before shared
+    heads. Leaves first, because evicting an inner block strands its descendants. Ties go least
+    recently used, then deepest first.
     """
 
     alpha: float = WALRU_ALPHA
@@ -91,8 +96,7 @@ class WALRUPolicy(EvictionPolicy):
         """WA-LRU score of each slot, normalised over ``slots``."""
         age = np.maximum(now - table.last_access[slots], 0.0)
         hint = table.reuse_prob[slots]
-        hits = table.hits[slots].astype(np.float64)
-        p_reuse = np.where(np.isnan(hint), hits / (hits + 1.0), hint)
+        p_reuse = np.where(np.isnan(hint), UNKNOWN_REUSE, hint)
         size = table.prefix_tokens(slots)
         return walru_score(_normalise_by_max(age), p_reuse, _normalise_by_max(size),
                            self.alpha, self.beta, self.gamma)
