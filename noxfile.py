@@ -11,7 +11,7 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 
-PACKAGES = ["saga-aeg", "saga-policy"]
+PACKAGES = ["saga-aeg", "saga-policy", "saga-vllm"]
 
 
 def _sync(session: nox.Session, *args: str) -> None:

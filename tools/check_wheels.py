@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
+    "saga_vllm": ["saga.vllm"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)

@@ -204,7 +204,8 @@ class AFS:
 
         def alloc(lam: float) -> np.ndarray:
             gap = np.maximum(lam - q, 1e-300)
-            return np.clip(self.V * w / gap - _EPS, 0.0, d)
+            shares: np.ndarray = np.clip(self.V * w / gap - _EPS, 0.0, d)
+            return shares
 
         lo = float(q.min())                        # lam <= every Q: x = d, sum > 1
         hi = float((q + self.V * w / _EPS).max())  # x = 0 for every tenant

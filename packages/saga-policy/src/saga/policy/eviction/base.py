@@ -41,7 +41,8 @@ class EvictionPolicy(ABC):
         """``slots`` sorted best victim first (ties keep the given order: lexsort is stable)."""
         if slots.size == 0:
             return slots
-        return slots[np.lexsort(self.sort_keys(table, slots, now))]
+        order: Slots = slots[np.lexsort(self.sort_keys(table, slots, now))]
+        return order
 
     def select_victims(self, table: BlockTable, candidates: Slots, k: int, now: float) -> Slots:
         """``min(k, len(candidates))`` slots of ``candidates`` to evict, best victim first.
@@ -63,7 +64,7 @@ class EvictionPolicy(ABC):
             if threshold == threshold:  # not NaN
                 sub = np.flatnonzero(primary <= threshold)
                 if sub.size < n:
-                    ranked = candidates[sub][np.lexsort(tuple(key[sub] for key in keys))]
+                    ranked: Slots = candidates[sub][np.lexsort(tuple(key[sub] for key in keys))]
                     if not self.leaves_only:
                         return ranked[:k]
                     got = _leaves_first(table, ranked, k, complete=False)

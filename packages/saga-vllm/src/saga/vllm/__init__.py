@@ -1,0 +1,1 @@
+"""saga-vllm: SAGA inside a real vLLM V1 engine."""
