@@ -18,6 +18,28 @@ app.command("replay")(replay.replay)
 app.add_typer(show.app, name="show")
 
 
+def _vllm_app() -> typer.Typer:
+    """`saga vllm ...` when saga-vllm is installed; otherwise a group that says how to get it."""
+    try:
+        from saga.cli import vllm as vllm_cli
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("saga.vllm"):
+            raise
+        missing = typer.Typer(help="SAGA inside vLLM (not installed: pip install 'saga[vllm]').")
+
+        @missing.callback(invoke_without_command=True)
+        def _missing() -> None:
+            typer.echo("error: saga-vllm is not installed; install it with "
+                       "pip install 'saga[vllm]' (or uv sync --all-packages)", err=True)
+            raise typer.Exit(code=2)
+
+        return missing
+    return vllm_cli.app
+
+
+app.add_typer(_vllm_app(), name="vllm")
+
+
 def main() -> None:
     app()
 

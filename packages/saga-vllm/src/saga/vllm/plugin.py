@@ -4,4 +4,10 @@ from __future__ import annotations
 
 
 def register() -> None:
-    """Nothing global to patch: SAGA is selected per engine through ``scheduler_cls``."""
+    """Register SAGA's WA-LRU policy for vLLM's CPU offloading tier under ``"saga_walru"``.
+
+    The scheduler itself is chosen per engine through ``scheduler_cls``; nothing else is patched.
+    """
+    from saga.vllm.offload import register_cache_policy
+
+    register_cache_policy()

@@ -1,0 +1,530 @@
+"""`SagaEngine`: an agent-session API over vLLM that fills SAGA's request metadata for the caller.
+
+An agent framework knows which calls belong to one task, which tool a call ends in and how long
+that tool took; the scheduler needs exactly these facts, but asking every caller to assemble
+``SamplingParams.extra_args["saga"]`` by hand invites mistakes. A :class:`Session` records them
+as the agent runs (``call`` → ``tool_started`` → ``tool_finished`` → ``call`` ...) and attaches
+them to each request: session and tenant ids, the AEG node of the call (named the way
+``saga.aeg`` infers nodes), the pending tool, the measured latency of the tool that just ran, the
+task deadline and whether the call is the task's last. The tenant also becomes the prompt's
+``cache_salt``, so one tenant's requests never hit another tenant's cached prefix.
+
+Stock vLLM ignores ``extra_args``, so the same client code drives both the stock scheduler and
+:class:`~saga.vllm.scheduler.SagaScheduler` — which is what makes the comparison fair.
+
+Two front ends share one session model:
+
+- :class:`SagaEngine` over ``vllm.LLM`` (sync): ``Session.call`` blocks; ``run_batch`` sends
+  several sessions' calls as one batch; ``submit``/``step`` expose the engine's step loop.
+- :class:`AsyncSagaEngine` (asyncio): over vLLM's ``AsyncLLM`` (engine core in its own process)
+  or over an in-process ``vllm.LLM`` stepped by a pump task, so many sessions run as asyncio
+  tasks (call → tool sleep → call) and their calls batch in the engine.
+
+vLLM is imported lazily: importing this module (or the CLI that uses it) stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from saga.aeg.steps import LLMStep, Step, ToolStep, llm_node_id
+from saga.policy.errors import SagaError
+from saga.vllm.metadata import SagaRequestMeta, saga_extra_args
+
+Clock = Callable[[], float]
+
+__all__ = [
+    "AsyncSagaEngine",
+    "AsyncSession",
+    "Call",
+    "CallResult",
+    "SagaEngine",
+    "SagaSessionError",
+    "Session",
+]
+
+
+class SagaSessionError(SagaError, RuntimeError):
+    """A session was used out of order (a call while a tool runs, a call after the final one,
+    a tool finished that never started); the message says which and what to do instead."""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What one LLM call returned and what it cost.
+
+    ``num_cached_tokens`` is vLLM's count of prompt tokens served from the prefix cache; the
+    rest of the prompt was (re)computed. ``latency_s`` runs from submission to the final
+    output on the engine's clock (queueing included).
+    """
+
+    output_token_ids: list[int]
+    num_cached_tokens: int
+    prompt_tokens: int
+    latency_s: float
+
+    @property
+    def recomputed_tokens(self) -> int:
+        """Prompt tokens prefilled by this call (not served from the prefix cache)."""
+        return max(0, self.prompt_tokens - self.num_cached_tokens)
+
+
+class _SessionState:
+    """The per-session facts the metadata is built from; shared by the sync and async sessions.
+
+    Holds no engine: it builds the (prompt, sampling params) pair for a call and records the
+    call's result, so the two front ends cannot drift apart in what metadata they send.
+    """
+
+    def __init__(self, session_id: str, agent_type: str, tenant: str,
+                 deadline_at: float | None, clock: Clock) -> None:
+        if not agent_type:
+            raise SagaSessionError("agent_type must be a non-empty str (e.g. 'swe-bench')")
+        if not tenant:
+            raise SagaSessionError("tenant must be a non-empty str (it salts the prefix cache)")
+        self.session_id = session_id
+        self.agent_type = agent_type
+        self.tenant = tenant
+        self.deadline_at = deadline_at
+        self._clock = clock
+        self._previous: Step | None = None
+        self._tool: str | None = None
+        self._tool_started_at = 0.0
+        self._tool_latency: float | None = None
+        self._in_flight = False
+        self._finished = False
+        self.calls = 0
+
+    @property
+    def finished(self) -> bool:
+        """True once a call with ``final=True`` was made: the task is over."""
+        return self._finished
+
+    @property
+    def aeg_node(self) -> str:
+        """AEG node id of the session's next call (``llm@start``, ``llm@tool:<name>``, ...)."""
+        return llm_node_id(self._previous)
+
+    def tool_started(self, name: str) -> None:
+        """A tool call began (the clock starts): its duration trains the TTL's latency model."""
+        if not name:
+            raise SagaSessionError("tool_started needs the tool's name, got ''")
+        if self._tool is not None:
+            raise SagaSessionError(
+                f"session {self.session_id}: tool {self._tool!r} is still running; call "
+                "tool_finished() before starting another tool")
+        if self._finished:
+            raise SagaSessionError(f"session {self.session_id} is finished (its final call ran)")
+        self._tool = name
+        self._tool_started_at = self._clock()
+
+    def tool_finished(self) -> float:
+        """The running tool ended; returns its duration, which the next call reports."""
+        if self._tool is None:
+            raise SagaSessionError(
+                f"session {self.session_id}: tool_finished() without tool_started(name)")
+        duration = max(0.0, self._clock() - self._tool_started_at)
+        self._previous = ToolStep(self._tool, duration if duration > 0 else None)
+        self._tool = None
+        self._tool_latency = duration
+        return duration
+
+    @contextmanager
+    def tool(self, name: str) -> Iterator[None]:
+        """``with session.tool("pytest"): run_it()`` — tool_started/tool_finished around a block."""
+        self.tool_started(name)
+        try:
+            yield
+        finally:
+            self.tool_finished()
+
+    def meta(self, *, pending_tool: str | None, final: bool) -> SagaRequestMeta:
+        """Metadata of the session's next call.
+
+        ``deadline_s`` travels as the seconds left until the task's deadline, so the scheduler
+        never has to share this process's clock (its engine core may run elsewhere).
+        """
+        left = None if self.deadline_at is None else self.deadline_at - self._clock()
+        return SagaRequestMeta(
+            session_id=self.session_id, tenant_id=self.tenant, agent_type=self.agent_type,
+            aeg_node=self.aeg_node, pending_tool=None if final else pending_tool,
+            tool_latency_s=self._tool_latency, final=final, deadline_s=left)
+
+    def begin_call(self, prompt_token_ids: Sequence[int], max_tokens: int,
+                   pending_tool: str | None, final: bool) -> tuple[str, Any, Any]:
+        """Check the call is legal now and build ``(request_id, prompt, sampling_params)``."""
+        if self._finished:
+            raise SagaSessionError(
+                f"session {self.session_id} is finished (its final call ran); start a new one")
+        if self._tool is not None:
+            raise SagaSessionError(
+                f"session {self.session_id}: tool {self._tool!r} is still running; call "
+                "tool_finished() before the next LLM call")
+        if self._in_flight:
+            raise SagaSessionError(
+                f"session {self.session_id}: a call is already in flight; an agent session "
+                "makes one call at a time")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise SagaSessionError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        tokens = [int(t) for t in prompt_token_ids]
+        if not tokens:
+            raise SagaSessionError("prompt_token_ids must hold at least one token id")
+        meta = self.meta(pending_tool=pending_tool, final=final)
+        request_id = f"{self.session_id}:{self.calls}"
+        prompt, params = _build_request(tokens, max_tokens, meta)
+        self._in_flight = True
+        return request_id, prompt, params
+
+    def end_call(self, result: CallResult | None, *, final: bool) -> None:
+        """Record the call's outcome (None: it failed, the session may retry)."""
+        self._in_flight = False
+        if result is None:
+            return
+        self.calls += 1
+        self._previous = LLMStep(result.prompt_tokens, len(result.output_token_ids))
+        self._tool_latency = None
+        if final:
+            self._finished = True
+
+
+def _build_request(tokens: list[int], max_tokens: int, meta: SagaRequestMeta
+                   ) -> tuple[dict[str, Any], Any]:
+    """The vLLM prompt (token ids salted by tenant) and greedy sampling params carrying ``meta``.
+
+    Greedy decoding with ``ignore_eos`` makes every call produce exactly ``max_tokens`` tokens,
+    so two engines given the same workload do the same work.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    prompt: dict[str, Any] = {"prompt_token_ids": tokens, "cache_salt": meta.tenant_id}
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
+        output_kind=RequestOutputKind.FINAL_ONLY, extra_args=saga_extra_args(meta))
+    return prompt, params
+
+
+def _result(output: Any, latency_s: float) -> CallResult:
+    """A :class:`CallResult` from vLLM's final ``RequestOutput``."""
+    prompt_ids = output.prompt_token_ids or []
+    completion = output.outputs[0] if output.outputs else None
+    return CallResult(
+        output_token_ids=list(completion.token_ids) if completion is not None else [],
+        num_cached_tokens=int(output.num_cached_tokens or 0),
+        prompt_tokens=len(prompt_ids),
+        latency_s=latency_s,
+    )
+
+
+_session_counter = itertools.count()
+
+
+def _new_session_id(agent_type: str) -> str:
+    return f"{agent_type}-{next(_session_counter)}"
+
+
+def _deadline(clock: Clock, deadline_s: float | None) -> float | None:
+    """A relative deadline as an absolute time on the engine's clock (what AFS compares)."""
+    if deadline_s is None:
+        return None
+    if not deadline_s > 0:
+        raise SagaSessionError(f"deadline_s must be > 0 seconds from now, got {deadline_s!r}")
+    return clock() + float(deadline_s)
+
+
+# --- sync ---------------------------------------------------------------------------------
+
+
+class Session(_SessionState):
+    """One agent task on a :class:`SagaEngine`; its context is the caller's token list."""
+
+    def __init__(self, engine: SagaEngine, session_id: str, agent_type: str, tenant: str,
+                 deadline_at: float | None) -> None:
+        super().__init__(session_id, agent_type, tenant, deadline_at, engine.clock)
+        self.engine = engine
+
+    def call(self, prompt_token_ids: Sequence[int], max_tokens: int, *,
+             pending_tool: str | None = None, final: bool = False) -> CallResult:
+        """Run one LLM call (blocking). ``pending_tool``: the tool this call is expected to end
+        in (SAGA keeps the session's KV through it); ``final``: the task's last call."""
+        return self.engine.run_batch(
+            [Call(self, prompt_token_ids, max_tokens, pending_tool, final)])[0]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One session's call, for :meth:`SagaEngine.run_batch` / :meth:`SagaEngine.submit`."""
+
+    session: Session
+    prompt_token_ids: Sequence[int]
+    max_tokens: int
+    pending_tool: str | None = None
+    final: bool = False
+
+
+class SagaEngine:
+    """Session API over a ``vllm.LLM`` (or the keyword arguments to build one).
+
+    Calls go through the engine's own step loop (``LLMEngine.add_request``/``step``), so calls
+    submitted together run in one continuous batch and each gets its own latency.
+    """
+
+    def __init__(self, llm_or_kwargs: Any, *, clock: Clock = time.monotonic) -> None:
+        if isinstance(llm_or_kwargs, Mapping):
+            from vllm import LLM
+
+            self.llm: Any = LLM(**dict(llm_or_kwargs))
+        else:
+            self.llm = llm_or_kwargs
+        self.clock = clock
+        self._pending: dict[str, tuple[Call, float]] = {}
+
+    def start_session(self, agent_type: str, tenant: str = "default",
+                      deadline_s: float | None = None, *,
+                      session_id: str | None = None) -> Session:
+        """A new task of ``agent_type`` for ``tenant``; ``deadline_s`` is relative to now."""
+        return Session(self, session_id or _new_session_id(agent_type), agent_type, tenant,
+                       _deadline(self.clock, deadline_s))
+
+    # The step loop --------------------------------------------------------------------
+    def submit(self, call: Call) -> str:
+        """Queue ``call`` in the engine; returns its request id (see :meth:`step`)."""
+        s = call.session
+        if s.engine is not self:
+            raise SagaSessionError(f"session {s.session_id} belongs to another engine")
+        request_id, prompt, params = s.begin_call(
+            call.prompt_token_ids, call.max_tokens, call.pending_tool, call.final)
+        try:
+            self.llm.llm_engine.add_request(request_id, prompt, params)
+        except BaseException:
+            s.end_call(None, final=False)
+            raise
+        self._pending[request_id] = (call, self.clock())
+        return request_id
+
+    @property
+    def has_pending(self) -> bool:
+        """True while a submitted call has not finished."""
+        return bool(self._pending)
+
+    def step(self) -> list[tuple[str, CallResult]]:
+        """One engine step; returns the calls that finished in it as ``(request_id, result)``."""
+        done: list[tuple[str, CallResult]] = []
+        outputs = self.llm.llm_engine.step()
+        now = self.clock()
+        for out in outputs:
+            if not out.finished or out.request_id not in self._pending:
+                continue
+            call, submitted = self._pending.pop(out.request_id)
+            result = _result(out, now - submitted)
+            call.session.end_call(result, final=call.final)
+            done.append((out.request_id, result))
+        return done
+
+    def fail_pending(self) -> list[Call]:
+        """Forget every unfinished call (after an engine error) and free their sessions."""
+        calls = [c for c, _ in self._pending.values()]
+        if self._pending:
+            # Best effort: the engine may already be broken.
+            with contextlib.suppress(Exception):
+                self.llm.llm_engine.abort_request(list(self._pending))
+        for c in calls:
+            c.session.end_call(None, final=False)
+        self._pending.clear()
+        return calls
+
+    def run_batch(self, calls: Sequence[Call]) -> list[CallResult]:
+        """Run several sessions' calls as one batch; results in the order of ``calls``."""
+        ids: list[str] = []
+        try:
+            for c in calls:
+                ids.append(self.submit(c))
+            results: dict[str, CallResult] = {}
+            while len(results) < len(ids):
+                results.update(self.step())
+        except BaseException:
+            self.fail_pending()
+            raise
+        return [results[i] for i in ids]
+
+    # Introspection ----------------------------------------------------------------------
+    @property
+    def scheduler(self) -> Any | None:
+        """The engine's scheduler when the engine core runs in this process, else None."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        inner = getattr(core, "engine_core", None)
+        return getattr(inner, "scheduler", None)
+
+    def saga_stats(self) -> dict[str, Any] | None:
+        """``SagaScheduler.saga_stats()`` of an in-process SAGA engine; None otherwise."""
+        sched = self.scheduler
+        stats = getattr(sched, "saga_stats", None)
+        return dict(stats()) if callable(stats) else None
+
+    def shutdown(self) -> None:
+        """Stop the engine core (frees its workers); the engine is unusable afterwards."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+
+# --- asyncio ------------------------------------------------------------------------------
+
+
+class AsyncSession(_SessionState):
+    """One agent task on an :class:`AsyncSagaEngine`; ``await session.call(...)``."""
+
+    def __init__(self, engine: AsyncSagaEngine, session_id: str, agent_type: str, tenant: str,
+                 deadline_at: float | None) -> None:
+        super().__init__(session_id, agent_type, tenant, deadline_at, engine.clock)
+        self.engine = engine
+
+    async def call(self, prompt_token_ids: Sequence[int], max_tokens: int, *,
+                   pending_tool: str | None = None, final: bool = False) -> CallResult:
+        """Run one LLM call; other sessions' calls batch with it in the engine."""
+        request_id, prompt, params = self.begin_call(
+            prompt_token_ids, max_tokens, pending_tool, final)
+        result: CallResult | None = None
+        try:
+            result = await self.engine._run(request_id, prompt, params)
+        finally:
+            self.end_call(result, final=final)
+        return result
+
+
+class AsyncSagaEngine:
+    """Asyncio session API over vLLM's ``AsyncLLM`` or an in-process ``vllm.LLM``.
+
+    With ``AsyncLLM`` the engine core runs in its own process and steps by itself. With a
+    ``vllm.LLM`` (or a :class:`SagaEngine`) a pump task steps the in-process engine while calls
+    are outstanding, yielding to the event loop between steps so tool sleeps and new calls
+    interleave with decoding — one process, and the scheduler stays inspectable.
+    """
+
+    def __init__(self, engine: Any, *, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._ids = itertools.count()
+        self._sync: SagaEngine | None = None
+        self.async_llm: Any | None = None
+        if isinstance(engine, SagaEngine):
+            self._sync = engine
+        elif hasattr(engine, "llm_engine"):
+            self._sync = SagaEngine(engine, clock=clock)
+        elif hasattr(engine, "generate"):
+            self.async_llm = engine
+        else:
+            raise SagaSessionError(
+                "AsyncSagaEngine needs a vllm AsyncLLM, a vllm.LLM or a SagaEngine, got "
+                f"{type(engine).__name__}")
+        self._futures: dict[str, asyncio.Future[CallResult]] = {}
+        self._pump: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_engine_args(cls, kwargs: Mapping[str, Any], *, clock: Clock = time.monotonic,
+                         in_process: bool = False) -> AsyncSagaEngine:
+        """Build the engine from ``vllm.LLM`` keyword arguments: ``AsyncLLM`` (own process),
+        or with ``in_process`` a stepped ``vllm.LLM`` (set ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
+        for the engine core to live in this process too)."""
+        if in_process:
+            from vllm import LLM
+
+            return cls(LLM(**dict(kwargs)), clock=clock)
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**dict(kwargs))), clock=clock)
+
+    @property
+    def sync_engine(self) -> SagaEngine | None:
+        """The stepped in-process engine (None over ``AsyncLLM``)."""
+        return self._sync
+
+    def start_session(self, agent_type: str, tenant: str = "default",
+                      deadline_s: float | None = None, *,
+                      session_id: str | None = None) -> AsyncSession:
+        """A new task of ``agent_type`` for ``tenant``; ``deadline_s`` is relative to now."""
+        return AsyncSession(self, session_id or _new_session_id(agent_type), agent_type, tenant,
+                            _deadline(self.clock, deadline_s))
+
+    async def _run(self, request_id: str, prompt: Any, params: Any) -> CallResult:
+        if self.async_llm is None and self._sync is None:
+            raise SagaSessionError("the engine was shut down")
+        if self.async_llm is not None:
+            return await self._run_async_llm(f"{request_id}#{next(self._ids)}", prompt, params)
+        assert self._sync is not None
+        sync = self._sync
+        rid = f"{request_id}#{next(self._ids)}"
+        submitted = self.clock()
+        sync.llm.llm_engine.add_request(rid, prompt, params)
+        future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        self._futures[rid] = future
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._pump_steps())
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            self._futures.pop(rid, None)
+            sync.llm.llm_engine.abort_request([rid])
+            raise
+        return CallResult(result.output_token_ids, result.num_cached_tokens,
+                          result.prompt_tokens, self.clock() - submitted)
+
+    async def _pump_steps(self) -> None:
+        """Step the in-process engine while calls are outstanding, yielding between steps."""
+        assert self._sync is not None
+        engine = self._sync.llm.llm_engine
+        while self._futures:
+            try:
+                outputs = engine.step()
+            except Exception as exc:
+                for fut in self._futures.values():
+                    if not fut.done():
+                        fut.set_exception(exc)
+                self._futures.clear()
+                return
+            for out in outputs:
+                if not out.finished:
+                    continue
+                waiter = self._futures.pop(out.request_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(_result(out, 0.0))
+            await asyncio.sleep(0)
+
+    async def _run_async_llm(self, rid: str, prompt: Any, params: Any) -> CallResult:
+        assert self.async_llm is not None
+        submitted = self.clock()
+        final: Any = None
+        async for out in self.async_llm.generate(prompt, params, request_id=rid):
+            final = out
+        if final is None:
+            raise SagaSessionError(f"request {rid}: the engine returned no output")
+        return _result(final, self.clock() - submitted)
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix block (between benchmark phases); True when it did."""
+        if self.async_llm is not None:
+            return bool(await self.async_llm.reset_prefix_cache())
+        assert self._sync is not None
+        return bool(self._sync.llm.reset_prefix_cache())
+
+    def saga_stats(self) -> dict[str, Any] | None:
+        """SAGA scheduler stats when the scheduler runs in this process, else None."""
+        return self._sync.saga_stats() if self._sync is not None else None
+
+    def shutdown(self) -> None:
+        """Stop the engine (and its engine-core process, if any)."""
+        if self.async_llm is not None:
+            # Drop the reference too: AsyncLLM.__del__ shuts down again, which fails noisily
+            # when it runs at interpreter exit.
+            llm, self.async_llm = self.async_llm, None
+            llm.shutdown()
+            del llm
+        elif self._sync is not None:
+            self._sync.shutdown()

@@ -1,0 +1,139 @@
+"""Per-request SAGA metadata carried in ``SamplingParams.extra_args["saga"]``.
+
+vLLM forwards ``extra_args`` untouched from the API (``vllm_xargs`` on the OpenAI server) to the
+engine core's ``Request.sampling_params``, so it is the one place a caller can hand the scheduler
+workflow facts (session, tenant, pending tool) without patching vLLM. A request without a
+``"saga"`` key is a plain request; a malformed one raises :class:`SagaMetadataError` naming the
+field, so callers see what to fix instead of a silently mis-scheduled request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from saga.policy.errors import SagaError
+
+SAGA_KEY = "saga"
+"""The key of ``SamplingParams.extra_args`` that holds the SAGA metadata dict."""
+
+
+class SagaMetadataError(SagaError, ValueError):
+    """``extra_args["saga"]`` is malformed; the message names the field and the expected type."""
+
+
+@dataclass(frozen=True)
+class SagaRequestMeta:
+    """What the scheduler knows about one LLM call of an agent session.
+
+    ``pending_tool`` set means the call is expected to end in that tool call, so the session's
+    KV is pinned through it; ``tool_latency_s`` is the measured duration of the tool that ran
+    before this call (it trains the per-tool latency model); ``final`` marks the task's last call
+    (its KV will not be reused); ``deadline_s`` feeds AFS; ``reuse_prob`` overrides the reuse
+    probability the scheduler would otherwise infer.
+    """
+
+    session_id: str
+    tenant_id: str = "default"
+    agent_type: str | None = None
+    aeg_node: str | None = None
+    pending_tool: str | None = None
+    tool_latency_s: float | None = None
+    final: bool = False
+    deadline_s: float | None = None
+    reuse_prob: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_str("session_id", self.session_id, optional=False)
+        if not self.session_id:
+            raise SagaMetadataError("saga.session_id must be a non-empty str, got ''")
+        _check_str("tenant_id", self.tenant_id, optional=False)
+        for name in ("agent_type", "aeg_node", "pending_tool"):
+            _check_str(name, getattr(self, name), optional=True)
+        if not isinstance(self.final, bool):
+            raise SagaMetadataError(
+                f"saga.final must be a bool, got {type(self.final).__name__} {self.final!r}")
+        _check_float("tool_latency_s", self.tool_latency_s, low=0.0, high=math.inf)
+        _check_float("deadline_s", self.deadline_s, low=-math.inf, high=math.inf)
+        _check_float("reuse_prob", self.reuse_prob, low=0.0, high=1.0)
+
+
+def _check_str(name: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        kind = "a str or None" if optional else "a str"
+        raise SagaMetadataError(
+            f"saga.{name} must be {kind}, got {type(value).__name__} {value!r}")
+
+
+def _check_float(name: str, value: object, *, low: float, high: float) -> None:
+    if value is None:
+        return
+    # bool is an int subclass; True as a latency is a caller bug, not 1 second.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SagaMetadataError(
+            f"saga.{name} must be a number or None, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if math.isnan(x) or not low <= x <= high:
+        raise SagaMetadataError(f"saga.{name} must be in [{low}, {high}], got {value!r}")
+
+
+_FIELDS = frozenset(f.name for f in fields(SagaRequestMeta))
+
+
+def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | None:
+    """Read ``extra_args["saga"]``: None when absent (a plain request), else the typed metadata.
+
+    Raises :class:`SagaMetadataError` when ``extra_args["saga"]`` is not a dict, has unknown
+    keys (likely typos), lacks ``session_id`` or has a field of the wrong type.
+    """
+    if extra_args is None:
+        return None
+    if not isinstance(extra_args, Mapping):
+        raise SagaMetadataError(
+            f"SamplingParams.extra_args must be a dict, got {type(extra_args).__name__}")
+    raw = extra_args.get(SAGA_KEY)
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SagaMetadataError(
+            f"extra_args['saga'] must be a dict of SAGA fields, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in _FIELDS)
+    if unknown:
+        raise SagaMetadataError(
+            f"unknown saga field(s) {unknown}; known fields: {sorted(_FIELDS)}")
+    if "session_id" not in raw:
+        raise SagaMetadataError("saga.session_id is required (a non-empty str)")
+    values = dict(raw)
+    for name in ("tool_latency_s", "deadline_s", "reuse_prob"):
+        _check_float(name, values.get(name), low=-math.inf, high=math.inf)
+        if values.get(name) is not None:
+            values[name] = float(values[name])
+    return SagaRequestMeta(**values)
+
+
+def saga_extra_args(meta: SagaRequestMeta, base: Mapping[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """``extra_args`` carrying ``meta`` (merged over ``base``); fields left at None are omitted."""
+    payload: dict[str, Any] = {}
+    for f in fields(SagaRequestMeta):
+        value = getattr(meta, f.name)
+        if value is None or (f.name == "final" and value is False) or (
+                f.name == "tenant_id" and value == "default"):
+            continue
+        payload[f.name] = value
+    out = dict(base or {})
+    out[SAGA_KEY] = payload
+    return out
+
+
+__all__ = [
+    "SAGA_KEY",
+    "SagaMetadataError",
+    "SagaRequestMeta",
+    "parse_saga_meta",
+    "saga_extra_args",
+]

@@ -1,0 +1,172 @@
+"""A tiny random Llama and engine settings for tests, the compare command and the demo.
+
+No model can be downloaded here, so every run builds a small random Llama with ``transformers``
+and drives vLLM with token ids (``skip_tokenizer_init=True``). Weights are random, so outputs are
+meaningless but deterministic, which is all the scheduler needs: prompt lengths, prefix hashes and
+KV blocks behave exactly as with a real model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from saga.vllm.config import SagaSchedulerConfig
+    from saga.vllm.metadata import SagaRequestMeta
+
+TINY_LLAMA = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1024,
+    "max_position_embeddings": 4096,
+}
+"""Shape of the test model: small enough to run on 2 CPU cores, big enough to page KV."""
+
+_MARKER = "saga_tiny_llama.json"
+SCHEDULER_CLS = "saga.vllm.scheduler.SagaScheduler"
+ASYNC_SCHEDULER_CLS = "saga.vllm.scheduler.SagaAsyncScheduler"
+VALIDATOR_CLS = "saga.vllm.scheduler:SagaMetadataValidator"
+
+
+def build_tiny_llama(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Save a random tiny Llama (float32) under ``path`` and return it.
+
+    Cached by path: a directory already holding the model built with the same ``seed`` is
+    returned without touching ``transformers`` (importing it alone takes seconds).
+    """
+    out = Path(path)
+    marker = out / _MARKER
+    want = {"seed": seed, **TINY_LLAMA}
+    if marker.is_file() and (out / "config.json").is_file():
+        try:
+            if json.loads(marker.read_text()) == want:
+                return out
+        except (OSError, ValueError):
+            pass
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**TINY_LLAMA, torch_dtype="float32", tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    marker.write_text(json.dumps(want))
+    return out
+
+
+def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *,
+                       saga: SagaSchedulerConfig | None = None, block_size: int = 32,
+                       enforce_eager: bool = True, max_model_len: int | None = None,
+                       max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
+                       seed: int = 0, async_scheduling: bool = False,
+                       **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM(**kw)`` / ``EngineArgs(**kw)`` on the tiny model.
+
+    ``saga=None`` gives the stock scheduler (prefix caching on); a :class:`SagaSchedulerConfig`
+    selects :class:`~saga.vllm.scheduler.SagaScheduler` and passes the config through
+    ``additional_config["saga"]``, which vLLM serialises into the engine-core process too.
+    ``enforce_eager`` with compilation off skips torch.compile and graph capture, the bulk of
+    a cold start. ``max_model_len`` defaults to what the pool can hold (vLLM refuses a longer
+    one). ``kv_cache_bytes`` sets the KV pool directly (``kv_cache_memory_bytes``), so
+    tests can size it in blocks with :func:`kv_bytes_for_blocks`. ``async_scheduling`` selects
+    vLLM's async scheduler (and :class:`~saga.vllm.scheduler.SagaAsyncScheduler` with SAGA).
+    """
+    if max_model_len is None:
+        # vLLM refuses to start unless one request of max_model_len fits in the pool.
+        fit = (int(kv_cache_bytes) // kv_bytes_per_block(block_size) - 1) * block_size
+        max_model_len = max(block_size, min(TINY_LLAMA["max_position_embeddings"], fit))
+    kw: dict[str, Any] = {
+        "model": str(model_dir),
+        "skip_tokenizer_init": True,
+        "kv_cache_memory_bytes": int(kv_cache_bytes),
+        "block_size": block_size,
+        "enable_prefix_caching": True,
+        "max_model_len": max_model_len,
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens or max_model_len,
+        "dtype": "float32",
+        "enforce_eager": enforce_eager,
+        "seed": seed,
+        "disable_log_stats": True,
+        "async_scheduling": async_scheduling,
+    }
+    if enforce_eager:
+        kw["compilation_config"] = {"mode": 0}
+    if saga is not None:
+        kw["scheduler_cls"] = ASYNC_SCHEDULER_CLS if async_scheduling else SCHEDULER_CLS
+        kw["additional_config"] = {"saga": dataclasses.asdict(saga)}
+        # Rejects malformed extra_args["saga"] in the front end, naming the field.
+        kw["logits_processors"] = [VALIDATOR_CLS]
+    kw.update(extra)
+    return kw
+
+
+def kv_bytes_per_block(block_size: int = 32) -> int:
+    """KV bytes one block of the tiny model takes (K and V, every layer, float32)."""
+    head_dim = TINY_LLAMA["hidden_size"] // TINY_LLAMA["num_attention_heads"]
+    per_token = (2 * TINY_LLAMA["num_hidden_layers"] * TINY_LLAMA["num_key_value_heads"]
+                 * head_dim * 4)
+    return per_token * block_size
+
+
+def kv_bytes_for_blocks(num_blocks: int, block_size: int = 32) -> int:
+    """``kv_cache_bytes`` giving a pool of ``num_blocks`` usable blocks (vLLM reserves one)."""
+    return kv_bytes_per_block(block_size) * (num_blocks + 1)
+
+
+def engine_scheduler(llm: Any) -> Any:
+    """The scheduler of an in-process ``vllm.LLM`` (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    core = llm.llm_engine.engine_core
+    inner = getattr(core, "engine_core", None)
+    if inner is None:
+        raise RuntimeError("the scheduler is in another process; set "
+                           "VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM")
+    return inner.scheduler
+
+
+def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *,
+                metas: Sequence[SagaRequestMeta | None] | None = None,
+                cache_salts: Sequence[str | None] | None = None,
+                max_tokens: int = 1) -> list[Any]:
+    """Greedy-generate ``max_tokens`` tokens for each token-id prompt in one batch; returns
+    vLLM's ``RequestOutput`` list (``num_cached_tokens``, ``outputs[0].token_ids``)."""
+    from saga.vllm.metadata import saga_extra_args
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    metas = metas or [None] * len(prompts)
+    salts = cache_salts or [None] * len(prompts)
+    inputs: list[Any] = []
+    params: list[Any] = []
+    for tokens, meta, salt in zip(prompts, metas, salts, strict=True):
+        prompt = TokensPrompt(prompt_token_ids=list(tokens))
+        if salt is not None:
+            prompt["cache_salt"] = salt
+        inputs.append(prompt)
+        params.append(SamplingParams(
+            max_tokens=max_tokens, temperature=0.0, detokenize=False, ignore_eos=True,
+            extra_args=saga_extra_args(meta) if meta is not None else None))
+    return list(llm.generate(inputs, params, use_tqdm=False))
+
+
+__all__ = [
+    "ASYNC_SCHEDULER_CLS",
+    "SCHEDULER_CLS",
+    "TINY_LLAMA",
+    "VALIDATOR_CLS",
+    "build_tiny_llama",
+    "engine_scheduler",
+    "kv_bytes_for_blocks",
+    "kv_bytes_per_block",
+    "run_prompts",
+    "tiny_engine_kwargs",
+]

@@ -1,0 +1,212 @@
+"""`saga vllm compare`: stock vLLM against SAGA inside vLLM on one agent workload.
+
+Both engines get the same tiny model, KV budget and workload seed and are driven by the same
+session client; the table puts them side by side with the SAGA ÷ stock ratio. vLLM is imported
+only when a command runs, so ``saga --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from saga.cli.errors import user_errors
+from saga.cli.render import console, progress, write_json
+from saga.policy.errors import SagaConfigError
+from saga.vllm.compare import (
+    DEFAULT_KV_BLOCKS,
+    DRIVERS,
+    CompareConfig,
+    CompareResult,
+    EngineRun,
+    run_compare,
+)
+from saga.vllm.workload import WORKLOAD_KINDS, WorkloadConfig
+
+app = typer.Typer(help="SAGA inside a real vLLM engine.", no_args_is_help=True)
+
+RECOMPUTE_GOAL = 0.3
+"""SAGA's recomputed prompt tokens should be at most this share of stock vLLM's."""
+
+
+@app.callback()
+def _group() -> None:
+    """SAGA inside a real vLLM engine."""
+
+
+def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int) -> int:
+    """The KV pool in blocks from ``--kv-blocks`` or ``--kv-mb`` (not both)."""
+    from saga.vllm.testing import kv_bytes_per_block
+
+    if kv_blocks is not None and kv_mb is not None:
+        raise SagaConfigError("give --kv-blocks or --kv-mb, not both")
+    if kv_mb is not None:
+        if not (kv_mb > 0 and math.isfinite(kv_mb)):
+            raise SagaConfigError(f"--kv-mb must be > 0, got {kv_mb}")
+        # vLLM keeps one block of the pool for itself.
+        return int(kv_mb * 2**20) // kv_bytes_per_block(block_size) - 1
+    return DEFAULT_KV_BLOCKS if kv_blocks is None else kv_blocks
+
+
+def parse_saga_overrides(text: str | None) -> dict[str, Any]:
+    """``--saga-config '{"queue": "fcfs"}'`` → a dict of SagaSchedulerConfig fields."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SagaConfigError(f"--saga-config must be a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise SagaConfigError(
+            f"--saga-config must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _fmt_ratio(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return "inf" if math.isinf(x) else f"{x:.2f}×"
+
+
+def compare_table(result: CompareResult) -> Table:
+    """Metrics as rows, engines as columns, then SAGA ÷ stock."""
+    runs = list(result.runs)
+    ratios = result.ratios()
+    cfg = result.config
+    w = result.workload.summary()
+    table = Table(
+        title=(f"{int(w['sessions'])} sessions ({cfg.workload.kind}), {int(w['calls'])} calls, "
+               f"KV pool {cfg.kv_blocks} blocks × {cfg.block_size} tokens, seed "
+               f"{cfg.workload.seed}"),
+        title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for r in runs:
+        table.add_column("SAGA" if r.name == "saga" else "stock vLLM", justify="right")
+    if ratios:
+        table.add_column("SAGA ÷ stock", justify="right")
+
+    def row(label: str, key: str | None, fmt: Any) -> None:
+        cells = [fmt(r) for r in runs]
+        if ratios:
+            cells.append(_fmt_ratio(ratios.get(key)) if key else "")
+        table.add_row(label, *cells)
+
+    def recomputed(r: EngineRun) -> str:
+        return f"{r.recomputed_tokens:,}"
+
+    row("recomputed prompt tokens (prompt − cached)", "recomputed_tokens", recomputed)
+    row("  of which re-prefilled context", "reprefilled_tokens",
+        lambda r: f"{r.reprefilled_tokens:,}")
+    row("prompt tokens", None, lambda r: f"{r.prompt_tokens:,}")
+    row("prefix hit rate", "prefix_hit_rate", lambda r: f"{r.hit_rate:.1%}")
+    row("task completion time mean", "tct_mean_s", lambda r: f"{r.tct_mean_s:.2f} s")
+    row("task completion time p95", "tct_p95_s", lambda r: f"{r.tct_p95_s:.2f} s")
+    row("call latency mean", None, lambda r: f"{r.call_latency_mean_s * 1e3:.0f} ms")
+    row("throughput (calls/s)", "calls_per_s", lambda r: f"{r.calls_per_s:.2f}")
+    row("throughput (tokens/s)", "tokens_per_s", lambda r: f"{r.tokens_per_s:,.0f}")
+    row("wall time", "wall_s", lambda r: f"{r.wall_s:.1f} s")
+    row("engine start (+ warm-up)", None, lambda r: f"{r.start_s:.1f} s")
+    return table
+
+
+def goal_lines(result: CompareResult) -> list[str]:
+    """Whether the run met the two goals, stated plainly."""
+    ratios = result.ratios()
+    if not ratios:
+        return []
+    rec, rep, tct = (ratios["recomputed_tokens"], ratios["reprefilled_tokens"],
+                     ratios["tct_mean_s"])
+    ok = "[green]met[/]"
+    missed = "[red]not met[/]"
+    return [
+        f"goal: recomputed tokens ≤ {RECOMPUTE_GOAL:.1f}× stock — {_fmt_ratio(rec)}: "
+        f"{ok if rec <= RECOMPUTE_GOAL else missed} (re-prefilled context only: "
+        f"{_fmt_ratio(rep)})",
+        f"goal: lower mean task completion time — {_fmt_ratio(tct)}: "
+        f"{ok if tct < 1.0 else missed}",
+    ]
+
+
+def run_with_progress(config: CompareConfig) -> CompareResult:
+    """Run the comparison with one progress bar per engine (calls finished)."""
+    from saga.vllm.workload import build_workload
+
+    total = build_workload(config.workload).calls
+    with progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_engine(name: str) -> None:
+            tasks[name] = bar.add_task(f"{name}: starting engine", total=total)
+
+        def on_call(name: str, done: int) -> None:
+            bar.update(tasks[name], completed=done, description=f"{name}: running workload")
+
+        return run_compare(config, on_call=on_call, on_engine=on_engine)
+
+
+def compare(
+    sessions: Annotated[int, typer.Option(help="Concurrent agent sessions.")] = 8,
+    workload: Annotated[str, typer.Option(
+        help="Agent templates: swe (SWE-bench), web (WebArena) or mixed.")] = "mixed",
+    seed: Annotated[int, typer.Option(help="Workload and model seed.")] = 0,
+    kv_blocks: Annotated[int | None, typer.Option(
+        help=f"KV pool in blocks of 32 tokens (default {DEFAULT_KV_BLOCKS}).")] = None,
+    kv_mb: Annotated[float | None, typer.Option(
+        help="KV pool in MiB instead of --kv-blocks.")] = None,
+    tool_scale: Annotated[float, typer.Option(
+        help="Multiply the templates' tool latencies (real sleeps).")] = WorkloadConfig.tool_scale,
+    max_steps: Annotated[int, typer.Option(
+        help="At most this many LLM calls per session.")] = WorkloadConfig.max_steps,
+    max_context: Annotated[int, typer.Option(
+        help="Cut a session where its context would pass this many tokens.")
+    ] = WorkloadConfig.max_context,
+    driver: Annotated[str, typer.Option(
+        help="inproc: engine core in this process; async-llm: vLLM's AsyncLLM "
+             "(engine core in its own process).")] = "inproc",
+    saga_config: Annotated[str | None, typer.Option(
+        help='SagaSchedulerConfig fields over all-on, as JSON, e.g. \'{"queue": "fcfs"}\'.')
+    ] = None,
+    engines: Annotated[str, typer.Option(
+        help="Which engines to run, comma-separated: stock,saga.")] = "stock,saga",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    per_call: Annotated[bool, typer.Option(
+        help="Include every session's calls in the JSON.")] = False,
+) -> None:
+    """Run one agent workload on stock vLLM and on SAGA (same model, KV budget, seed)."""
+    # vLLM logs every engine start at INFO on stdout, burying the table; VLLM_LOGGING_LEVEL
+    # set by the caller wins. It must be set before vLLM is imported.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    with user_errors():
+        if workload not in WORKLOAD_KINDS:
+            raise SagaConfigError(
+                f"--workload must be one of {', '.join(WORKLOAD_KINDS)}, got {workload!r}")
+        if driver not in DRIVERS:
+            raise SagaConfigError(
+                f"--driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+        names = tuple(x.strip() for x in engines.split(",") if x.strip())
+        config = CompareConfig(
+            workload=WorkloadConfig(sessions=sessions, kind=workload,  # type: ignore[arg-type]
+                                    seed=seed, tool_scale=tool_scale, max_steps=max_steps,
+                                    max_context=max_context),
+            kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32),
+            driver=driver,  # type: ignore[arg-type]
+            saga_overrides=parse_saga_overrides(saga_config),
+            engines=names)
+        result = run_with_progress(config)
+        console.print(compare_table(result))
+        for line in goal_lines(result):
+            console.print(line)
+        console.print(f"vLLM import {result.vllm_import_s:.1f} s, model build "
+                      f"{result.model_build_s:.1f} s", style="dim")
+        if json_out is not None:
+            write_json(json_out, result.to_dict(sessions=per_call))
+            console.print(f"wrote {json_out}")
+
+
+app.command("compare")(compare)
