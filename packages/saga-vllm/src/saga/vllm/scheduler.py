@@ -52,10 +52,12 @@ from saga.policy.queueing import (
 )
 from saga.policy.queueing import RequestQueue as PolicyQueue
 from saga.policy.ttl import ToolCallTTL
+from saga.policy.workflow import SessionHinter
 from saga.vllm.block_queue import WALRUFreeBlockQueue
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaMetadataError, SagaRequestMeta, parse_saga_meta
 from saga.vllm.metrics import SagaMetrics, publish
+from saga.vllm.offload import REUSE_HINTS
 from saga.vllm.pins import Pin, PinTable, ReleaseReason
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -282,6 +284,8 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self._last_tool: dict[str, str] = {}
         self._afs_sessions: set[str] = set()
         self._afs_epoch_at = -math.inf
+        # The workflow model: AEGs per agent type, learned from the tasks this engine served.
+        self.hinter = SessionHinter()
         self.block_pool: Any = self.kv_cache_manager.block_pool
         self.num_usable_blocks: int = int(self.block_pool.num_gpu_blocks) - 1
         self.block_queue = WALRUFreeBlockQueue.replace_in(
@@ -332,7 +336,12 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             tenant=meta.tenant_id if meta is not None else "default")
 
     def _reuse_prob(self, meta: SagaRequestMeta | None) -> float:
-        """P_reuse of a finished call's blocks: caller's value, else from the workflow state."""
+        """P_reuse of a finished call's blocks: the caller's value, else the workflow's.
+
+        With an agent type, the AEG that pattern inference learned for it (a generic prior
+        during the cold start) gives ``p_reuse`` at the pending tool's node (the spec's formula
+        in saga-aeg); without one, a pending tool means the session is expected back.
+        """
         if meta is None:
             return UNKNOWN_REUSE
         if meta.reuse_prob is not None:
@@ -340,8 +349,19 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         if meta.final:
             return 0.0
         if meta.pending_tool is not None:
+            if meta.agent_type is not None:
+                return self.hinter.hint(meta.agent_type, meta.pending_tool).reuse_prob
             return self.saga_config.pending_tool_reuse
         return UNKNOWN_REUSE
+
+    def _observe_workflow(self, request: Any, meta: SagaRequestMeta) -> None:
+        """Feed pattern inference: this call, its pending tool, and the task's end."""
+        if meta.agent_type is None:
+            return
+        self.hinter.observe_call(meta.session_id, int(request.num_prompt_tokens),
+                                 int(request.num_output_tokens), meta.pending_tool)
+        if meta.final:
+            self.hinter.finish(meta.session_id, meta.agent_type)
 
     def _pressure(self) -> float:
         return min(max(float(self.block_pool.get_usage()), 0.0), 1.0)
@@ -482,9 +502,13 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
                 meta.session_id, 0) + 1
         self._task_bookkeeping(request, meta)
         p_reuse = self._reuse_prob(meta)
+        if meta is not None:
+            self._observe_workflow(request, meta)
         ids = [i for group in self.kv_cache_manager.get_block_ids(request.request_id)
                for i in group]
         self.block_queue.set_reuse(ids, p_reuse)
+        if meta is not None and request.block_hashes:
+            REUSE_HINTS.set(request.block_hashes, p_reuse)  # the DRAM tier's WA-LRU reads it
         if (self.saga_config.ttl and meta is not None and meta.pending_tool is not None
                 and request.status in _PINNABLE and self._request_blocks_can_be_freed(request)):
             self._pin(meta.session_id, meta.pending_tool,

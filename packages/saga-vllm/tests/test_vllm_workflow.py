@@ -1,0 +1,51 @@
+"""The scheduler's workflow model: reuse predictions come from the AEG it learns from tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga.vllm.config import SagaSchedulerConfig
+from saga.vllm.metadata import SagaRequestMeta
+from saga.vllm.offload import REUSE_HINTS
+from saga.vllm.testing import engine_scheduler, kv_bytes_for_blocks, run_prompts, tiny_engine_kwargs
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_dir: Path) -> Iterator[Any]:
+    from vllm import LLM
+
+    yield LLM(**tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(16),
+                                   saga=SagaSchedulerConfig(walru=True)))
+
+
+def _task(llm: Any, sid: str) -> None:
+    prompt = [(hash(sid) % 900) + 1] * 40
+    run_prompts(llm, [prompt], metas=[SagaRequestMeta(sid, agent_type="coder",
+                                                      pending_tool="grep")])
+    # The last call asks for `submit`, after which the task ends.
+    run_prompts(llm, [prompt + [3] * 40], metas=[SagaRequestMeta(
+        sid, agent_type="coder", pending_tool="submit", tool_latency_s=0.5, final=True)])
+
+
+def test_learned_aeg_drives_reuse_predictions(llm: Any) -> None:
+    sched = engine_scheduler(llm)
+    for i in range(30):
+        _task(llm, f"task-{i}")
+    assert sched.hinter.inference.aeg_source("coder") == "inferred"
+    # After `grep` this agent always calls the LLM again; after `submit` it never does.
+    assert sched._reuse_prob(SagaRequestMeta("x", agent_type="coder", pending_tool="grep")) == 1.0
+    assert sched._reuse_prob(SagaRequestMeta("x", agent_type="coder",
+                                             pending_tool="submit")) == 0.0
+    # Without an agent type there is no AEG: a pending tool means "expected back".
+    assert sched._reuse_prob(SagaRequestMeta("x", pending_tool="grep")) == (
+        sched.saga_config.pending_tool_reuse)
+
+
+def test_finished_calls_feed_the_dram_tier_hint_table(llm: Any) -> None:
+    before = len(REUSE_HINTS)
+    _task(llm, "hinted")
+    assert len(REUSE_HINTS) > before
