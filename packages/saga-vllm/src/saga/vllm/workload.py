@@ -59,7 +59,9 @@ class WorkloadConfig:
     kind: WorkloadKind = "mixed"
     seed: int = 0
     max_steps: int = 10
-    max_context: int = 3000
+    # With the default 160-block (5,120-token) pool, 1,600-token contexts make the pool hold
+    # about 3 sessions while 8 are active: the regime where sessions compete for the cache.
+    max_context: int = 1600
     token_scale: float = 0.35
     output_scale: float = 0.12
     min_growth: int = 64
@@ -67,7 +69,7 @@ class WorkloadConfig:
     min_output: int = 8
     max_output: int = 48
     system_tokens: int = 160
-    tool_scale: float = 0.5
+    tool_scale: float = 1.0
     max_tool_s: float = 4.0
     arrival_gap_s: float = 1.0
     tenants: int = 1
