@@ -14,6 +14,7 @@ from saga.policy.ttl import tool_call_ttl
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaRequestMeta
 from saga.vllm.testing import (
+    ManualClock,
     engine_scheduler,
     kv_bytes_for_blocks,
     run_prompts,
@@ -23,12 +24,6 @@ from saga.vllm.testing import (
 BLOCKS = 12
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +45,9 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def clock(engines: dict[str, Any]) -> Clock:
+def clock(engines: dict[str, Any]) -> ManualClock:
     """A fresh injected clock on every SAGA engine, pins released and the cache emptied."""
-    c = Clock()
+    c = ManualClock(1000.0)
     for name, llm in engines.items():
         sched = engine_scheduler(llm)
         if name != "stock":
@@ -72,7 +67,8 @@ def assert_no_leak(sched: Any) -> None:
     assert all(b.ref_cnt == 0 for b in sched.block_pool.blocks if not b.is_null)
 
 
-def test_pinned_session_hits_where_stock_misses(engines: dict[str, Any], clock: Clock) -> None:
+def test_pinned_session_hits_where_stock_misses(engines: dict[str, Any],
+                                                clock: ManualClock) -> None:
     cached = {}
     for name in ("stock", "ttl", "async"):
         llm = engines[name]
@@ -92,7 +88,7 @@ def test_pinned_session_hits_where_stock_misses(engines: dict[str, Any], clock: 
     assert_no_leak(sched)
 
 
-def test_pins_expire_on_the_injected_clock(engines: dict[str, Any], clock: Clock) -> None:
+def test_pins_expire_on_the_injected_clock(engines: dict[str, Any], clock: ManualClock) -> None:
     llm = engines["ttl"]
     sched = engine_scheduler(llm)
     before = sched.saga_stats()["pin_expiries"]
@@ -114,7 +110,7 @@ def test_pins_expire_on_the_injected_clock(engines: dict[str, Any], clock: Clock
     assert_no_leak(sched)
 
 
-def test_tool_latency_feeds_the_ttl(engines: dict[str, Any], clock: Clock) -> None:
+def test_tool_latency_feeds_the_ttl(engines: dict[str, Any], clock: ManualClock) -> None:
     sched = engine_scheduler(engines["ttl"])
     prior = sched.ttl_policy.ttl("grep", 0.0)
     prompt = tokens(8, 40)
@@ -127,7 +123,7 @@ def test_tool_latency_feeds_the_ttl(engines: dict[str, Any], clock: Clock) -> No
     assert_no_leak(sched)
 
 
-def test_pin_cap_releases_the_earliest_expiry(engines: dict[str, Any], clock: Clock,
+def test_pin_cap_releases_the_earliest_expiry(engines: dict[str, Any], clock: ManualClock,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     llm = engines["ttl"]
     sched = engine_scheduler(llm)
@@ -156,7 +152,7 @@ def test_pin_cap_releases_the_earliest_expiry(engines: dict[str, Any], clock: Cl
 
 
 def test_pressure_releases_pins_for_a_waiting_request(
-        engines: dict[str, Any], clock: Clock) -> None:
+        engines: dict[str, Any], clock: ManualClock) -> None:
     llm = engines["ttl"]
     sched = engine_scheduler(llm)
     run_prompts(llm, [tokens(30, 150)], metas=[SagaRequestMeta("P", pending_tool="t")])
@@ -169,7 +165,8 @@ def test_pressure_releases_pins_for_a_waiting_request(
 
 
 @pytest.mark.parametrize("name", ["all", "afs", "async"])
-def test_many_sessions_leak_no_block(engines: dict[str, Any], clock: Clock, name: str) -> None:
+def test_many_sessions_leak_no_block(engines: dict[str, Any], clock: ManualClock,
+                                     name: str) -> None:
     llm = engines[name]
     sched = engine_scheduler(llm)
     rng = np.random.default_rng(7)

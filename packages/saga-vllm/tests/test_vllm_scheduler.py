@@ -17,6 +17,7 @@ from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaRequestMeta
 from saga.vllm.scheduler import SagaScheduler
 from saga.vllm.testing import (
+    ManualClock,
     engine_scheduler,
     kv_bytes_for_blocks,
     run_prompts,
@@ -26,12 +27,6 @@ from saga.vllm.testing import (
 BLOCKS = 12
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_all_off_behaves_like_stock(engines: dict[str, Any]) -> None:
 
 def test_walru_keeps_a_tool_calling_session(engines: dict[str, Any]) -> None:
     """A session waiting on a tool survives a burst that evicts it under vLLM's LRU."""
-    clock = Clock()
+    clock = ManualClock(0.0)
     engine_scheduler(engines["walru"]).clock = clock
     cached = {}
     for name in ("stock", "walru"):

@@ -170,3 +170,13 @@ __all__ = [
     "run_prompts",
     "tiny_engine_kwargs",
 ]
+
+
+class ManualClock:
+    """A clock tests set by hand (``clock.t = ...``) and inject as ``SagaScheduler.clock``."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
