@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from saga.cli.demo import instance_capacity_blocks, verdict
@@ -67,3 +68,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert {"lru", "walru", "belady"} <= policies
         for r in rows:
             assert r["ratio_to_belady"] >= 1.0
+
+
+def test_demo_vllm_part_without_saga_vllm_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    import sys
+
+    from saga.cli import demo as demo_mod
+
+    monkeypatch.setitem(sys.modules, "saga.cli.vllm", None)  # as if saga-vllm were absent
+    payload: dict[str, object] = {}
+    demo_mod.vllm_short_compare(payload)
+    assert "vllm_compare" not in payload
