@@ -83,6 +83,28 @@ def _check_float(name: str, value: object, *, low: float, high: float) -> None:
 
 _FIELDS = frozenset(f.name for f in fields(SagaRequestMeta))
 
+FLAT_PREFIX = "saga_"
+"""Flat form for vLLM's OpenAI server, whose ``vllm_xargs`` takes only flat values: each field
+as a top-level ``extra_args`` key ``saga_<field>`` (e.g. ``saga_session_id``)."""
+
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _flat_fields(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``saga_<field>`` keys of ``extra_args`` as a field dict (None when there are none)."""
+    flat = {k[len(FLAT_PREFIX):]: v for k, v in extra_args.items()
+            if isinstance(k, str) and k.startswith(FLAT_PREFIX)}
+    if not flat:
+        return None
+    final = flat.get("final")
+    if isinstance(final, int | str) and not isinstance(final, bool):
+        word = str(final).strip().lower()
+        if word not in _BOOL_WORDS:
+            raise SagaMetadataError(
+                f"saga_final must be true/false (or 1/0), got {final!r}")
+        flat["final"] = _BOOL_WORDS[word]
+    return flat
+
 
 def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | None:
     """Read ``extra_args["saga"]``: None when absent (a plain request), else the typed metadata.
@@ -96,6 +118,12 @@ def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | N
         raise SagaMetadataError(
             f"SamplingParams.extra_args must be a dict, got {type(extra_args).__name__}")
     raw = extra_args.get(SAGA_KEY)
+    flat = _flat_fields(extra_args)
+    if raw is not None and flat is not None:
+        raise SagaMetadataError(
+            "give SAGA metadata either as extra_args['saga'] or as saga_* keys, not both")
+    if raw is None:
+        raw = flat
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
@@ -115,6 +143,11 @@ def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | N
     return SagaRequestMeta(**values)
 
 
+def saga_vllm_xargs(meta: SagaRequestMeta) -> dict[str, Any]:
+    """``meta`` in the flat form for the OpenAI server's ``vllm_xargs`` (``saga_<field>`` keys)."""
+    return {FLAT_PREFIX + k: v for k, v in saga_extra_args(meta)[SAGA_KEY].items()}
+
+
 def saga_extra_args(meta: SagaRequestMeta, base: Mapping[str, Any] | None = None
                     ) -> dict[str, Any]:
     """``extra_args`` carrying ``meta`` (merged over ``base``); fields left at None are omitted."""
@@ -131,9 +164,11 @@ def saga_extra_args(meta: SagaRequestMeta, base: Mapping[str, Any] | None = None
 
 
 __all__ = [
+    "FLAT_PREFIX",
     "SAGA_KEY",
     "SagaMetadataError",
     "SagaRequestMeta",
     "parse_saga_meta",
     "saga_extra_args",
+    "saga_vllm_xargs",
 ]
