@@ -7,7 +7,6 @@ session filled in as well as what the engine did with it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,12 @@ import pytest
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.engine import Call, SagaEngine, SagaSessionError
 from saga.vllm.metadata import parse_saga_meta
-from saga.vllm.testing import build_tiny_llama, kv_bytes_for_blocks, tiny_engine_kwargs
+from saga.vllm.testing import (
+    build_tiny_llama,
+    kv_bytes_for_blocks,
+    scoped_env,
+    tiny_engine_kwargs,
+)
 
 BLOCK = 32
 
@@ -41,16 +45,9 @@ class _Spy:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEngine]:
     model = build_tiny_llama(Path(tmp_path_factory.getbasetemp()) / "tiny-llama")
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = SagaEngine(tiny_engine_kwargs(model, kv_bytes_for_blocks(96),
                                             saga=SagaSchedulerConfig.all_on()))
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
     yield eng
     eng.shutdown()
 

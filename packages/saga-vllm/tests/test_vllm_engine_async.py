@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,12 @@ import pytest
 
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.engine import AsyncSagaEngine, CallResult, SagaSessionError
-from saga.vllm.testing import build_tiny_llama, kv_bytes_for_blocks, tiny_engine_kwargs
+from saga.vllm.testing import (
+    build_tiny_llama,
+    kv_bytes_for_blocks,
+    scoped_env,
+    tiny_engine_kwargs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +28,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model: Path) -> Iterator[AsyncSagaEngine]:
-    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    try:
+    with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = AsyncSagaEngine.from_engine_args(
             tiny_engine_kwargs(model, kv_bytes_for_blocks(96),
                                saga=SagaSchedulerConfig.all_on()), in_process=True)
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-        else:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
     yield eng
     eng.shutdown()
 

@@ -18,11 +18,9 @@ import asyncio
 import dataclasses
 import gc
 import math
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,7 @@ import numpy as np
 
 from saga.policy.errors import SagaConfigError
 from saga.vllm.engine import AsyncSagaEngine, CallResult
+from saga.vllm.testing import scoped_env
 from saga.vllm.workload import SessionPlan, Workload, WorkloadConfig, build_workload
 
 Driver = Literal["inproc", "async-llm"]
@@ -308,22 +307,6 @@ async def drive_workload(engine: AsyncSagaEngine, workload: Workload, *,
     return list(records), clock() - t0
 
 
-@contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    old = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
@@ -376,7 +359,7 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
         return start_s, records, wall
 
     t_start = time.monotonic()
-    with _env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if driver == "inproc" else None):
+    with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if driver == "inproc" else None):
         engine = AsyncSagaEngine.from_engine_args(engine_kwargs, in_process=driver == "inproc")
     try:
         start_s, records, wall = asyncio.run(go(engine, t_start))

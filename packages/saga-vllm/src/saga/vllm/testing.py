@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,3 +181,24 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.t
+
+
+@contextmanager
+def scoped_env(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, unset) one environment variable for the block, then restore it.
+
+    vLLM reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` when an engine starts; this keeps one engine's
+    choice from leaking into the next.
+    """
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
