@@ -22,8 +22,8 @@ def llm(tiny_model_dir: Path) -> Iterator[Any]:
                                    saga=SagaSchedulerConfig(walru=True)))
 
 
-def _task(llm: Any, sid: str) -> None:
-    prompt = [(hash(sid) % 900) + 1] * 40
+def _task(llm: Any, sid: str, token: int) -> None:
+    prompt = [token] * 40  # a prompt of its own per task: no prefix shared with another task
     run_prompts(llm, [prompt], metas=[SagaRequestMeta(sid, agent_type="coder",
                                                       pending_tool="grep")])
     # The last call asks for `submit`, after which the task ends.
@@ -34,7 +34,7 @@ def _task(llm: Any, sid: str) -> None:
 def test_learned_aeg_drives_reuse_predictions(llm: Any) -> None:
     sched = engine_scheduler(llm)
     for i in range(30):
-        _task(llm, f"task-{i}")
+        _task(llm, f"task-{i}", token=i + 1)
     assert sched.hinter.inference.aeg_source("coder") == "inferred"
     # After `grep` this agent always calls the LLM again; after `submit` it never does.
     assert sched._reuse_prob(SagaRequestMeta("x", agent_type="coder", pending_tool="grep")) == 1.0
@@ -47,5 +47,5 @@ def test_learned_aeg_drives_reuse_predictions(llm: Any) -> None:
 
 def test_finished_calls_feed_the_dram_tier_hint_table(llm: Any) -> None:
     before = len(REUSE_HINTS)
-    _task(llm, "hinted")
+    _task(llm, "hinted", token=500)
     assert len(REUSE_HINTS) > before
