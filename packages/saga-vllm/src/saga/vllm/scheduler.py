@@ -15,8 +15,9 @@ Where each part hooks in (vLLM 0.32):
   request's blocks (direct and deferred frees both pass through it; preemption too, which is
   left alone). A finished call with ``pending_tool`` hands its block references to a
   :class:`~saga.vllm.pins.Pin` (``KVCacheManager.pop_blocks_for_free``) instead of the pool;
-  ``schedule`` releases pins on expiry, when the session's next call got its blocks, over the
-  cap, and under pressure (before vLLM would fail to place a waiting request or preempt one).
+  ``schedule`` releases pins on expiry, when the session's next call got its blocks, and under
+  pressure (before vLLM would fail to place a waiting request or preempt one), earliest expiry
+  first; over the cap the pin whose session is expected back last gives way.
 - Queue order: ``self.waiting`` (vLLM's ``RequestQueue`` abstraction) is replaced by
   :class:`SagaRequestQueue` when ``queue != "fcfs"`` or ``afs``; with FCFS and no AFS vLLM's own
   deque stays, so all-off is the stock scheduler.
@@ -51,7 +52,7 @@ from saga.policy.queueing import (
     QueuedRequest,
 )
 from saga.policy.queueing import RequestQueue as PolicyQueue
-from saga.policy.ttl import ToolCallTTL
+from saga.policy.ttl import ToolCallTTL, pin_return_eta
 from saga.policy.workflow import SessionHinter
 from saga.vllm.block_queue import WALRUFreeBlockQueue
 from saga.vllm.config import SagaSchedulerConfig
@@ -291,8 +292,8 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self.block_queue = WALRUFreeBlockQueue.replace_in(
             self.block_pool, self._now, walru=cfg.walru, alpha=cfg.alpha, beta=cfg.beta,
             gamma=cfg.gamma, block_size=self.block_size, on_evict=self.metrics.on_evict)
-        self.ttl_policy = ToolCallTTL(source=_latency_source(cfg.default_tool_p95_s),
-                                      ttl_max=cfg.ttl_max_s)
+        self.tool_latency = _latency_source(cfg.default_tool_p95_s)
+        self.ttl_policy = ToolCallTTL(source=self.tool_latency, ttl_max=cfg.ttl_max_s)
         self.afs: AFS | None = (AFS(capacity_per_s=cfg.afs_capacity_tokens_per_s)
                                 if cfg.afs else None)
         self.saga_queue: SagaRequestQueue | None = None
@@ -539,10 +540,19 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self._release(old, ReleaseReason.REPLACED)
         cap = math.floor(self.saga_config.pin_cap_fraction * self.num_usable_blocks)
         while self.pins.pinned_blocks > cap:
-            self._release(self.pins.pop_earliest(), ReleaseReason.CAP)
+            self._release(self.pins.pop(self._expected_back_last(now).session_id),
+                          ReleaseReason.CAP)
         if ttl <= 0.0 and session_id in self.pins:
             self._release(self.pins.pop(session_id), ReleaseReason.EXPIRED)
         self._sync_gauges()
+
+    def _expected_back_last(self, now: float) -> Pin:
+        """Over the cap, the pin to give up: the one whose session is expected back last
+        (``pin_return_eta`` from its tool's fitted latency; the newer pin on ties), so a new pin
+        that would displace sessions about to return is refused instead."""
+        return max(self.pins, key=lambda p: (
+            pin_return_eta(self.tool_latency.latency(p.tool), max(now - p.pinned_at, 0.0)),
+            p.seq))
 
     def _release(self, pin: Pin | None, reason: ReleaseReason) -> None:
         """Give a pin's block references back to vLLM (tail first, as vLLM frees)."""
