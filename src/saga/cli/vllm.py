@@ -26,6 +26,7 @@ from saga.vllm.compare import (
     CompareResult,
     EngineRun,
     run_compare,
+    seed_spread,
 )
 from saga.vllm.workload import WORKLOAD_KINDS, WorkloadConfig
 
@@ -40,9 +41,10 @@ def _group() -> None:
     """SAGA inside a real vLLM engine."""
 
 
-def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int) -> int:
+def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int,
+                   model: str = "tiny") -> int:
     """The KV pool in blocks from ``--kv-blocks`` or ``--kv-mb`` (not both)."""
-    from saga.vllm.testing import kv_bytes_per_block
+    from saga.vllm.testing import kv_bytes_per_block, model_shape
 
     if kv_blocks is not None and kv_mb is not None:
         raise SagaConfigError("give --kv-blocks or --kv-mb, not both")
@@ -50,7 +52,7 @@ def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int) 
         if not (kv_mb > 0 and math.isfinite(kv_mb)):
             raise SagaConfigError(f"--kv-mb must be > 0, got {kv_mb}")
         # vLLM keeps one block of the pool for itself.
-        return int(kv_mb * 2**20) // kv_bytes_per_block(block_size) - 1
+        return int(kv_mb * 2**20) // kv_bytes_per_block(block_size, model_shape(model)) - 1
     return DEFAULT_KV_BLOCKS if kv_blocks is None else kv_blocks
 
 
@@ -133,6 +135,47 @@ def goal_lines(result: CompareResult) -> list[str]:
     ]
 
 
+def parse_seeds(text: str | None, seed: int) -> list[int]:
+    """``--seeds 0,1,2`` (or ``0-4``) → seeds; without it, just ``--seed``."""
+    if not text:
+        return [seed]
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise SagaConfigError(
+            f"--seeds must be integers like 0,1,2 or 0-4, got {text!r}") from None
+    if not out:
+        raise SagaConfigError(f"--seeds names no seed: {text!r}")
+    return sorted(set(out))
+
+
+def seeds_table(results: list[CompareResult]) -> Table:
+    """One row per seed (the SAGA ÷ stock ratios), then median, range and geometric mean."""
+    table = Table(title=f"SAGA ÷ stock vLLM over {len(results)} seeds", title_justify="left")
+    cols = [("recomputed", "recomputed_tokens"), ("re-prefilled", "reprefilled_tokens"),
+            ("hit rate", "prefix_hit_rate"), ("TCT mean", "tct_mean_s"),
+            ("TCT p95", "tct_p95_s"), ("calls/s", "calls_per_s")]
+    table.add_column("seed", justify="right")
+    table.add_column("TCT stock → SAGA", justify="right")
+    for label, _ in cols:
+        table.add_column(label, justify="right")
+    for r in results:
+        stock, saga = r.run("stock"), r.run("saga")
+        tct = (f"{stock.tct_mean_s:.2f} → {saga.tct_mean_s:.2f} s"
+               if stock is not None and saga is not None else "—")
+        ratios = r.ratios()
+        table.add_row(str(r.config.workload.seed), tct,
+                      *(_fmt_ratio(ratios.get(key)) for _, key in cols))
+    spread = seed_spread(results)
+    for stat in ("median", "min", "max", "geomean"):
+        table.add_row(stat, "", *(_fmt_ratio(spread[key][stat]) if key in spread else "—"
+                                  for _, key in cols), style="bold" if stat == "median" else None)
+    return table
+
+
 def run_with_progress(config: CompareConfig) -> CompareResult:
     """Run the comparison with one progress bar per engine (calls finished)."""
     from saga.vllm.workload import build_workload
@@ -177,6 +220,11 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     per_call: Annotated[bool, typer.Option(
         help="Include every session's calls in the JSON.")] = False,
+    model: Annotated[str, typer.Option(
+        help="Random model shape: tiny (prefill nearly free) or small (~60M parameters: a "
+             "re-prefill costs time, as with real models).")] = "tiny",
+    seeds: Annotated[str | None, typer.Option(
+        help="Run several seeds (e.g. 0,1,2 or 0-4) and print the median and spread.")] = None,
 ) -> None:
     """Run one agent workload on stock vLLM and on SAGA (same model, KV budget, seed)."""
     # vLLM logs every engine start at INFO on stdout, burying the table; VLLM_LOGGING_LEVEL
@@ -190,22 +238,32 @@ def compare(
             raise SagaConfigError(
                 f"--driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
         names = tuple(x.strip() for x in engines.split(",") if x.strip())
-        config = CompareConfig(
+        configs = [CompareConfig(
             workload=WorkloadConfig(sessions=sessions, kind=workload,  # type: ignore[arg-type]
-                                    seed=seed, tool_scale=tool_scale, max_steps=max_steps,
+                                    seed=s, tool_scale=tool_scale, max_steps=max_steps,
                                     max_context=max_context),
-            kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32),
+            kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32, model),
             driver=driver,  # type: ignore[arg-type]
             saga_overrides=parse_saga_overrides(saga_config),
-            engines=names)
-        result = run_with_progress(config)
-        console.print(compare_table(result))
-        for line in goal_lines(result):
-            console.print(line)
-        console.print(f"vLLM import {result.vllm_import_s:.1f} s, model build "
-                      f"{result.model_build_s:.1f} s", style="dim")
+            engines=names, model=model) for s in parse_seeds(seeds, seed)]
+        results: list[CompareResult] = []
+        for config in configs:
+            result = run_with_progress(config)
+            results.append(result)
+            console.print(compare_table(result))
+            for line in goal_lines(result):
+                console.print(line)
+        if len(results) > 1:
+            console.print(seeds_table(results))
+        console.print(f"model {model}; vLLM import {results[0].vllm_import_s:.1f} s, model build "
+                      f"{results[0].model_build_s:.1f} s", style="dim")
         if json_out is not None:
-            write_json(json_out, result.to_dict(sessions=per_call))
+            if len(results) == 1:
+                write_json(json_out, results[0].to_dict(sessions=per_call))
+            else:
+                write_json(json_out, {
+                    "seeds": [r.to_dict(sessions=per_call) for r in results],
+                    "saga_over_stock_over_seeds": seed_spread(results)})
             console.print(f"wrote {json_out}")
 
 

@@ -44,6 +44,7 @@ while eight are active, so sessions compete for the cache."""
 __all__ = [
     "DEFAULT_KV_BLOCKS",
     "DRIVERS",
+    "SEED_METRICS",
     "CallRecord",
     "CompareConfig",
     "CompareResult",
@@ -52,6 +53,7 @@ __all__ = [
     "drive_workload",
     "run_compare",
     "run_engine",
+    "seed_spread",
 ]
 
 
@@ -60,7 +62,8 @@ class CompareConfig:
     """One comparison: the workload, the KV pool (blocks) and SAGA's scheduler switches.
 
     ``saga_overrides`` are :class:`~saga.vllm.config.SagaSchedulerConfig` fields applied over
-    ``SagaSchedulerConfig.all_on()``; ``model_dir`` caches the tiny model between runs.
+    ``SagaSchedulerConfig.all_on()``; ``model`` names the random model's shape
+    (``saga.vllm.testing.MODEL_SHAPES``); ``model_dir`` caches it between runs.
     """
 
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -70,8 +73,12 @@ class CompareConfig:
     saga_overrides: Mapping[str, Any] = field(default_factory=dict)
     model_dir: Path | None = None
     engines: tuple[str, ...] = ("stock", "saga")
+    model: str = "tiny"
 
     def __post_init__(self) -> None:
+        from saga.vllm.testing import model_shape
+
+        model_shape(self.model)
         if self.driver not in DRIVERS:
             raise SagaConfigError(f"driver must be one of {DRIVERS}, got {self.driver!r}")
         if self.kv_blocks < 8:
@@ -250,6 +257,7 @@ class CompareResult:
         return {
             "settings": {
                 "workload": dataclasses.asdict(cfg.workload),
+                "model": cfg.model,
                 "kv_blocks": cfg.kv_blocks,
                 "kv_tokens": cfg.kv_tokens,
                 "block_size": cfg.block_size,
@@ -373,20 +381,21 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
 
 def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments of ``engine`` ("stock" or "saga") for ``config``."""
-    from saga.vllm.testing import kv_bytes_for_blocks, tiny_engine_kwargs
+    from saga.vllm.testing import kv_bytes_for_blocks, model_shape, tiny_engine_kwargs
 
+    shape = model_shape(config.model)
     fit = (config.kv_blocks - 1) * config.block_size
     return tiny_engine_kwargs(
-        model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size),
+        model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size, shape),
         saga=config.saga_config() if engine == "saga" else None,
         block_size=config.block_size, max_model_len=min(fit, config.workload.max_context + 64),
-        max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed)
+        max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed, shape=shape)
 
 
 def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
                 on_engine: Callable[[str], None] | None = None) -> CompareResult:
     """Run the workload on each engine of ``config`` in turn (stock first)."""
-    from saga.vllm.testing import build_tiny_llama
+    from saga.vllm.testing import build_tiny_llama, model_shape
 
     workload = build_workload(config.workload)
     t0 = time.monotonic()
@@ -395,7 +404,8 @@ def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
 
     import_s = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="saga-vllm-model-") as tmp:
-        model_dir = build_tiny_llama(config.model_dir or tmp, seed=config.workload.seed)
+        model_dir = build_tiny_llama(config.model_dir or tmp, seed=config.workload.seed,
+                                     shape=model_shape(config.model))
         build_s = time.monotonic() - t0 - import_s
         runs: list[EngineRun] = []
         for name in config.engines:
@@ -405,3 +415,24 @@ def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
             runs.append(run_engine(name, kwargs, workload, driver=config.driver,
                                    on_call=on_call))
     return CompareResult(config, workload, tuple(runs), build_s, import_s)
+
+
+SEED_METRICS: tuple[str, ...] = ("recomputed_tokens", "reprefilled_tokens", "prefix_hit_rate",
+                                 "tct_mean_s", "tct_p95_s", "calls_per_s")
+"""The SAGA ÷ stock ratios summarised over seeds."""
+
+
+def seed_spread(results: list[CompareResult]) -> dict[str, dict[str, float]]:
+    """Median, min and max over seeds of each SAGA ÷ stock ratio (and the geometric mean, the
+    right average of ratios); runs where one engine is missing are skipped."""
+    out: dict[str, dict[str, float]] = {}
+    for key in SEED_METRICS:
+        vals = [r.ratios()[key] for r in results if r.ratios()]
+        vals = [v for v in vals if math.isfinite(v) and v > 0]
+        if not vals:
+            continue
+        arr = np.asarray(vals, dtype=np.float64)
+        out[key] = {"median": float(np.median(arr)), "min": float(arr.min()),
+                    "max": float(arr.max()), "geomean": float(np.exp(np.log(arr).mean())),
+                    "seeds": float(arr.size)}
+    return out
