@@ -224,3 +224,20 @@ def test_many_sessions_leak_no_block(engines: dict[str, Any], clock: ManualClock
     clock.t += 1e6
     sched.release_expired_pins()
     assert_no_leak(sched)
+
+
+def test_preemption_and_its_recompute_are_counted(
+        engines: dict[str, Any], clock: ManualClock) -> None:
+    llm = engines["ttl"]
+    sched = engine_scheduler(llm)
+    before = sched.saga_stats()
+    # Two requests that each grow to 10 of the 12 blocks: one must be preempted and resumed.
+    out = run_prompts(llm, [tokens(50, 100), tokens(51, 100)], max_tokens=200)
+    assert all(len(o.outputs[0].token_ids) == 200 for o in out)
+    after = sched.saga_stats()
+    assert after["preemptions"] > before["preemptions"]
+    lost = after["preempted_recomputed_tokens"] - before["preempted_recomputed_tokens"]
+    # The other request's growth evicted part of the preempted one's cached blocks.
+    assert 0 < lost <= 300 * (after["preemptions"] - before["preemptions"])
+    assert not sched._preempted
+    assert_no_leak(sched)

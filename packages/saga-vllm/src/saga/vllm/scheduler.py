@@ -285,6 +285,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self._last_tool: dict[str, str] = {}
         self._afs_sessions: set[str] = set()
         self._afs_epoch_at = -math.inf
+        self._preempted: dict[str, int] = {}  # request id -> tokens computed when preempted
         # The workflow model: AEGs per agent type, learned from the tasks this engine served.
         self.hinter = SessionHinter()
         self.block_pool: Any = self.kv_cache_manager.block_pool
@@ -418,9 +419,14 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self.release_expired_pins(now)
             self._relieve_pressure()
         out = super().schedule(*args, **kwargs)
+        self._count_resumed(out)
         for new in out.scheduled_new_reqs:
             req = self.requests.get(new.req_id)
             if req is None:
+                continue
+            if new.req_id in self._preempted:  # a resumed request (vLLM's v2 model runner)
+                self.metrics.on_resume(self._preempted.pop(new.req_id),
+                                       int(new.num_computed_tokens))
                 continue
             self.metrics.on_prefill(int(req.num_prompt_tokens), int(new.num_computed_tokens))
             meta = self._meta.get(new.req_id)
@@ -436,6 +442,21 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self._relieve_pressure(force=True)
         self._sync_gauges()
         return out
+
+    def _count_resumed(self, out: Any) -> None:
+        """Count what preempted requests resuming this step compute again."""
+        cached = out.scheduled_cached_reqs
+        for rid in getattr(cached, "resumed_req_ids", ()) or ():
+            before = self._preempted.pop(rid, None)
+            if before is not None:
+                idx = cached.req_ids.index(rid)
+                self.metrics.on_resume(before, int(cached.num_computed_tokens[idx]))
+
+    def _preempt_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        """vLLM's preemption, counted (what the request had computed is lost unless cached)."""
+        self.metrics.preemptions += 1
+        self._preempted[request.request_id] = int(request.num_computed_tokens)
+        super()._preempt_request(request, *args, **kwargs)
 
     def _head_blocked(self) -> bool:
         """A waiting request exists but nothing new was placed and nothing runs."""
@@ -498,6 +519,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             super()._free_request_blocks(request)
             return
         meta = self._meta.pop(request.request_id, None)
+        self._preempted.pop(request.request_id, None)  # finished (or aborted) while preempted
         if meta is not None:
             self._session_steps[meta.session_id] = self._session_steps.get(
                 meta.session_id, 0) + 1
