@@ -10,6 +10,7 @@ field, so callers see what to fix instead of a silently mis-scheduled request.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -122,19 +123,29 @@ def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | N
     if raw is not None and flat is not None:
         raise SagaMetadataError(
             "give SAGA metadata either as extra_args['saga'] or as saga_* keys, not both")
-    if raw is None:
-        raw = flat
+    if raw is None and flat is not None:
+        try:
+            return _typed(flat, FLAT_PREFIX)
+        except SagaMetadataError as exc:
+            # Name the keys as the caller wrote them: vllm_xargs's saga_<field>.
+            raise SagaMetadataError(re.sub(r"\bsaga\.(\w+)", r"saga_\1", str(exc))) from None
     if raw is None:
         return None
+    return _typed(raw, "saga.")
+
+
+def _typed(raw: Any, label: str) -> SagaRequestMeta:
+    """Validate a field dict into :class:`SagaRequestMeta`; ``label`` prefixes field names in
+    errors (``saga.`` for the nested form, ``saga_`` for vllm_xargs keys)."""
     if not isinstance(raw, Mapping):
         raise SagaMetadataError(
             f"extra_args['saga'] must be a dict of SAGA fields, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in _FIELDS)
+    unknown = sorted(label + str(k) for k in raw if k not in _FIELDS)
     if unknown:
-        raise SagaMetadataError(
-            f"unknown saga field(s) {unknown}; known fields: {sorted(_FIELDS)}")
+        raise SagaMetadataError(f"unknown SAGA field(s) {unknown}; known fields: "
+                                f"{sorted(label + f for f in _FIELDS)}")
     if "session_id" not in raw:
-        raise SagaMetadataError("saga.session_id is required (a non-empty str)")
+        raise SagaMetadataError(f"{label}session_id is required (a non-empty str)")
     values = dict(raw)
     for name in ("tool_latency_s", "deadline_s", "reuse_prob"):
         _check_float(name, values.get(name), low=-math.inf, high=math.inf)
