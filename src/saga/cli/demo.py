@@ -1,12 +1,12 @@
-"""`saga demo`: SAGA's main job on the bundled data, end to end, in under a minute.
+"""`saga demo`: SAGA's main job on the bundled data, end to end, in about a minute.
 
 1. The reference deployment, computed (KV per token, blocks per instance).
 2. The workflow model: pattern inference learns the SWE-bench agent's AEG from the bundled real
    sessions, and predicts calls per task and reuse at each tool.
 3. KV-cache replay of the bundled Mooncake slice and of the agent sessions at capacities sized
    from one reference instance's HBM, online policies side by side with the Bélády oracle.
-4. With ``--vllm`` (saga-vllm installed): a short agent workload on stock vLLM and on SAGA
-   inside vLLM. Off by default so the demo stays under a minute on 2 cores.
+4. When saga-vllm is installed (the workspace's dev install has it): a short agent workload on
+   stock vLLM and on SAGA inside a real vLLM engine (~50 s on 2 cores; ``--no-vllm`` skips it).
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def vllm_short_compare(payload: dict[str, Any]) -> None:
 def demo(
     out: Annotated[Path | None, typer.Option(help="Also write demo.json into this folder.")] = None,
     vllm: Annotated[bool, typer.Option(
-        help="Also run a short stock-vs-SAGA comparison in a real vLLM engine (~50 s more; "
-             "`saga vllm compare` is the full one).")] = False,
+        help="Run a short stock-vs-SAGA comparison in a real vLLM engine when saga-vllm is "
+             "installed (~50 s; `saga vllm compare` is the full one).")] = True,
 ) -> None:
     """Run SAGA's main job on the bundled traces: learn the workflow, replay the KV cache."""
     with user_errors():
