@@ -48,3 +48,12 @@ def test_flat_form_errors_name_the_field(extra: dict[str, object], needle: str) 
 
 def test_no_saga_keys_is_a_plain_request() -> None:
     assert parse_saga_meta({"other": 1}) is None
+
+
+def test_flat_prefetch_flag_round_trips() -> None:
+    meta = SagaRequestMeta("s", pending_tool="grep", prefetch=True)
+    flat = saga_vllm_xargs(meta)
+    assert flat["saga_prefetch"] is True
+    assert parse_saga_meta({**flat, "saga_prefetch": "true"}) == meta
+    with pytest.raises(SagaMetadataError, match="saga_prefetch must be true/false"):
+        parse_saga_meta({**flat, "saga_prefetch": "soon"})

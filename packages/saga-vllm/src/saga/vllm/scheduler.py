@@ -387,7 +387,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
                 tool = self._last_tool.get(meta.session_id)
                 if tool is not None:
                     self.ttl_policy.observe(tool, meta.tool_latency_s)
-            if self.afs is not None:
+            if self.afs is not None and not (meta is not None and meta.prefetch):
                 self._afs_track(request, meta)
         super().add_request(request)
 
@@ -520,12 +520,14 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             return
         meta = self._meta.pop(request.request_id, None)
         self._preempted.pop(request.request_id, None)  # finished (or aborted) while preempted
-        if meta is not None:
+        step = meta is None or not meta.prefetch  # a prefetch is no step of the task
+        if meta is not None and step:
             self._session_steps[meta.session_id] = self._session_steps.get(
                 meta.session_id, 0) + 1
-        self._task_bookkeeping(request, meta)
+        if step:
+            self._task_bookkeeping(request, meta)
         p_reuse = self._reuse_prob(meta)
-        if meta is not None:
+        if meta is not None and step:
             self._observe_workflow(request, meta)
         ids = [i for group in self.kv_cache_manager.get_block_ids(request.request_id)
                for i in group]
