@@ -67,6 +67,9 @@ def test_model_shapes_size_the_kv_pool() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "huge"], "unknown model 'huge'"),
+    (["--dram-mb", "4", "--driver", "inproc"], "DRAM tier needs each engine core"),
+    (["--dram-mb", "-1"], "--dram-mb must be > 0"),
+    (["--dram-mb", "4", "--prefetch-quantile", "1.5"], "prefetch_quantile must be in (0, 1)"),
     (["--seeds", "a,b"], "--seeds must be integers"),
     (["--workload", "chat"], "--workload must be one of"),
     (["--kv-blocks", "4"], "kv_blocks must be >= 8"),

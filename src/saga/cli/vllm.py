@@ -84,8 +84,9 @@ def compare_table(result: CompareResult) -> Table:
     w = result.workload.summary()
     table = Table(
         title=(f"{int(w['sessions'])} sessions ({cfg.workload.kind}), {int(w['calls'])} calls, "
-               f"KV pool {cfg.kv_blocks} blocks × {cfg.block_size} tokens, seed "
-               f"{cfg.workload.seed}"),
+               f"KV pool {cfg.kv_blocks} blocks × {cfg.block_size} tokens"
+               + (f" + DRAM tier {cfg.dram_blocks} blocks" if cfg.dram_blocks else "")
+               + f", model {cfg.model}, seed {cfg.workload.seed}"),
         title_justify="left")
     table.add_column("metric", no_wrap=True)
     for r in runs:
@@ -113,6 +114,8 @@ def compare_table(result: CompareResult) -> Table:
     row("throughput (calls/s)", "calls_per_s", lambda r: f"{r.calls_per_s:.2f}")
     row("throughput (tokens/s)", "tokens_per_s", lambda r: f"{r.tokens_per_s:,.0f}")
     row("wall time", "wall_s", lambda r: f"{r.wall_s:.1f} s")
+    if cfg.dram_blocks:
+        row("prefetches during tool calls", None, lambda r: f"{r.prefetches:,}")
     row("engine start (+ warm-up)", None, lambda r: f"{r.start_s:.1f} s")
     return table
 
@@ -209,9 +212,16 @@ def compare(
     max_context: Annotated[int, typer.Option(
         help="Cut a session where its context would pass this many tokens.")
     ] = WorkloadConfig.max_context,
-    driver: Annotated[str, typer.Option(
+    driver: Annotated[str | None, typer.Option(
         help="inproc: engine core in this process; async-llm: vLLM's AsyncLLM "
-             "(engine core in its own process).")] = "inproc",
+             "(engine core in its own process). Default: inproc, async-llm with a DRAM tier."
+    )] = None,
+    dram_mb: Annotated[float | None, typer.Option(
+        help="Give both engines a DRAM tier of this many MiB (vLLM's OffloadingConnector: "
+             "stock with LRU, SAGA with WA-LRU and prefetch during tool calls).")] = None,
+    prefetch_quantile: Annotated[float, typer.Option(
+        help="With a DRAM tier, SAGA prefetches a session when this share of its tool's "
+             "calls have usually returned.")] = 0.5,
     saga_config: Annotated[str | None, typer.Option(
         help='SagaSchedulerConfig fields over all-on, as JSON, e.g. \'{"queue": "fcfs"}\'.')
     ] = None,
@@ -234,9 +244,18 @@ def compare(
         if workload not in WORKLOAD_KINDS:
             raise SagaConfigError(
                 f"--workload must be one of {', '.join(WORKLOAD_KINDS)}, got {workload!r}")
+        if dram_mb is not None and not (dram_mb > 0 and math.isfinite(dram_mb)):
+            raise SagaConfigError(f"--dram-mb must be > 0, got {dram_mb}")
+        if driver is None:
+            driver = "async-llm" if dram_mb else "inproc"
         if driver not in DRIVERS:
             raise SagaConfigError(
                 f"--driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+        dram_blocks = 0
+        if dram_mb:
+            from saga.vllm.testing import kv_bytes_per_block, model_shape
+
+            dram_blocks = int(dram_mb * 2**20) // kv_bytes_per_block(32, model_shape(model))
         names = tuple(x.strip() for x in engines.split(",") if x.strip())
         configs = [CompareConfig(
             workload=WorkloadConfig(sessions=sessions, kind=workload,  # type: ignore[arg-type]
@@ -245,7 +264,8 @@ def compare(
             kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32, model),
             driver=driver,  # type: ignore[arg-type]
             saga_overrides=parse_saga_overrides(saga_config),
-            engines=names, model=model) for s in parse_seeds(seeds, seed)]
+            engines=names, model=model, dram_blocks=dram_blocks,
+            prefetch_quantile=prefetch_quantile) for s in parse_seeds(seeds, seed)]
         results: list[CompareResult] = []
         for config in configs:
             result = run_with_progress(config)
