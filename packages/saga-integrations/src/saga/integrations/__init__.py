@@ -8,6 +8,7 @@ this package (or any adapter module) needs no framework; each adapter's ``attach
 says which extra to install when it is missing.
 """
 
+from saga.aeg.hints import WorkflowHint
 from saga.integrations.errors import FrameworkNotInstalledError, IntegrationError
 from saga.integrations.feed import WorkflowFeed
 from saga.integrations.frameworks import FRAMEWORKS, FrameworkStatus, framework_status, require
@@ -24,6 +25,7 @@ __all__ = [
     "SessionTrace",
     "ToolCall",
     "WorkflowFeed",
+    "WorkflowHint",
     "estimate_tokens",
     "framework_status",
     "require",
