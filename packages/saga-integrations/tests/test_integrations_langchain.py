@@ -217,3 +217,19 @@ def test_tracker_without_langchain_types() -> None:
     t.llm_ended("r1", input_tokens=None, output_tokens=None, output_text="hi", tool_calls=())
     (s,) = feed.sessions
     assert (s.agent_type, s.steps()) == ("chat", [LLMStep(3, 1)])
+
+
+def test_async_invocation_keeps_the_event_order(clock: Any) -> None:
+    """``ainvoke`` runs the handler inline on the event loop (``run_inline``), so the steps
+    are recorded in the order they happened."""
+    import asyncio
+
+    agent, model = _agent(clock)
+    feed = WorkflowFeed()
+    handler = attach(feed, clock=clock)
+    model.messages = iter([_reply(["search"], 0), _reply(["edit"], 1), _reply([], 2)])
+    asyncio.run(agent.ainvoke({"messages": [("user", "go")]}, config={"callbacks": [handler]}))
+    (s,) = feed.sessions
+    assert s.steps() == [LLMStep(100, 10), ToolStep("search", 2.5), LLMStep(150, 11),
+                         ToolStep("edit", 0.5), LLMStep(200, 12)]
+    assert [m.aeg_node for m in model.seen] == ["llm@start", "llm@tool:search", "llm@tool:edit"]
