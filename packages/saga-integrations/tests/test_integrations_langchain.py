@@ -16,8 +16,13 @@ from pydantic import Field
 
 from saga.aeg.inference import PatternInference
 from saga.aeg.steps import LLMStep, ToolStep
-from saga.integrations import WorkflowFeed
-from saga.integrations.langchain import LangChainTracker, attach, request_metadata
+from saga.integrations import IntegrationError, WorkflowFeed
+from saga.integrations.langchain import (
+    LangChainTracker,
+    agent_tools,
+    attach,
+    request_metadata,
+)
 
 TOOL_SECONDS = {"search": 2.5, "edit": 0.5, "run_tests": 7.0}
 
@@ -203,11 +208,6 @@ def test_pattern_inference_recovers_the_scripted_graph(clock: Any) -> None:
     assert feed.metadata(session).pending_tool == "edit"
 
 
-def agent_tools(agent: Any) -> list[Any]:
-    """The tools of a ``create_agent`` graph (its ``tools`` node)."""
-    return list(agent.nodes["tools"].bound.tools_by_name.values())
-
-
 def test_tracker_without_langchain_types() -> None:
     """The run-tree logic takes plain ids: a lone model call is a one-step session."""
     feed = WorkflowFeed()
@@ -233,3 +233,10 @@ def test_async_invocation_keeps_the_event_order(clock: Any) -> None:
     assert s.steps() == [LLMStep(100, 10), ToolStep("search", 2.5), LLMStep(150, 11),
                          ToolStep("edit", 0.5), LLMStep(200, 12)]
     assert [m.aeg_node for m in model.seen] == ["llm@start", "llm@tool:search", "llm@tool:edit"]
+
+
+def test_agent_tools_reads_a_create_agent_graph_and_refuses_anything_else(clock: Any) -> None:
+    agent, _ = _agent(clock)
+    assert [t.name for t in agent_tools(agent)] == ["search", "edit", "run_tests"]
+    with pytest.raises(IntegrationError, match="tools="):
+        agent_tools(object())

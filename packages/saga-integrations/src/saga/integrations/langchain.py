@@ -29,7 +29,14 @@ from saga.integrations.frameworks import require
 from saga.integrations.metadata import RequestMetadata
 from saga.integrations.session import LLMCall, SessionTrace, ToolCall, estimate_tokens
 
-__all__ = ["FRAMEWORK", "LangChainTracker", "attach", "request_metadata", "tool_names"]
+__all__ = [
+    "FRAMEWORK",
+    "LangChainTracker",
+    "agent_tools",
+    "attach",
+    "request_metadata",
+    "tool_names",
+]
 
 FRAMEWORK = "langchain"
 RunId = UUID | str
@@ -278,6 +285,19 @@ def tool_names(tools: Iterable[Any]) -> tuple[str, ...]:
                                    "named functions")
         names.append(name)
     return tuple(names)
+
+
+def agent_tools(agent: Any) -> list[Any]:
+    """The tools of a ``langchain.agents.create_agent`` graph (its ``tools`` node's
+    ``ToolNode``), to declare them in the hint: ``attach(feed, tools=agent_tools(agent))``."""
+    nodes = getattr(agent, "nodes", None) or {}
+    node = nodes.get("tools") if isinstance(nodes, dict) else None
+    by_name = getattr(getattr(node, "bound", None), "tools_by_name", None)
+    if not isinstance(by_name, dict):
+        raise IntegrationError(
+            f"{type(agent).__name__} has no 'tools' node with a ToolNode (a create_agent graph "
+            "has one); pass the agent's tools to attach(tools=...) yourself")
+    return list(by_name.values())
 
 
 def attach(feed: WorkflowFeed | None = None, *, agent_type: str | None = None,
