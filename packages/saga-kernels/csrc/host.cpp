@@ -1,0 +1,398 @@
+// SAGA's host kernels: C++17 (+ OpenMP when built with it), zero-copy over NumPy arrays.
+//
+// Each function's meaning is its NumPy/Python twin in saga/kernels/*.py; the tests compare them.
+// Arrays come in as contiguous 1-D views of the exact dtype (.noconvert(): a wrong dtype is a
+// TypeError, never a silent copy). Bad values raise std::invalid_argument -> ValueError.
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#ifdef SAGA_OPENMP
+#include <omp.h>
+#endif
+
+namespace nb = nanobind;
+
+namespace {
+
+using F64In = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using I64In = nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using F64Out = nb::ndarray<nb::numpy, double, nb::ndim<1>>;
+using I64Out = nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 16;
+
+template <typename T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> owned(std::vector<T>&& v) {
+    auto* heap = new std::vector<T>(std::move(v));
+    nb::capsule owner(heap, [](void* p) noexcept { delete static_cast<std::vector<T>*>(p); });
+    return nb::ndarray<nb::numpy, T, nb::ndim<1>>(heap->data(), {heap->size()}, owner);
+}
+
+void require(bool ok, const std::string& message) {
+    if (!ok) throw std::invalid_argument(message);
+}
+
+int threads() {
+#ifdef SAGA_OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// ---------------------------------------------------------------- WA-LRU victim selection
+
+struct Cand {
+    double score;
+    double last;
+    int64_t depth;
+    int64_t idx;
+};
+
+// Best victim first: highest score, then least recently used, then deepest, then input order
+// (exactly numpy.lexsort((-depth, last_access, -score)), which is stable).
+inline bool better(const Cand& a, const Cand& b) {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.last != b.last) return a.last < b.last;
+    if (a.depth != b.depth) return a.depth > b.depth;
+    return a.idx < b.idx;
+}
+
+std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64In size_tokens,
+                                       I64In depth, double now, int64_t k, double alpha,
+                                       double beta, double gamma) {
+    const int64_t n = static_cast<int64_t>(last_access.shape(0));
+    require(static_cast<int64_t>(reuse_prob.shape(0)) == n &&
+                static_cast<int64_t>(size_tokens.shape(0)) == n &&
+                static_cast<int64_t>(depth.shape(0)) == n,
+            "walru_select: last_access, reuse_prob, size_tokens and depth must have one length");
+    require(!std::isnan(now), "walru_select: now is NaN; pass the current time in seconds");
+    require(k >= 0, "walru_select: k must be >= 0");
+    for (auto [name, w] : {std::pair{"alpha", alpha}, {"beta", beta}, {"gamma", gamma}})
+        require(!std::isnan(w) && w >= 0.0,
+                std::string("walru_select: weight ") + name + " must be a non-negative number");
+    const double* la = last_access.data();
+    const double* rp = reuse_prob.data();
+    const double* sz = size_tokens.data();
+    const int64_t* dp = depth.data();
+
+    // Pass 1: the two maxima that normalise recency and size, and the NaN check.
+    double top_age = 0.0, top_size = -kInf;
+    int64_t nan_at = n;
+#pragma omp parallel for if (n >= kParallelMin) reduction(max : top_age, top_size) \
+    reduction(min : nan_at)
+    for (int64_t i = 0; i < n; ++i) {
+        const double age = std::max(now - la[i], 0.0);
+        if (std::isnan(la[i]) || std::isnan(rp[i]) || std::isnan(sz[i]) || std::isnan(age) ||
+            dp[i] < 0)
+            nan_at = std::min(nan_at, i);
+        top_age = std::max(top_age, age);
+        top_size = std::max(top_size, sz[i]);
+    }
+    if (nan_at < n)
+        throw std::invalid_argument(
+            "walru_select: NaN or negative depth at candidate " + std::to_string(nan_at) +
+            " (last_access, reuse_prob and size_tokens must be numbers, depth >= 0; map an "
+            "unknown reuse hint to a prior before calling)");
+    const bool age_on = top_age > 0.0, size_on = top_size > 0.0;
+
+    // Pass 2: scores, and the k best under `better` (a bounded heap per thread, merged).
+    std::vector<double> scores(static_cast<size_t>(n));
+    const int64_t kk = std::min(k, n);
+    std::vector<Cand> kept;
+    bool bad_score = false;
+    const int nt = n >= kParallelMin ? threads() : 1;
+    std::vector<std::vector<Cand>> heaps(static_cast<size_t>(nt));
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : bad_score)
+    {
+        int tid = 0;
+#ifdef SAGA_OPENMP
+        tid = omp_get_thread_num();
+#endif
+        auto& heap = heaps[static_cast<size_t>(tid)];
+        heap.reserve(static_cast<size_t>(kk));
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const double r = age_on ? std::max(now - la[i], 0.0) / top_age : 0.0;
+            const double s = size_on ? sz[i] / top_size : 0.0;
+            const double score = alpha * r + beta * (1.0 - rp[i]) + gamma * s;
+            scores[static_cast<size_t>(i)] = score;
+            if (std::isnan(score)) bad_score = true;
+            if (kk == 0) continue;
+            const Cand c{score, la[i], dp[i], i};
+            if (static_cast<int64_t>(heap.size()) < kk) {
+                heap.push_back(c);
+                std::push_heap(heap.begin(), heap.end(), better);
+            } else if (better(c, heap.front())) {
+                std::pop_heap(heap.begin(), heap.end(), better);
+                heap.back() = c;
+                std::push_heap(heap.begin(), heap.end(), better);
+            }
+        }
+    }
+    require(!bad_score, "walru_select: a score is NaN (infinite last_access or size_tokens?)");
+    for (auto& h : heaps) kept.insert(kept.end(), h.begin(), h.end());
+    std::sort(kept.begin(), kept.end(), better);
+    std::vector<int64_t> order(static_cast<size_t>(kk));
+    for (int64_t j = 0; j < kk; ++j) order[static_cast<size_t>(j)] = kept[static_cast<size_t>(j)].idx;
+    return {owned(std::move(scores)), owned(std::move(order))};
+}
+
+// ------------------------------------------------------------- Belady next-use over a trace
+
+inline uint64_t mix(uint64_t x) {  // splitmix64 finaliser
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+void check_offsets(const int64_t* off, int64_t count, int64_t total, const char* who) {
+    require(count >= 1, std::string(who) + ": offsets needs at least one entry (0)");
+    require(off[0] == 0, std::string(who) + ": offsets[0] must be 0");
+    for (int64_t i = 1; i < count; ++i)
+        require(off[i] >= off[i - 1],
+                std::string(who) + ": offsets must be non-decreasing (at " + std::to_string(i) + ")");
+    require(off[count - 1] == total,
+            std::string(who) + ": offsets[-1] must equal the number of flat entries");
+}
+
+F64Out next_use(I64In flat, I64In offsets) {
+    const int64_t m = static_cast<int64_t>(flat.shape(0));
+    const int64_t r = static_cast<int64_t>(offsets.shape(0)) - 1;
+    const int64_t* off = offsets.data();
+    const int64_t* b = flat.data();
+    check_offsets(off, r + 1, m, "next_use");
+    std::vector<double> out(static_cast<size_t>(m));
+    {
+        nb::gil_scoped_release nogil;
+        size_t cap = 16;
+        while (cap < 2 * static_cast<size_t>(m)) cap <<= 1;
+        std::vector<int64_t> keys(cap);
+        std::vector<int64_t> when(cap, -1);  // -1: empty slot
+        const size_t mask = cap - 1;
+        auto slot = [&](int64_t key) {
+            size_t h = mix(static_cast<uint64_t>(key)) & mask;
+            while (when[h] >= 0 && keys[h] != key) h = (h + 1) & mask;
+            return h;
+        };
+        for (int64_t i = r - 1; i >= 0; --i) {
+            for (int64_t j = off[i]; j < off[i + 1]; ++j) {
+                const size_t h = slot(b[j]);
+                out[static_cast<size_t>(j)] = when[h] >= 0 ? static_cast<double>(when[h]) : kInf;
+            }
+            for (int64_t j = off[i]; j < off[i + 1]; ++j) {
+                const size_t h = slot(b[j]);
+                keys[h] = b[j];
+                when[h] = i;
+            }
+        }
+    }
+    return owned(std::move(out));
+}
+
+// ----------------------------------------------------------- prefix overlap (batched LCP)
+
+I64Out prefix_overlap(I64In query, I64In flat, I64In offsets) {
+    const int64_t q = static_cast<int64_t>(query.shape(0));
+    const int64_t m = static_cast<int64_t>(flat.shape(0));
+    const int64_t s = static_cast<int64_t>(offsets.shape(0)) - 1;
+    const int64_t* off = offsets.data();
+    check_offsets(off, s + 1, m, "prefix_overlap");
+    const int64_t* qv = query.data();
+    const int64_t* fv = flat.data();
+    std::vector<int64_t> out(static_cast<size_t>(s));
+    {
+        nb::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) if (m >= kParallelMin)
+        for (int64_t i = 0; i < s; ++i) {
+            const int64_t* row = fv + off[i];
+            const int64_t len = std::min(q, off[i + 1] - off[i]);
+            int64_t j = 0;
+            while (j < len && row[j] == qv[j]) ++j;
+            out[static_cast<size_t>(i)] = j;
+        }
+    }
+    return owned(std::move(out));
+}
+
+// ------------------------------------------------------------ sharded session table
+
+// session -> (worker, pinned_until). Each shard has its own lock, so threads that release the
+// GIL (the batch calls do) contend only when they touch the same shard.
+class SessionTable {
+public:
+    explicit SessionTable(int64_t shards) {
+        require(shards >= 1 && shards <= (1 << 20), "SessionTable: shards must be in [1, 2**20]");
+        shards_.reserve(static_cast<size_t>(shards));
+        for (int64_t i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
+    }
+
+    SessionTable(const SessionTable&) = delete;
+    SessionTable& operator=(const SessionTable&) = delete;
+
+    int64_t shards() const { return static_cast<int64_t>(shards_.size()); }
+
+    void set(int64_t session, int64_t worker, double pinned_until) {
+        check_entry(worker, pinned_until, 0);
+        Shard& sh = shard(session);
+        std::lock_guard<std::mutex> lock(sh.mu);
+        sh.map[session] = Entry{worker, pinned_until};
+    }
+
+    std::optional<std::pair<int64_t, double>> get(int64_t session) {
+        Shard& sh = shard(session);
+        std::lock_guard<std::mutex> lock(sh.mu);
+        auto it = sh.map.find(session);
+        if (it == sh.map.end()) return std::nullopt;
+        return std::pair{it->second.worker, it->second.pinned_until};
+    }
+
+    bool remove(int64_t session) {
+        Shard& sh = shard(session);
+        std::lock_guard<std::mutex> lock(sh.mu);
+        return sh.map.erase(session) > 0;
+    }
+
+    int64_t size() {
+        int64_t total = 0;
+        for (auto& sh : shards_) {
+            std::lock_guard<std::mutex> lock(sh->mu);
+            total += static_cast<int64_t>(sh->map.size());
+        }
+        return total;
+    }
+
+    void set_many(I64In sessions, I64In workers, F64In pinned_until) {
+        const int64_t n = static_cast<int64_t>(sessions.shape(0));
+        require(static_cast<int64_t>(workers.shape(0)) == n &&
+                    static_cast<int64_t>(pinned_until.shape(0)) == n,
+                "SessionTable.set_many: sessions, workers and pinned_until must have one length");
+        const int64_t* s = sessions.data();
+        const int64_t* w = workers.data();
+        const double* p = pinned_until.data();
+        for (int64_t i = 0; i < n; ++i) check_entry(w[i], p[i], i);
+        nb::gil_scoped_release nogil;
+        // In input order, so a session listed twice ends with its last entry (like dict.update).
+        for (int64_t i = 0; i < n; ++i) {
+            Shard& sh = shard(s[i]);
+            std::lock_guard<std::mutex> lock(sh.mu);
+            sh.map[s[i]] = Entry{w[i], p[i]};
+        }
+    }
+
+    std::pair<I64Out, F64Out> get_many(I64In sessions) {
+        const int64_t n = static_cast<int64_t>(sessions.shape(0));
+        const int64_t* s = sessions.data();
+        std::vector<int64_t> workers(static_cast<size_t>(n));
+        std::vector<double> pinned(static_cast<size_t>(n));
+        {
+            nb::gil_scoped_release nogil;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+            for (int64_t i = 0; i < n; ++i) {
+                Shard& sh = shard(s[i]);
+                std::lock_guard<std::mutex> lock(sh.mu);
+                auto it = sh.map.find(s[i]);
+                const bool hit = it != sh.map.end();
+                workers[static_cast<size_t>(i)] = hit ? it->second.worker : -1;
+                pinned[static_cast<size_t>(i)] = hit ? it->second.pinned_until : -kInf;
+            }
+        }
+        return {owned(std::move(workers)), owned(std::move(pinned))};
+    }
+
+    int64_t expire(double now) {
+        require(!std::isnan(now), "SessionTable.expire: now is NaN");
+        int64_t gone = 0;
+        nb::gil_scoped_release nogil;
+        for (auto& sh : shards_) {
+            std::lock_guard<std::mutex> lock(sh->mu);
+            for (auto it = sh->map.begin(); it != sh->map.end();) {
+                if (it->second.pinned_until <= now) {
+                    it = sh->map.erase(it);
+                    ++gone;
+                } else {
+                    ++it;
+                }
+            }
+        }
+        return gone;
+    }
+
+private:
+    struct Entry {
+        int64_t worker;
+        double pinned_until;
+    };
+    struct Shard {
+        std::mutex mu;
+        std::unordered_map<int64_t, Entry> map;
+    };
+    std::vector<std::unique_ptr<Shard>> shards_;
+
+    Shard& shard(int64_t session) {
+        return *shards_[mix(static_cast<uint64_t>(session)) % shards_.size()];
+    }
+
+    static void check_entry(int64_t worker, double pinned_until, int64_t at) {
+        require(worker >= 0, "SessionTable: worker must be >= 0 (entry " + std::to_string(at) + ")");
+        require(!std::isnan(pinned_until),
+                "SessionTable: pinned_until is NaN (entry " + std::to_string(at) +
+                    "); use -inf for not pinned");
+    }
+};
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+    m.doc() = "SAGA host kernels (C++17, OpenMP when built with it); see saga.kernels.";
+    m.attr("BUILD_INFO") = SAGA_BUILD_INFO;
+#ifdef SAGA_OPENMP
+    m.attr("OPENMP") = true;
+#else
+    m.attr("OPENMP") = false;
+#endif
+    m.def("max_threads", &threads, "Threads a parallel kernel may use.");
+    m.def("walru_select", &walru_select, nb::arg("last_access").noconvert(),
+          nb::arg("reuse_prob").noconvert(), nb::arg("size_tokens").noconvert(),
+          nb::arg("depth").noconvert(), nb::arg("now"), nb::arg("k"), nb::arg("alpha"),
+          nb::arg("beta"), nb::arg("gamma"),
+          "WA-LRU scores of n candidates and the indices of the k best victims, best first.");
+    m.def("next_use", &next_use, nb::arg("flat").noconvert(), nb::arg("offsets").noconvert(),
+          "For each block reference, the index of the next request that uses it (inf if none).");
+    m.def("prefix_overlap", &prefix_overlap, nb::arg("query").noconvert(),
+          nb::arg("flat").noconvert(), nb::arg("offsets").noconvert(),
+          "Length of the common prefix of query with each session's block hashes.");
+    nb::class_<SessionTable>(m, "SessionTable")
+        .def(nb::init<int64_t>(), nb::arg("shards") = 64)
+        .def_prop_ro("shards", &SessionTable::shards)
+        .def("set", &SessionTable::set, nb::arg("session"), nb::arg("worker"),
+             nb::arg("pinned_until"))
+        .def("get", &SessionTable::get, nb::arg("session"))
+        .def("remove", &SessionTable::remove, nb::arg("session"))
+        .def("__len__", &SessionTable::size)
+        .def("set_many", &SessionTable::set_many, nb::arg("sessions").noconvert(),
+             nb::arg("workers").noconvert(), nb::arg("pinned_until").noconvert())
+        .def("get_many", &SessionTable::get_many, nb::arg("sessions").noconvert())
+        .def("expire", &SessionTable::expire, nb::arg("now"));
+}
