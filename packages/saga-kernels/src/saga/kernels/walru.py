@@ -46,7 +46,8 @@ def _check(la: FloatArray, rp: FloatArray, sz: FloatArray, dp: IntArray, now: fl
 
 
 def _bad_at(la: FloatArray, rp: FloatArray, sz: FloatArray, dp: IntArray, now: float) -> int:
-    bad = np.isnan(la) | np.isnan(rp) | np.isnan(sz) | (dp < 0) | np.isnan(now - la)
+    with np.errstate(invalid="ignore"):
+        bad = np.isnan(la) | np.isnan(rp) | np.isnan(sz) | (dp < 0) | np.isnan(now - la)
     return int(np.flatnonzero(bad)[0]) if bool(bad.any()) else -1
 
 
@@ -69,9 +70,11 @@ def walru_select_numpy(last_access: Any, reuse_prob: Any, size_tokens: Any, dept
     age = np.maximum(now - la, 0.0)
     top_age = float(age.max()) if age.size else 0.0
     top_size = float(sz.max()) if sz.size else 0.0
-    r = age / top_age if top_age > 0.0 else np.zeros_like(age)
-    s = sz / top_size if top_size > 0.0 else np.zeros_like(sz)
-    scores = alpha * r + beta * (1.0 - rp) + gamma * s
+    with np.errstate(invalid="ignore"):
+        r = age / top_age if top_age > 0.0 else np.zeros_like(age)
+        s = sz / top_size if top_size > 0.0 else np.zeros_like(sz)
+    with np.errstate(invalid="ignore"):
+        scores = alpha * r + beta * (1.0 - rp) + gamma * s
     if bool(np.isnan(scores).any()):
         raise ValueError("walru_select: a score is NaN (infinite last_access or size_tokens?)")
     kk = min(k, la.size)
