@@ -50,7 +50,7 @@ def test_twin_argument_checks() -> None:
 @pytest.mark.skipif(READY, reason="a GPU is present")
 def test_without_gpu_cuda_calls_say_why() -> None:
     src, dst = _pools(3)
-    with pytest.raises(cuda.CudaUnavailable, match="GPU|CUDA"):
+    with pytest.raises(cuda.CudaUnavailable, match=r"GPU|CUDA"):
         cuda.kv_migrate(src, dst, [0], [0])
     if _native.HAVE_CUDA_MODULE:  # built here: the module loads and counts no device
         assert _native.cuda_devices() == 0

@@ -86,7 +86,7 @@ def test_nan_is_rejected_naming_the_candidate(backend: str, field: str) -> None:
                       _inputs(3, 10, False), strict=True))
     arrays[field] = arrays[field].copy()
     arrays[field][6] = np.nan
-    with pytest.raises(ValueError, match="NaN .*candidate 6"):
+    with pytest.raises(ValueError, match=r"NaN .*candidate 6"):
         walru_select(**arrays, now=200.0, k=3, alpha=0.3, beta=0.5, gamma=0.2,
                      backend=backend)  # type: ignore[arg-type]
 
