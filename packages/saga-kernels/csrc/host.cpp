@@ -37,8 +37,16 @@ using F64Out = nb::ndarray<nb::numpy, double, nb::ndim<1>>;
 using I64Out = nb::ndarray<nb::numpy, int64_t, nb::ndim<1>>;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Hot loops get an AVX2 clone picked at load time on CPUs that have it (IEEE results are the
+// same: -ffp-contract=off keeps FMA out, and division and max are exact in either width).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SAGA_SIMD __attribute__((target_clones("avx2", "default")))
+#else
+#define SAGA_SIMD
+#endif
 // Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelMin = 1 << 16;
+constexpr int64_t kParallelMin = 1 << 20;
 
 template <typename T>
 nb::ndarray<nb::numpy, T, nb::ndim<1>> owned(std::vector<T>&& v) {
@@ -77,6 +85,52 @@ inline bool better(const Cand& a, const Cand& b) {
     return a.idx < b.idx;
 }
 
+
+struct Maxima {
+    double top_age, top_size;
+    int64_t bad_at;  // < n: the fast pass saw a NaN, a negative depth or an infinite now
+};
+
+// One streaming pass. max(now - la, 0) over all equals max(now - min(la), 0) exactly (rounding
+// is monotone), so only min(la) is needed. NaN in reuse_prob shows up later as a NaN score.
+SAGA_SIMD Maxima walru_maxima(const double* la, const double* sz, const int64_t* dp, int64_t n,
+                              double now) {
+    double lo = kInf, hi = -kInf;
+    int64_t nans = 0, dmin = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        lo = la[i] < lo ? la[i] : lo;
+        hi = sz[i] > hi ? sz[i] : hi;
+        nans += (la[i] != la[i]) + (sz[i] != sz[i]);
+        dmin = dp[i] < dmin ? dp[i] : dmin;
+    }
+    return {n ? std::max(now - lo, 0.0) : 0.0, hi, nans > 0 || dmin < 0 || std::isinf(now) ? 0 : n};
+}
+
+// First candidate with a NaN input, a NaN age or a negative depth (n if none): the slow path
+// that names it, run only when a fast pass saw something wrong.
+int64_t walru_first_bad(const double* la, const double* rp, const double* sz, const int64_t* dp,
+                        int64_t n, double now) {
+    for (int64_t j = 0; j < n; ++j) {
+        const double age = std::max(now - la[j], 0.0);
+        if (std::isnan(la[j]) || std::isnan(rp[j]) || std::isnan(sz[j]) || std::isnan(age) ||
+            dp[j] < 0)
+            return j;
+    }
+    return n;
+}
+
+// score = alpha * R + beta * (1 - p) + gamma * S, in the twin's order of operations (no FMA).
+template <bool kSize>
+SAGA_SIMD void walru_scores(const double* la, const double* rp, const double* sz, int64_t n,
+                            double now, double age_div, double size_div, double alpha,
+                            double beta, double gamma, double* out) {
+    for (int64_t i = 0; i < n; ++i) {
+        const double r = std::max(now - la[i], 0.0) / age_div;
+        const double s = kSize ? sz[i] / size_div : 0.0;
+        out[i] = alpha * r + beta * (1.0 - rp[i]) + gamma * s;
+    }
+}
+
 std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64In size_tokens,
                                        I64In depth, double now, int64_t k, double alpha,
                                        double beta, double gamma) {
@@ -95,50 +149,49 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
     const double* sz = size_tokens.data();
     const int64_t* dp = depth.data();
 
-    // Pass 1: the two maxima that normalise recency and size, and the NaN check.
-    double top_age = 0.0, top_size = -kInf;
-    int64_t nan_at = n;
-#pragma omp parallel for if (n >= kParallelMin) reduction(max : top_age, top_size) \
-    reduction(min : nan_at)
-    for (int64_t i = 0; i < n; ++i) {
-        const double age = std::max(now - la[i], 0.0);
-        if (std::isnan(la[i]) || std::isnan(rp[i]) || std::isnan(sz[i]) || std::isnan(age) ||
-            dp[i] < 0)
-            nan_at = std::min(nan_at, i);
-        top_age = std::max(top_age, age);
-        top_size = std::max(top_size, sz[i]);
-    }
-    if (nan_at < n)
-        throw std::invalid_argument(
-            "walru_select: NaN or negative depth at candidate " + std::to_string(nan_at) +
-            " (last_access, reuse_prob and size_tokens must be numbers, depth >= 0; map an "
-            "unknown reuse hint to a prior before calling)");
-    const bool age_on = top_age > 0.0, size_on = top_size > 0.0;
+    // Pass 1: the two maxima that normalise recency and size, and the input check.
+    const Maxima mx = walru_maxima(la, sz, dp, n, now);
+    auto reject_bad = [&]() {
+        const int64_t at = walru_first_bad(la, rp, sz, dp, n, now);
+        if (at < n)
+            throw std::invalid_argument(
+                "walru_select: NaN or negative depth at candidate " + std::to_string(at) +
+                " (last_access, reuse_prob and size_tokens must be numbers, depth >= 0; map an "
+                "unknown reuse hint to a prior before calling)");
+    };
+    if (mx.bad_at < n) reject_bad();  // or now = ±inf, which is fine unless it meets la = now
 
-    // Pass 2: scores, and the k best under `better` (a bounded heap per thread, merged).
+    // Pass 2, in cache-sized chunks: the chunk's scores (branch-free, vectorised), then the
+    // chunk's candidates against a bounded heap of the k best under `better`.
     std::vector<double> scores(static_cast<size_t>(n));
+    const bool size_on = mx.top_size > 0.0;
+    // An all-zero age column divides by 1 and stays 0, exactly as the twin's zeros.
+    const double age_div = mx.top_age > 0.0 ? mx.top_age : 1.0;
     const int64_t kk = std::min(k, n);
-    std::vector<Cand> kept;
-    bool bad_score = false;
-    const int nt = n >= kParallelMin ? threads() : 1;
-    std::vector<std::vector<Cand>> heaps(static_cast<size_t>(nt));
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : bad_score)
-    {
-        int tid = 0;
-#ifdef SAGA_OPENMP
-        tid = omp_get_thread_num();
-#endif
-        auto& heap = heaps[static_cast<size_t>(tid)];
-        heap.reserve(static_cast<size_t>(kk));
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; ++i) {
-            const double r = age_on ? std::max(now - la[i], 0.0) / top_age : 0.0;
-            const double s = size_on ? sz[i] / top_size : 0.0;
-            const double score = alpha * r + beta * (1.0 - rp[i]) + gamma * s;
-            scores[static_cast<size_t>(i)] = score;
-            if (std::isnan(score)) bad_score = true;
+    double* sc = scores.data();
+    bool nan_score = false;
+    std::vector<Cand> heap;
+    heap.reserve(static_cast<size_t>(kk));
+    constexpr int64_t kChunk = 2048;
+    for (int64_t lo = 0; lo < n; lo += kChunk) {
+        const int64_t len = std::min(kChunk, n - lo);
+        if (size_on)
+            walru_scores<true>(la + lo, rp + lo, sz + lo, len, now, age_div, mx.top_size, alpha,
+                               beta, gamma, sc + lo);
+        else
+            walru_scores<false>(la + lo, rp + lo, sz + lo, len, now, age_div, 1.0, alpha, beta,
+                                gamma, sc + lo);
+        for (int64_t i = lo; i < lo + len; ++i) {
+            // Most candidates lose on the score alone: one compare, no heap work (a NaN score
+            // fails the compare and is caught below).
+            if (kk > 0 && static_cast<int64_t>(heap.size()) == kk && sc[i] < heap.front().score)
+                continue;
+            if (std::isnan(sc[i])) {
+                nan_score = true;
+                continue;
+            }
             if (kk == 0) continue;
-            const Cand c{score, la[i], dp[i], i};
+            const Cand c{sc[i], la[i], dp[i], i};
             if (static_cast<int64_t>(heap.size()) < kk) {
                 heap.push_back(c);
                 std::push_heap(heap.begin(), heap.end(), better);
@@ -149,8 +202,12 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
             }
         }
     }
-    require(!bad_score, "walru_select: a score is NaN (infinite last_access or size_tokens?)");
-    for (auto& h : heaps) kept.insert(kept.end(), h.begin(), h.end());
+    if (nan_score) {
+        reject_bad();
+        throw std::invalid_argument(
+            "walru_select: a score is NaN (infinite last_access or size_tokens?)");
+    }
+    std::vector<Cand>& kept = heap;
     std::sort(kept.begin(), kept.end(), better);
     std::vector<int64_t> order(static_cast<size_t>(kk));
     for (int64_t j = 0; j < kk; ++j) order[static_cast<size_t>(j)] = kept[static_cast<size_t>(j)].idx;
