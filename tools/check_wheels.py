@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
+    "saga_kernels": ["saga.kernels", "saga.kernels.cuda", "saga.kernels.bench"],
     "saga_vllm": ["saga.vllm"],
     "saga": ["saga.cli.main"],
 }
@@ -25,6 +26,10 @@ IMPORTS: dict[str, list[str]] = {
 CHECKS: dict[str, str] = {
     "saga_policy": "from saga.policy.traces import BUNDLED_AGENT, bundled_trace_path; "
                    "bundled_trace_path(); bundled_trace_path(BUNDLED_AGENT)",
+    # The wheel built here (a compiler is present) must carry the native host kernels, and say so.
+    "saga_kernels": "from saga.kernels import native_status; rows = native_status(); "
+                    "print(*(f'{r.name}: {r.backend} ({r.detail})' for r in rows), sep=chr(10)); "
+                    "assert all(r.backend == 'native' for r in rows if r.kind == 'host'), rows",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

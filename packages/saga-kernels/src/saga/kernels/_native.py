@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from importlib import resources
 
+__all__ = ["CUDA_REASON", "DISABLE_ENV", "EXT_REASON", "HAVE_CUDA_MODULE", "HAVE_EXT", "_cuda",
+           "_ext", "cuda_devices"]
+
 DISABLE_ENV = "SAGA_NATIVE"
 _OFF = {"0", "off", "false", "no"}
 _NO_BUILD = ("no compiled module in this install: the native build failed or was skipped "
@@ -29,7 +32,7 @@ def _cuda_reason_file() -> str | None:
 
 
 try:
-    from saga.kernels import _ext as _ext
+    import saga.kernels._ext as _ext
 
     HAVE_EXT = not _disabled()
     EXT_REASON = f"disabled by {DISABLE_ENV}=0" if _disabled() else _ext.BUILD_INFO
@@ -39,7 +42,7 @@ except ImportError as exc:  # pure-Python wheel, or a module that fails to load
     EXT_REASON = _NO_BUILD if exc.name == "saga.kernels._ext" else f"failed to load: {exc}"
 
 try:
-    from saga.kernels import _cuda as _cuda
+    import saga.kernels._cuda as _cuda
 
     HAVE_CUDA_MODULE = not _disabled()
     CUDA_REASON = f"disabled by {DISABLE_ENV}=0" if _disabled() else _cuda.BUILD_INFO
