@@ -40,7 +40,13 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Hot loops get an AVX2 clone picked at load time on CPUs that have it (IEEE results are the
 // same: -ffp-contract=off keeps FMA out, and division and max are exact in either width).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SAGA_X86 1
+#include <immintrin.h>
+#else
+#define SAGA_X86 0
+#endif
+#if SAGA_X86 && !defined(__clang__)
 #define SAGA_SIMD __attribute__((target_clones("avx2", "default")))
 #else
 #define SAGA_SIMD
@@ -93,8 +99,8 @@ struct Maxima {
 
 // One streaming pass. max(now - la, 0) over all equals max(now - min(la), 0) exactly (rounding
 // is monotone), so only min(la) is needed. NaN in reuse_prob shows up later as a NaN score.
-SAGA_SIMD Maxima walru_maxima(const double* la, const double* sz, const int64_t* dp, int64_t n,
-                              double now) {
+Maxima walru_maxima_scalar(const double* la, const double* sz, const int64_t* dp, int64_t n,
+                           double now) {
     double lo = kInf, hi = -kInf;
     int64_t nans = 0, dmin = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -104,6 +110,70 @@ SAGA_SIMD Maxima walru_maxima(const double* la, const double* sz, const int64_t*
         dmin = dp[i] < dmin ? dp[i] : dmin;
     }
     return {n ? std::max(now - lo, 0.0) : 0.0, hi, nans > 0 || dmin < 0 || std::isinf(now) ? 0 : n};
+}
+
+#if SAGA_X86
+// The same pass four lanes at a time (the compiler will not vectorise a NaN-aware min/max).
+// vminpd/vmaxpd keep the accumulator when the new value is NaN; NaNs are flagged separately.
+__attribute__((target("avx2"))) Maxima walru_maxima_avx2(const double* la, const double* sz,
+                                                         const int64_t* dp, int64_t n,
+                                                         double now) {
+    __m256d vlo = _mm256_set1_pd(kInf), vhi = _mm256_set1_pd(-kInf), vnan = _mm256_setzero_pd();
+    __m256i vneg = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const __m256d a = _mm256_loadu_pd(la + i), s = _mm256_loadu_pd(sz + i);
+        vlo = _mm256_min_pd(a, vlo);
+        vhi = _mm256_max_pd(s, vhi);
+        vnan = _mm256_or_pd(vnan, _mm256_or_pd(_mm256_cmp_pd(a, a, _CMP_UNORD_Q),
+                                               _mm256_cmp_pd(s, s, _CMP_UNORD_Q)));
+        vneg = _mm256_or_si256(vneg, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dp + i)));
+    }
+    alignas(32) double lo4[4], hi4[4];
+    alignas(32) int64_t neg4[4];
+    _mm256_store_pd(lo4, vlo);
+    _mm256_store_pd(hi4, vhi);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(neg4), vneg);
+    const Maxima tail = walru_maxima_scalar(la + i, sz + i, dp + i, n - i, now);
+    double lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
+    for (int64_t j = i; j < n; ++j) lo = std::min(lo, la[j]);
+    const double hi = std::max(std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3])),
+                               tail.top_size);
+    const bool bad = _mm256_movemask_pd(vnan) != 0 || ((neg4[0] | neg4[1] | neg4[2] | neg4[3]) < 0) ||
+                     tail.bad_at < n - i || std::isinf(now);
+    return {n ? std::max(now - lo, 0.0) : 0.0, hi, bad ? 0 : n};
+}
+
+// Index of the first of scores[from, to) that is not below `threshold` (or is NaN); `to` if none.
+__attribute__((target("avx2"))) int64_t next_contender_avx2(const double* sc, int64_t from,
+                                                            int64_t to, double threshold) {
+    const __m256d t = _mm256_set1_pd(threshold);
+    int64_t i = from;
+    for (; i + 4 <= to; i += 4) {
+        const int m = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(sc + i), t, _CMP_NLT_UQ));
+        if (m) return i + __builtin_ctz(static_cast<unsigned>(m));
+    }
+    for (; i < to; ++i)
+        if (!(sc[i] < threshold)) return i;
+    return to;
+}
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+Maxima walru_maxima(const double* la, const double* sz, const int64_t* dp, int64_t n, double now) {
+#if SAGA_X86
+    if (kHaveAvx2) return walru_maxima_avx2(la, sz, dp, n, now);
+#endif
+    return walru_maxima_scalar(la, sz, dp, n, now);
+}
+
+int64_t next_contender(const double* sc, int64_t from, int64_t to, double threshold) {
+#if SAGA_X86
+    if (kHaveAvx2) return next_contender_avx2(sc, from, to, threshold);
+#endif
+    for (int64_t i = from; i < to; ++i)
+        if (!(sc[i] < threshold)) return i;
+    return to;
 }
 
 // First candidate with a NaN input, a NaN age or a negative depth (n if none): the slow path
@@ -181,11 +251,14 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
         else
             walru_scores<false>(la + lo, rp + lo, sz + lo, len, now, age_div, 1.0, alpha, beta,
                                 gamma, sc + lo);
-        for (int64_t i = lo; i < lo + len; ++i) {
-            // Most candidates lose on the score alone: one compare, no heap work (a NaN score
-            // fails the compare and is caught below).
-            if (kk > 0 && static_cast<int64_t>(heap.size()) == kk && sc[i] < heap.front().score)
-                continue;
+        const int64_t end = lo + len;
+        for (int64_t i = lo; i < end; ++i) {
+            // Most candidates lose on the score alone: skip to the next one that does not
+            // (a NaN score is a contender here and is caught below).
+            if (kk > 0 && static_cast<int64_t>(heap.size()) == kk) {
+                i = next_contender(sc, i, end, heap.front().score);
+                if (i == end) break;
+            }
             if (std::isnan(sc[i])) {
                 nan_score = true;
                 continue;
