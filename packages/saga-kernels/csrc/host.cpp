@@ -423,11 +423,17 @@ public:
         const double* p = pinned_until.data();
         for (int64_t i = 0; i < n; ++i) check_entry(w[i], p[i], i);
         nb::gil_scoped_release nogil;
-        // In input order, so a session listed twice ends with its last entry (like dict.update).
-        for (int64_t i = 0; i < n; ++i) {
-            Shard& sh = shard(s[i]);
+        const Grouped g = group_by_shard(s, n);
+        // Grouping is stable, so within a shard entries keep input order and a session listed
+        // twice ends with its last entry (like dict.update). One lock per shard touched.
+        for (int64_t k = 0; k < shards(); ++k) {
+            if (g.start[k] == g.start[k + 1]) continue;
+            Shard& sh = *shards_[static_cast<size_t>(k)];
             std::lock_guard<std::mutex> lock(sh.mu);
-            sh.map[s[i]] = Entry{w[i], p[i]};
+            for (int64_t j = g.start[k]; j < g.start[k + 1]; ++j) {
+                const int64_t i = g.order[static_cast<size_t>(j)];
+                sh.map[s[i]] = Entry{w[i], p[i]};
+            }
         }
     }
 
@@ -438,14 +444,21 @@ public:
         std::vector<double> pinned(static_cast<size_t>(n));
         {
             nb::gil_scoped_release nogil;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-            for (int64_t i = 0; i < n; ++i) {
-                Shard& sh = shard(s[i]);
+            const Grouped g = group_by_shard(s, n);
+            const int64_t ns = shards();
+            // One lock per shard touched, not one per lookup.
+#pragma omp parallel for schedule(dynamic) if (n >= kParallelMin)
+            for (int64_t k = 0; k < ns; ++k) {
+                if (g.start[k] == g.start[k + 1]) continue;
+                Shard& sh = *shards_[static_cast<size_t>(k)];
                 std::lock_guard<std::mutex> lock(sh.mu);
-                auto it = sh.map.find(s[i]);
-                const bool hit = it != sh.map.end();
-                workers[static_cast<size_t>(i)] = hit ? it->second.worker : -1;
-                pinned[static_cast<size_t>(i)] = hit ? it->second.pinned_until : -kInf;
+                for (int64_t j = g.start[k]; j < g.start[k + 1]; ++j) {
+                    const int64_t i = g.order[static_cast<size_t>(j)];
+                    auto it = sh.map.find(s[i]);
+                    const bool hit = it != sh.map.end();
+                    workers[static_cast<size_t>(i)] = hit ? it->second.worker : -1;
+                    pinned[static_cast<size_t>(i)] = hit ? it->second.pinned_until : -kInf;
+                }
             }
         }
         return {owned(std::move(workers)), owned(std::move(pinned))};
@@ -480,8 +493,31 @@ private:
     };
     std::vector<std::unique_ptr<Shard>> shards_;
 
-    Shard& shard(int64_t session) {
-        return *shards_[mix(static_cast<uint64_t>(session)) % shards_.size()];
+    size_t shard_index(int64_t session) const {
+        return mix(static_cast<uint64_t>(session)) % shards_.size();
+    }
+
+    Shard& shard(int64_t session) { return *shards_[shard_index(session)]; }
+
+    struct Grouped {
+        std::vector<int64_t> order;  // input positions, grouped by shard, stable
+        std::vector<int64_t> start;  // shard k's positions: order[start[k], start[k + 1])
+    };
+
+    // A counting sort of the batch by shard.
+    Grouped group_by_shard(const int64_t* keys, int64_t n) const {
+        const size_t ns = shards_.size();
+        std::vector<uint32_t> which(static_cast<size_t>(n));
+        Grouped g{std::vector<int64_t>(static_cast<size_t>(n)), std::vector<int64_t>(ns + 1, 0)};
+        for (int64_t i = 0; i < n; ++i) {
+            which[static_cast<size_t>(i)] = static_cast<uint32_t>(shard_index(keys[i]));
+            ++g.start[which[static_cast<size_t>(i)] + 1];
+        }
+        for (size_t k = 0; k < ns; ++k) g.start[k + 1] += g.start[k];
+        std::vector<int64_t> fill(g.start.begin(), g.start.end() - 1);
+        for (int64_t i = 0; i < n; ++i)
+            g.order[static_cast<size_t>(fill[which[static_cast<size_t>(i)]]++)] = i;
+        return g;
     }
 
     static void check_entry(int64_t worker, double pinned_until, int64_t at) {
