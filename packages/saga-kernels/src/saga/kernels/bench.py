@@ -1,7 +1,7 @@
 """Kernel benchmark: native vs NumPy twin vs plain-Python twin on the same inputs, one run.
 
 Every figure is measured here, in this process: the best of several short timed loops; a call
-slower than half a second is timed once, and one above ``python_max_n`` is skipped, and the
+slower than half a second runs twice and the faster run counts; one above ``python_max_n`` is skipped, and the
 result says so. Bandwidth is the bytes a kernel must at least read and write
 divided by its time, against a measured large-buffer memcpy (read + write) on this machine.
 """
