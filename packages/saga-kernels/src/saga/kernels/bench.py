@@ -1,9 +1,10 @@
 """Kernel benchmark: native vs NumPy twin vs plain-Python twin on the same inputs, one run.
 
 Every figure is measured here, in this process: the best of several short timed loops; a call
-slower than half a second runs twice and the faster run counts; one above ``python_max_n`` is skipped, and the
-result says so. Bandwidth is the bytes a kernel must at least read and write
-divided by its time, against a measured large-buffer memcpy (read + write) on this machine.
+slower than half a second runs twice and the faster run counts; above ``python_max_n`` the
+plain-Python twin is skipped, and the result says so. Bandwidth is the bytes a kernel must at
+least read and write divided by its time, against a measured large-buffer memcpy (read + write)
+on this machine.
 """
 
 from __future__ import annotations
