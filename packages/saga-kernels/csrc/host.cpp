@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -243,6 +244,8 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
     std::vector<Cand> heap;
     heap.reserve(static_cast<size_t>(kk));
     constexpr int64_t kChunk = 2048;
+    // When k is a large share of n a heap churns; select by a k-th-score threshold instead.
+    const bool wide = kk * 16 >= n;
     for (int64_t lo = 0; lo < n; lo += kChunk) {
         const int64_t len = std::min(kChunk, n - lo);
         if (size_on)
@@ -252,6 +255,10 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
             walru_scores<false>(la + lo, rp + lo, sz + lo, len, now, age_div, 1.0, alpha, beta,
                                 gamma, sc + lo);
         const int64_t end = lo + len;
+        if (wide) {  // scores only here; the selection below
+            for (int64_t i = lo; i < end; ++i) nan_score |= sc[i] != sc[i];
+            continue;
+        }
         for (int64_t i = lo; i < end; ++i) {
             // Most candidates lose on the score alone: skip to the next one that does not
             // (a NaN score is a contender here and is caught below).
@@ -281,7 +288,18 @@ std::pair<F64Out, I64Out> walru_select(F64In last_access, F64In reuse_prob, F64I
             "walru_select: a score is NaN (infinite last_access or size_tokens?)");
     }
     std::vector<Cand>& kept = heap;
-    std::sort(kept.begin(), kept.end(), better);
+    if (wide && kk > 0) {
+        // Every candidate scoring at least the k-th best score (ties included), ranked.
+        std::vector<double> tmp(sc, sc + n);
+        std::nth_element(tmp.begin(), tmp.begin() + (kk - 1), tmp.end(), std::greater<double>());
+        const double kth = tmp[static_cast<size_t>(kk - 1)];
+        for (int64_t i = 0; i < n; ++i)
+            if (sc[i] >= kth) kept.push_back(Cand{sc[i], la[i], dp[i], i});
+        std::partial_sort(kept.begin(), kept.begin() + kk, kept.end(), better);
+        kept.resize(static_cast<size_t>(kk));
+    } else {
+        std::sort(kept.begin(), kept.end(), better);
+    }
     std::vector<int64_t> order(static_cast<size_t>(kk));
     for (int64_t j = 0; j < kk; ++j) order[static_cast<size_t>(j)] = kept[static_cast<size_t>(j)].idx;
     return {owned(std::move(scores)), owned(std::move(order))};
