@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
+    "saga_kernels": ["saga.kernels", "saga.kernels.cuda", "saga.kernels.bench"],
     "saga_vllm": ["saga.vllm"],
     "saga_integrations": ["saga.integrations", "saga.integrations.langchain",
                           "saga.integrations.autogen", "saga.integrations.crewai"],
@@ -32,6 +33,10 @@ CHECKS: dict[str, str] = {
                          "r = [fs(n) for n in ('langchain', 'autogen', 'crewai')]; "
                          "assert all(not s.attachable and f'saga-integrations[{s.name}]' "
                          "in s.reason for s in r), r",
+    # The wheel built here (a compiler is present) must carry the native host kernels, and say so.
+    "saga_kernels": "from saga.kernels import native_status; rows = native_status(); "
+                    "print(*(f'{r.name}: {r.backend} ({r.detail})' for r in rows), sep=chr(10)); "
+                    "assert all(r.backend == 'native' for r in rows if r.kind == 'host'), rows",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

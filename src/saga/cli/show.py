@@ -76,3 +76,11 @@ def spec_table() -> Table:
 def spec() -> None:
     """The reference deployment (Llama-3-70B, 16 x TP4 on 64 A100-80GB), computed."""
     console.print(spec_table())
+
+
+@app.command("native")
+def native() -> None:
+    """Which kernels run native (C++/OpenMP), which on CUDA, which fall back to NumPy, and why."""
+    from saga.cli.kernels import native_table
+
+    console.print(native_table())

@@ -10,6 +10,14 @@ from typing import ClassVar
 from saga.policy.block_table import BlockTable
 from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
 
+try:  # optional: saga-kernels' native next-use scan (same answers, integer block ids only)
+    from saga.kernels import have_native as _have_native
+    from saga.kernels import next_use_lists as _next_use_lists
+
+    _NATIVE = _have_native()
+except ImportError:
+    _NATIVE = False
+
 
 @dataclass(frozen=True)
 class BeladyPolicy(EvictionPolicy):
@@ -33,7 +41,13 @@ def next_use_positions(trace: Sequence[Sequence[Hashable]]) -> list[list[float]]
 
     One reverse scan with a dict, O(total references). ``result[i][j]`` belongs to block ``j`` of
     request ``i``; a replay sets it as the block's ``next_use`` hint before request ``i``.
+    Runs saga-kernels' native scan when it is installed and every block id is an int64.
     """
+    if _NATIVE:
+        try:
+            return _next_use_lists(trace)  # type: ignore[arg-type]
+        except TypeError:
+            pass  # a non-integer block id: the dict below takes any hashable
     upcoming: dict[Hashable, float] = {}
     out: list[list[float]] = [[] for _ in trace]
     for i in range(len(trace) - 1, -1, -1):

@@ -11,7 +11,15 @@ import numpy.typing as npt
 
 from saga.policy.block_table import BlockTable
 from saga.policy.errors import SagaConfigError
-from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys
+from saga.policy.eviction.base import EvictionPolicy, Slots, SortKeys, _leaves_first
+
+try:  # optional: saga-kernels' native selection, which gives the same victims as the NumPy path
+    from saga.kernels import have_native as _have_native
+    from saga.kernels import walru_select as _walru_select
+
+    _NATIVE = _have_native()
+except ImportError:
+    _NATIVE = False
 
 WALRU_ALPHA = 0.3
 WALRU_BETA = 0.5
@@ -103,3 +111,33 @@ class WALRUPolicy(EvictionPolicy):
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         return (-table.depth[slots], table.last_access[slots], -self.scores(table, slots, now))
+
+    def select_victims(self, table: BlockTable, candidates: Slots, k: int, now: float) -> Slots:
+        """As the base class, but ranked by saga-kernels' native WA-LRU kernel when installed.
+
+        The kernel ranks exactly as `sort_keys` (score, then LRU, then deepest, then input
+        order); it returns the best ``2k + 64`` and leaves-first selection widens to the full
+        ranking only if that prefix runs out of leaves, as the base class does.
+        """
+        if not _NATIVE:
+            return super().select_victims(table, candidates, k, now)
+        candidates = np.asarray(candidates, dtype=np.int64)
+        n = int(candidates.size)
+        k = min(int(k), n)
+        if k <= 0:
+            return np.empty(0, np.int64)
+        hint = table.reuse_prob[candidates]
+        args = (table.last_access[candidates], np.where(np.isnan(hint), UNKNOWN_REUSE, hint),
+                table.prefix_tokens(candidates), table.depth[candidates], now)
+        weights = (self.alpha, self.beta, self.gamma)
+        head = min(n, 2 * k + 64)
+        try:
+            ranked = candidates[_walru_select(*args, head, *weights).order]
+        except ValueError:  # non-finite inputs: the NumPy path defines what happens then
+            return super().select_victims(table, candidates, k, now)
+        got = _leaves_first(table, ranked, k, complete=head == n)
+        if got is None:
+            ranked = candidates[_walru_select(*args, n, *weights).order]
+            got = _leaves_first(table, ranked, k, complete=True)
+            assert got is not None
+        return got
