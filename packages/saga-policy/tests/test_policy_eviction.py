@@ -237,3 +237,21 @@ def test_vectorised_rounds_match_one_at_a_time_greedy(case: tuple[BlockTable, np
     for policy in (RadixLRUPolicy(), WALRUPolicy()):
         got = policy.select_victims(t, cands, k, 0.0).tolist()
         assert got == naive_leaves_first(policy, t, cands, min(k, cands.size))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_walru_top_k_ranks_like_the_policy_sort(seed: int) -> None:
+    from saga.policy.eviction.walru import walru_score, walru_top_k
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    last = rng.integers(0, 20, n).astype(np.float64)          # many ties in every key
+    reuse = rng.choice([0.0, 0.5, 1.0], n)
+    size = rng.integers(1, 6, n).astype(np.float64) * 32
+    depth = rng.integers(0, 4, n).astype(np.int64)
+    now, k = 25.0, int(rng.integers(1, n + 1))
+    got = walru_top_k(last, reuse, size, depth, now, k)
+    age = now - last
+    score = walru_score(age / age.max() if age.max() > 0 else age, reuse, size / size.max())
+    want = sorted(range(n), key=lambda i: (-score[i], last[i], -depth[i], i))[:k]
+    assert got.tolist() == want

@@ -35,6 +35,7 @@ from saga.policy.eviction.walru import (
     WALRU_GAMMA,
     check_walru_weights,
     walru_score,
+    walru_top_k,
 )
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue
 
@@ -235,10 +236,15 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
             chosen.append(_smallest(plain, key, take, self._seq[plain], self._prefix[plain]))
             n -= take
         if n > 0:
-            key = -self.scores(cached)
-            # Ties: older free first, then the longer prefix (a chain's tail before its head).
-            chosen.append(_smallest(cached, key, n, self._last_free[cached],
-                                    -self._prefix[cached]))
+            # saga-policy's ranking (native when saga-kernels is installed). Ties: older free
+            # first, then the longer prefix (a chain's tail before its head).
+            hint = self._reuse[cached]
+            prefix = self._prefix[cached]
+            order = walru_top_k(self._last_free[cached],
+                                np.where(np.isnan(hint), UNKNOWN_REUSE, hint),
+                                prefix.astype(np.float64), prefix.astype(np.int64),
+                                self.clock(), n, self.alpha, self.beta, self.gamma)
+            chosen.append(cached[order])
         return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
 
     def _count_evictions(self, blocks: Sequence[Any]) -> None:

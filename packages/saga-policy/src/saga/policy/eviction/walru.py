@@ -74,6 +74,39 @@ def _normalise_by_max(x: FloatArray) -> FloatArray:
     return x / top
 
 
+def walru_top_k(last_access: FloatArray, p_reuse: FloatArray, size_tokens: FloatArray,
+                depth: npt.NDArray[np.int64], now: float, k: int, alpha: float = WALRU_ALPHA,
+                beta: float = WALRU_BETA, gamma: float = WALRU_GAMMA) -> npt.NDArray[np.int64]:
+    """Indices of the ``k`` candidates WA-LRU evicts first, in order: highest
+    :func:`walru_score` (age and size normalised by their maxima over the candidates), then
+    older access, then deeper, then input order.
+
+    saga-kernels' native kernel when installed (one pass, a bounded heap), else NumPy with
+    the same result; every caller that ranks by WA-LRU (the simulator's cache, vLLM's free
+    block queue) goes through here.
+    """
+    k = min(int(k), int(np.size(last_access)))
+    if k <= 0:
+        return np.empty(0, np.int64)
+    if _NATIVE:
+        try:
+            order: npt.NDArray[np.int64] = _walru_select(
+                last_access, p_reuse, size_tokens, depth, now, k, alpha, beta, gamma).order
+            return order
+        except ValueError:  # non-finite inputs: the NumPy path defines what happens then
+            pass
+    age = np.maximum(now - last_access, 0.0)
+    score = walru_score(_normalise_by_max(age), p_reuse, _normalise_by_max(size_tokens),
+                        alpha, beta, gamma)
+    idx = np.arange(score.size)
+    if k < score.size:  # bound the sort by the k-th score; keep every tie of it
+        kth = np.partition(-score, k - 1)[k - 1]
+        idx = np.flatnonzero(-score <= kth)
+    ranked: npt.NDArray[np.int64] = idx[np.lexsort(
+        (idx, -depth[idx], last_access[idx], -score[idx]))][:k].astype(np.int64, copy=False)
+    return ranked
+
+
 @dataclass(frozen=True)
 class WALRUPolicy(EvictionPolicy):
     """Evict the highest `walru_score`, leaves first.
