@@ -33,7 +33,8 @@ class RequestMetadata:
     ``aeg_node`` is the call's node in saga-aeg's naming (``llm@start``, ``llm@tool:<name>``);
     ``pending_tool`` the tool the call is expected to end in (its KV is pinned through it);
     ``tool_latency_s`` the measured duration of the tool that ran just before the call;
-    ``final`` marks the task's last call.
+    ``final`` marks the task's last call; ``prefetch`` a request that only brings the
+    session's context back into device memory while its tool runs (adapters never send one).
     """
 
     session_id: str
@@ -45,6 +46,7 @@ class RequestMetadata:
     final: bool = False
     deadline_s: float | None = None
     reuse_prob: float | None = None
+    prefetch: bool = False
 
     def __post_init__(self) -> None:
         for name in ("session_id", "tenant_id"):
@@ -57,8 +59,10 @@ class RequestMetadata:
             if value is not None and (not isinstance(value, str) or not value):
                 raise IntegrationError(f"RequestMetadata.{name} must be a non-empty str or "
                                        f"None, got {value!r}")
-        if not isinstance(self.final, bool):
-            raise IntegrationError(f"RequestMetadata.final must be a bool, got {self.final!r}")
+        for name in ("final", "prefetch"):
+            if not isinstance(getattr(self, name), bool):
+                raise IntegrationError(
+                    f"RequestMetadata.{name} must be a bool, got {getattr(self, name)!r}")
         for name, low, high in (("tool_latency_s", 0.0, math.inf),
                                 ("deadline_s", -math.inf, math.inf),
                                 ("reuse_prob", 0.0, 1.0)):
@@ -72,12 +76,12 @@ class RequestMetadata:
                     f"got {value!r}")
 
     def fields(self) -> dict[str, Any]:
-        """The fields worth sending: None, ``final=False`` and the default tenant are left out
+        """The fields worth sending: None, false flags and the default tenant are left out
         (the engine assumes them), so a plain call carries only what it knows."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "final" and value is False) or (
+            if value is None or (f.name in ("final", "prefetch") and value is False) or (
                     f.name == "tenant_id" and value == DEFAULT_TENANT):
                 continue
             out[f.name] = value
