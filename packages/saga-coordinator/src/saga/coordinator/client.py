@@ -57,7 +57,7 @@ class CoordinatorClient:
         self.address = address
         self.retry_s = retry_s
         self.timeout_s = timeout_s
-        self._md = bearer(token)
+        self.metadata = bearer(token)
         self._channel = _channel(address)
         self.stub: Any = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
 
@@ -96,25 +96,25 @@ class CoordinatorClient:
                               prompt_tokens=prompt_tokens, deadline_s=deadline_s,
                               work_tokens=work_tokens, avoid_worker=avoid_worker)
         return await self._retry("Route", lambda: self.stub.Route(
-            req, metadata=self._md, timeout=self.timeout_s))
+            req, metadata=self.metadata, timeout=self.timeout_s))
 
     def route_stream(self, batches: AsyncIterator[Any]) -> Any:
         """Open a RouteStream over ``batches`` (RouteBatch messages); iterate the replies."""
-        return self.stub.RouteStream(batches, metadata=self._md)
+        return self.stub.RouteStream(batches, metadata=self.metadata)
 
     async def end_session(self, session_id: str) -> None:
         await self._retry("EndSession", lambda: self.stub.EndSession(
-            pb.EndSessionRequest(session_id=session_id), metadata=self._md,
+            pb.EndSessionRequest(session_id=session_id), metadata=self.metadata,
             timeout=self.timeout_s))
 
     async def get_session(self, session_id: str) -> Any:
         return await self._retry("GetSession", lambda: self.stub.GetSession(
-            pb.GetSessionRequest(session_id=session_id), metadata=self._md,
+            pb.GetSessionRequest(session_id=session_id), metadata=self.metadata,
             timeout=self.timeout_s))
 
     async def stats(self) -> Any:
         return await self._retry("Stats", lambda: self.stub.Stats(
-            pb.StatsRequest(), metadata=self._md, timeout=self.timeout_s))
+            pb.StatsRequest(), metadata=self.metadata, timeout=self.timeout_s))
 
 
 @dataclass(frozen=True)
