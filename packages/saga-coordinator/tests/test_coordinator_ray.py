@@ -140,8 +140,11 @@ def test_slow_worker_does_not_stall_the_others(ray_session: Any) -> None:
         tasks = make_tasks(WorkloadConfig(tasks=12, steps=5, tool_s=(0.02, 0.05), seed=3))
         result = await run_workload(client, actors, tasks)
         assert result.completed == 12
-        fast_calls = result.per_worker.get("w0", 0) + result.per_worker.get("w1", 0)
-        assert fast_calls > result.per_worker.get("slow0", 0)
+        # Tasks served only by fast workers finish at their own pace, not the slow one's.
+        fast = [t for s, t in result.task_time.items() if "slow0" not in result.task_workers[s]]
+        slow = [t for s, t in result.task_time.items() if "slow0" in result.task_workers[s]]
+        assert fast and slow
+        assert max(fast) < min(slow)
         # Observations of every worker arrived (the slow one's stream did not block them).
         worker_stats = {w: await a.stats.remote() for w, a in actors.items()}
         assert all(s["rejected"] == 0 and s["dropped"] == 0 for s in worker_stats.values())

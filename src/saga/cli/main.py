@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from saga.cli import coordinator, demo, replay, show
+from saga.cli import cluster, coordinator, demo, replay, show
 
 app = typer.Typer(
     name="saga",
@@ -17,6 +17,7 @@ app.command("demo")(demo.demo)
 app.command("replay")(replay.replay)
 app.add_typer(show.app, name="show")
 app.add_typer(coordinator.app, name="coordinator")
+app.add_typer(cluster.app, name="cluster")
 
 
 def _vllm_app() -> typer.Typer:

@@ -47,6 +47,7 @@ def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
     interpreter, which already has every package. A local Ray needs no token prompt.
     """
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no fork-handler notes when Ray forks
     import ray
 
     if ray.is_initialized():
@@ -149,6 +150,8 @@ class WorkloadResult:
     reasons: dict[str, int] = field(default_factory=dict)
     per_worker: dict[str, int] = field(default_factory=dict)
     task_seconds: list[float] = field(default_factory=list)
+    task_workers: dict[str, set[str]] = field(default_factory=dict)
+    task_time: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
     @property
@@ -198,6 +201,7 @@ async def run_workload(client: CoordinatorClient, actors: Mapping[str, Any],
                 avoid = ""
                 continue
             result.per_worker[reply.worker_id] = result.per_worker.get(reply.worker_id, 0) + 1
+            result.task_workers.setdefault(task.session_id, set()).add(reply.worker_id)
             return res
         raise WorkloadError(f"{task.session_id}: no worker served the call after "
                             f"{max_attempts} attempts")
@@ -233,6 +237,7 @@ async def run_workload(client: CoordinatorClient, actors: Mapping[str, Any],
                 raise
         result.completed += 1
         result.task_seconds.append(time.monotonic() - t0)
+        result.task_time[task.session_id] = time.monotonic() - t0
 
     await asyncio.gather(*(run_task(t) for t in tasks))
     result.wall_s = time.monotonic() - t_start

@@ -255,9 +255,14 @@ class CoordinatorCore:
             self.ttl.observe(tool, latency_s)
 
     def call_finished(self, session_id: str, prompt_tokens: int, output_tokens: int,
-                      cached_tokens: int) -> None:
-        """Account the call's computed tokens as AFS service of its task."""
+                      cached_tokens: int, worker_id: str | None = None) -> None:
+        """Account the call's computed tokens as AFS service of its task, and take the call off
+        the load of the worker that ran it (until its next heartbeat reports afresh)."""
         entry = self.session(session_id)
+        w = self.workers.get(worker_id) if worker_id is not None else None
+        if w is not None:
+            w.load = max(w.load - 1.0 / w.slots, 0.0)
+            self._loads = None
         if entry.in_afs:
             self.afs.record_service(session_id, max(prompt_tokens - cached_tokens, 0)
                                     + output_tokens)

@@ -213,7 +213,7 @@ class _Servicer(pb_grpc.CoordinatorServicer):
             rejected: list[str] = []
             for i, obs in enumerate(batch.observations):
                 try:
-                    self._observe(obs, now)
+                    self._observe(obs, now, batch.worker_id)
                 except (InvalidField, SagaConfigError, UnknownSessionError) as exc:
                     rejected.append(f"observations[{i}]: {exc}")
             n_ok = len(batch.observations) - len(rejected)
@@ -221,7 +221,7 @@ class _Servicer(pb_grpc.CoordinatorServicer):
             self.metrics.observed(n_ok, len(rejected))
             yield pb.ObservationAck(seq=batch.seq, accepted=n_ok, rejected=rejected)
 
-    def _observe(self, obs: Any, now: float) -> None:
+    def _observe(self, obs: Any, now: float, worker_id: str) -> None:
         check_id("session_id", obs.session_id)
         check_number("pressure", obs.pressure, hi=1.0)
         check_number("tool_latency_s", obs.tool_latency_s)
@@ -237,7 +237,7 @@ class _Servicer(pb_grpc.CoordinatorServicer):
                 raise InvalidField(f"cached_tokens ({obs.cached_tokens}) exceeds prompt_tokens "
                                    f"({obs.prompt_tokens})")
             self.core.call_finished(obs.session_id, obs.prompt_tokens, obs.output_tokens,
-                                    obs.cached_tokens)
+                                    obs.cached_tokens, worker_id)
         elif kind == pb.CALL_START:
             self.core.session(obs.session_id)
         else:
