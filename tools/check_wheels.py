@@ -19,12 +19,17 @@ IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
     "saga_vllm": ["saga.vllm"],
+    "saga_coordinator": ["saga.coordinator.server", "saga.coordinator.client",
+                         "saga.coordinator.cluster"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)
 CHECKS: dict[str, str] = {
     "saga_policy": "from saga.policy.traces import BUNDLED_AGENT, bundled_trace_path; "
                    "bundled_trace_path(); bundled_trace_path(BUNDLED_AGENT)",
+    # The generated gRPC code ships in the wheel and runs on the installed protobuf.
+    "saga_coordinator": "from saga.coordinator._proto import saga_coordinator_pb2 as pb; "
+                        "pb.RouteRequest(session_id='s').SerializeToString()",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from saga.cli import cluster, coordinator, demo, replay, show
+from saga.cli import demo, replay, show
 
 app = typer.Typer(
     name="saga",
@@ -16,8 +16,6 @@ app = typer.Typer(
 app.command("demo")(demo.demo)
 app.command("replay")(replay.replay)
 app.add_typer(show.app, name="show")
-app.add_typer(coordinator.app, name="coordinator")
-app.add_typer(cluster.app, name="cluster")
 
 
 def _vllm_app() -> typer.Typer:
@@ -40,6 +38,32 @@ def _vllm_app() -> typer.Typer:
 
 
 app.add_typer(_vllm_app(), name="vllm")
+
+
+def _cluster_app(module: str) -> typer.Typer:
+    """`saga coordinator|cluster ...` when saga-coordinator is installed; else a group saying
+    how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"saga.cli.{module}").app  # type: ignore[no-any-return]
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("saga.coordinator", "saga.vllm")):
+            raise
+        missing = typer.Typer(help="SAGA's coordinator and Ray workers (not installed: "
+                                   "pip install 'saga[cluster]').")
+
+        @missing.callback(invoke_without_command=True)
+        def _missing() -> None:
+            typer.echo("error: saga-coordinator is not installed; install it with "
+                       "pip install 'saga[cluster]' (or uv sync --all-packages)", err=True)
+            raise typer.Exit(code=2)
+
+        return missing
+
+
+app.add_typer(_cluster_app("coordinator"), name="coordinator")
+app.add_typer(_cluster_app("cluster"), name="cluster")
 
 
 def main() -> None:
