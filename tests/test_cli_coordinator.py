@@ -20,7 +20,7 @@ def test_bench_runs_every_phase_against_a_separate_process(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert [(p["mode"], p["concurrency"]) for p in data["phases"]] == [
-        ("unary", 1), ("unary", 4), ("streamed", 2)]
+        ("unary", 1), ("unary", 4), ("streamed", 2), ("in-process decision", 1)]
     assert data["phases"][0]["routes"] == 300
     assert data["phases"][2]["routes"] == 2000 // 64 * 64
     assert data["server_pid"] != data["client_pid"]

@@ -264,3 +264,43 @@ def test_wrong_token_worker_fails_to_start() -> None:
                 await host.start(timeout_s=5.0)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     run(body)
+
+
+def test_a_waiting_call_is_stolen_end_to_end() -> None:
+    """Heartbeat snapshot → WorkStealer plan → StealOrder in the victim's heartbeat reply →
+    the waiting call is handed back → routed again, now to the thief."""
+    async def body() -> None:
+        async with coordinator(epoch_s=0.02, heartbeat_interval_s=0.02) as (server, client):
+            busy = WorkerHost("busy", SimulatedEngine(slots=1, decode_s=0.05), server.address,
+                              TOKEN)
+            await busy.start()
+            sessions = [f"s{i}" for i in range(4)]
+            for s in sessions:                      # all homed on "busy", the only worker
+                await client.route(s, "t")
+            thief = WorkerHost("thief", SimulatedEngine(slots=1, decode_s=0.05),
+                               server.address, TOKEN)
+            await thief.start()
+            hosts = {"busy": busy, "thief": thief}
+            served: dict[str, str] = {}
+            moved = 0
+
+            async def agent(s: str) -> None:
+                nonlocal moved
+                worker = server.core.sessions[s].worker_id
+                while True:
+                    try:
+                        await hosts[worker].call(_call(s, final=True, tool=None))
+                        served[s] = worker
+                        return
+                    except CallMoved:
+                        moved += 1
+                        worker = (await client.route(s, "t")).worker_id
+
+            await asyncio.gather(*(agent(s) for s in sessions))
+            assert len(served) == 4
+            assert server.core.steals >= 1 and moved >= 1
+            assert "thief" in served.values()
+            assert busy.stolen >= 1
+            for h in hosts.values():
+                await h.stop()
+    run(body)

@@ -4,7 +4,8 @@ The coordinator runs as ``python -m saga.coordinator`` in a child process; this 
 synthetic workers (heartbeating like real ones) and routes calls of many agent sessions:
 
 - unary: ``concurrency`` closed-loop callers, one ``Route`` per call; latency per call;
-- streamed: ``streams`` RouteStream callers, ``batch`` routes per message; latency per batch.
+- streamed: ``streams`` RouteStream callers, ``batch`` routes per message; latency per batch;
+- in-process decision: ``CoordinatorCore.route`` alone, no gRPC (SAGA's share of a round trip).
 
 Every phase is bounded by a count and by ``max_seconds``. Latencies are client-side round trips
 (serialisation, loopback, server decision and back), measured with ``perf_counter``.
@@ -27,6 +28,7 @@ import numpy as np
 
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator.client import CoordinatorClient
+from saga.coordinator.core import CoordinatorCore
 from saga.coordinator.serve import TOKEN_ENV
 from saga.policy.errors import SagaConfigError
 
@@ -88,11 +90,13 @@ class BenchResult:
                 "note": "client-side round trips on loopback; coordinator in its own process"}
 
 
-def start_server_process(token: str, port: int = 0, timeout_s: float = 30.0
-                         ) -> tuple[subprocess.Popen[str], str]:
+def start_server_process(token: str, port: int = 0, timeout_s: float = 30.0,
+                         metrics_port: int | None = None) -> tuple[subprocess.Popen[str], str]:
     """Start ``python -m saga.coordinator`` and return it with the address it listens on."""
     env = {**os.environ, TOKEN_ENV: token}
-    proc = subprocess.Popen([sys.executable, "-m", "saga.coordinator", "--port", str(port)],
+    extra = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen([sys.executable, "-m", "saga.coordinator", "--port", str(port),
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
@@ -197,6 +201,25 @@ async def _streamed(client: CoordinatorClient, cfg: BenchConfig, progress: Progr
                     "batch")
 
 
+def decision_phase(cfg: BenchConfig) -> PhaseResult:
+    """The routing decision alone, in this process (no gRPC): how much of a Route's round
+    trip is SAGA's own work (validation of nothing, ``CoordinatorCore.route`` and its table)."""
+    core = CoordinatorCore()
+    for i in range(cfg.workers):
+        core.register(f"w{i}", f"n{i // 2}", 4096, 0.0)
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(cfg.unary_calls):
+        if i % 1000 == 0:
+            for k in range(cfg.workers):
+                core.heartbeat(f"w{k}", 0.2 + 0.1 * (k % 4), -1.0, (), 0.0, i / 1000)
+        t = time.perf_counter()
+        core.route(f"s{i % cfg.sessions}", "t", i / 1000, prompt_tokens=2048)
+        lat.append(time.perf_counter() - t)
+    return _summary("in-process decision", 1, 1, len(lat), time.perf_counter() - t0, lat,
+                    "decision")
+
+
 async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | None
                ) -> list[PhaseResult]:
     client = CoordinatorClient(address, token, retry_s=10.0)
@@ -230,4 +253,5 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    phases.append(decision_phase(cfg))
     return BenchResult(cfg, phases, proc.pid, os.getpid())
