@@ -219,6 +219,14 @@ def test_observations_pin_sessions_train_ttl_and_reject_unknown_items() -> None:
             [a async for a in client.stub.Observe(end(), metadata=bearer(TOKEN))]
             assert (await client.get_session("s")).pinned_for_s == 0
             assert server.core.observations == 3
+            # A late observation of an ended task is accepted as a no-op, not an error.
+            await client.end_session("s")
+
+            async def late() -> AsyncIterator[Any]:
+                yield pb.ObservationBatch(worker_id="w", seq=9, observations=[
+                    pb.Observation(session_id="s", kind=pb.CALL_END, prompt_tokens=5)])
+            acks = [a async for a in client.stub.Observe(late(), metadata=bearer(TOKEN))]
+            assert (acks[0].accepted, list(acks[0].rejected)) == (1, [])
     run(body)
 
 

@@ -10,6 +10,7 @@ its monotonic clock), so the core is deterministic and testable without sleeping
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -111,6 +112,10 @@ class CoordinatorCore:
         self.epochs = 0
         self.observations = 0
         self._loads: dict[str, float] | None = None
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    ENDED_MEMORY = 65_536
+    """Ended sessions remembered, so their late observations are not mistaken for errors."""
 
     # -- workers ----------------------------------------------------------------------------
     def register(self, worker_id: str, node: str, slots: int, now: float,
@@ -202,6 +207,7 @@ class CoordinatorCore:
         dst = self.router.route(RouteRequest(session_id, prompt_tokens=prompt_tokens, now=now),
                                 loads)
         w = self.workers[dst]
+        self._ended.pop(session_id, None)
         if entry is None:
             reason = "NEW_SESSION"
             entry = SessionEntry(session_id, tenant_id or "default", dst, w.node)
@@ -229,6 +235,13 @@ class CoordinatorCore:
         self.router.forget(session_id)
         if entry.in_afs:
             self.afs.finish(session_id)
+        self._ended[session_id] = None
+        if len(self._ended) > self.ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
+    def recently_ended(self, session_id: str) -> bool:
+        """True for a session ended lately (its workers' last observations may still arrive)."""
+        return session_id in self._ended
 
     def session(self, session_id: str) -> SessionEntry:
         """A session's row, or :class:`UnknownSessionError` naming it."""

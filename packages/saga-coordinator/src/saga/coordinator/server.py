@@ -223,6 +223,8 @@ class _Servicer(pb_grpc.CoordinatorServicer):
 
     def _observe(self, obs: Any, now: float, worker_id: str) -> None:
         check_id("session_id", obs.session_id)
+        if obs.session_id not in self.core.sessions and self.core.recently_ended(obs.session_id):
+            return  # a late observation of a finished task: nothing left to update
         check_number("pressure", obs.pressure, hi=1.0)
         check_number("tool_latency_s", obs.tool_latency_s)
         kind = obs.kind
