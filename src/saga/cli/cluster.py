@@ -161,7 +161,8 @@ class UpResult:
 
 
 async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfig,
-              model_dir: Path, kv_blocks: int, on_call: Any, kill_after: int = 0) -> UpResult:
+              model_dir: Path, kv_blocks: int, on_call: Any, kill_after: int = 0,
+              cpus_per_worker: float | None = None) -> UpResult:
     token = secrets.token_hex(16)
     ray = start_ray(address, num_cpus=2)
     server = CoordinatorServer(ServerConfig(token=token))
@@ -177,7 +178,7 @@ async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfi
             ray.kill(actors[victim])
     try:
         factory = _engine_factory(engine, model_dir, kv_blocks)
-        cpus = 2.0 / workers if address is None else 1.0
+        cpus = cpus_per_worker or (2.0 / workers if address is None else 1.0)
         actors = await spawn_workers(workers, coord_address, token, factory,
                                      cpus_per_worker=cpus, env=WORKER_ENV)
         async with CoordinatorClient(coord_address, token, retry_s=30.0) as client:
@@ -196,8 +197,8 @@ async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfi
                 await asyncio.wait_for(a.stop.remote(), 10)
             ray.kill(a)
         await server.stop()
-        if address is None:
-            ray.shutdown()
+        # Stops a local Ray; on a joined cluster it only disconnects this driver.
+        ray.shutdown()
 
 
 def _up_table(r: UpResult) -> Table:
@@ -241,6 +242,9 @@ def up(
     kv_blocks: Annotated[int, typer.Option(help="KV pool per vLLM worker, in blocks.")] = 256,
     model_dir: Annotated[Path | None, typer.Option(
         help="Where to build/cache the tiny model (default: a temporary folder).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(
+        help="Ray CPUs each worker actor asks for (default: 2/N locally, 1 on a cluster).")
+    ] = None,
     kill_after: Annotated[int, typer.Option(
         help="Fault drill: kill one worker actor after this many calls (0: never).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
@@ -253,6 +257,8 @@ def up(
             raise SagaConfigError(f"--engine must be one of {ENGINES}, got {engine!r}")
         if workers < 1:
             raise SagaConfigError(f"--workers must be >= 1, got {workers}")
+        if cpus_per_worker is not None and not cpus_per_worker > 0:
+            raise SagaConfigError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
         cfg = WorkloadConfig(tasks=tasks, steps=steps, seed=seed)
         with tempfile.TemporaryDirectory(prefix="saga-cluster-") as tmp:
             mdir = model_dir or Path(tmp) / "tiny-llama"
@@ -264,7 +270,7 @@ def up(
                     bar.update(job, completed=res.calls)
 
                 result = asyncio.run(_up(engine, workers, address, cfg, mdir, kv_blocks,
-                                         on_call, kill_after))
+                                         on_call, kill_after, cpus_per_worker))
     console.print(_up_table(result))
     ok = result.workload.completed == tasks
     console.print(f"{result.workload.completed}/{tasks} tasks completed through the coordinator"

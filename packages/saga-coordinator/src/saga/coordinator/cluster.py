@@ -57,7 +57,12 @@ def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SagaConfigError(
+                f"cannot join the Ray cluster at --address {address}: {exc}; start it with "
+                "`ray start --head` or use --local") from exc
     return ray
 
 
