@@ -295,5 +295,5 @@ def test_server_config_and_port_errors() -> None:
 def test_generated_stub_matches_the_service() -> None:
     names = {m.name for m in pb.DESCRIPTOR.services_by_name["Coordinator"].methods}
     assert names == {"Route", "RouteStream", "Register", "Heartbeat", "Deregister", "Observe",
-                     "EndSession", "GetSession", "Stats"}
+                     "EndSession", "GetSession", "Stats", "Ping"}
     assert hasattr(pb_grpc, "CoordinatorStub")

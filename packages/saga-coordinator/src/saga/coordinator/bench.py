@@ -5,6 +5,7 @@ synthetic workers (heartbeating like real ones) and routes calls of many agent s
 
 - unary: ``concurrency`` closed-loop callers, one ``Route`` per call; latency per call;
 - streamed: ``streams`` RouteStream callers, ``batch`` routes per message; latency per batch;
+- Ping: an authenticated no-op RPC, one caller (the gRPC round trip Route cannot beat);
 - in-process decision: ``CoordinatorCore.route`` alone, no gRPC (SAGA's share of a round trip).
 
 Every phase is bounded by a count and by ``max_seconds``. Latencies are client-side round trips
@@ -133,6 +134,20 @@ async def _workers(client: CoordinatorClient, n: int, stop: asyncio.Event) -> No
     await beat()
 
 
+async def _ping(client: CoordinatorClient, n: int, deadline_s: float) -> PhaseResult:
+    """Authenticated no-op RPCs, one caller: the gRPC round-trip floor under Route."""
+    lat: list[float] = []
+    deadline = time.perf_counter() + deadline_s
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if time.perf_counter() > deadline:
+            break
+        t = time.perf_counter()
+        await client.stub.Ping(pb.PingRequest(), metadata=client.metadata)
+        lat.append(time.perf_counter() - t)
+    return _summary("unary Ping (no-op)", 1, 1, len(lat), time.perf_counter() - t0, lat, "call")
+
+
 async def _unary(client: CoordinatorClient, cfg: BenchConfig, conc: int, n: int,
                  progress: Progress | None) -> PhaseResult:
     stub, md = client.stub, client.metadata
@@ -232,6 +247,7 @@ async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | 
         await _unary(client, cfg, 1, cfg.warmup_calls, None)
         phases = [await _unary(client, cfg, c, cfg.unary_calls, progress)
                   for c in cfg.concurrency]
+        phases.append(await _ping(client, cfg.unary_calls, cfg.max_seconds))
         phases.append(await _streamed(client, cfg, progress))
         return phases
     finally:

@@ -268,6 +268,10 @@ class _Servicer(pb_grpc.CoordinatorServicer):
                               pinned_for_s=max(e.pinned_until - self.clock(), 0.0),
                               calls=e.calls, moves=e.moves)
 
+    async def Ping(self, request: Any, context: _Ctx) -> Any:
+        await self._auth(context)
+        return pb.PingReply(coordinator_id=self.coordinator_id)
+
     async def Stats(self, request: Any, context: _Ctx) -> Any:
         await self._auth(context)
         core = self.core

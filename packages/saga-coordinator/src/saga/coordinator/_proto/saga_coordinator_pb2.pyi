@@ -304,3 +304,13 @@ class StatsReply(_message.Message):
     observations: int
     afs_shares: _containers.ScalarMap[str, float]
     def __init__(self, coordinator_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., sessions: _Optional[int] = ..., routes: _Optional[int] = ..., moves: _Optional[int] = ..., steals: _Optional[int] = ..., afs_epochs: _Optional[int] = ..., observations: _Optional[int] = ..., afs_shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingReply(_message.Message):
+    __slots__ = ("coordinator_id",)
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    coordinator_id: str
+    def __init__(self, coordinator_id: _Optional[str] = ...) -> None: ...

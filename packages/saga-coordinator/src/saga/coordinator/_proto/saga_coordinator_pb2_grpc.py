@@ -80,6 +80,11 @@ class CoordinatorStub(object):
                 request_serializer=saga__coordinator__pb2.StatsRequest.SerializeToString,
                 response_deserializer=saga__coordinator__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/saga.coordinator.v1.Coordinator/Ping',
+                request_serializer=saga__coordinator__pb2.PingRequest.SerializeToString,
+                response_deserializer=saga__coordinator__pb2.PingReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer(object):
@@ -147,6 +152,13 @@ class CoordinatorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Liveness: authenticated, does nothing else (the bench's gRPC round-trip floor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +206,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=saga__coordinator__pb2.StatsRequest.FromString,
                     response_serializer=saga__coordinator__pb2.StatsReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=saga__coordinator__pb2.PingRequest.FromString,
+                    response_serializer=saga__coordinator__pb2.PingReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +456,33 @@ class Coordinator(object):
             '/saga.coordinator.v1.Coordinator/Stats',
             saga__coordinator__pb2.StatsRequest.SerializeToString,
             saga__coordinator__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/saga.coordinator.v1.Coordinator/Ping',
+            saga__coordinator__pb2.PingRequest.SerializeToString,
+            saga__coordinator__pb2.PingReply.FromString,
             options,
             channel_credentials,
             insecure,
