@@ -20,12 +20,13 @@ def test_bench_runs_every_phase_against_a_separate_process(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert [(p["mode"], p["concurrency"]) for p in data["phases"]] == [
-        ("unary", 1), ("unary", 4), ("unary Ping (no-op)", 1), ("streamed", 2),
-        ("in-process decision", 1)]
+        ("unary", 1), ("unary", 4), ("unary, blocking client", 1), ("unary Ping (no-op)", 1),
+        ("streamed", 2), ("in-process decision", 1)]
     assert data["phases"][0]["routes"] == 300
-    assert data["phases"][3]["routes"] == 2000 // 64 * 64
+    assert data["phases"][4]["routes"] == 2000 // 64 * 64
     assert data["server_pid"] != data["client_pid"]
-    assert "P99 of Route at 1 caller(s)" in res.output
+    assert "P99 of Route, unary (1 caller)" in res.output
+    assert "P99 of Route, unary, blocking client (1 caller)" in res.output
     assert "routes/s" in res.output and "gRPC floor" in res.output
 
 

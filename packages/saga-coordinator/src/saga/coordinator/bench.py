@@ -3,7 +3,8 @@
 The coordinator runs as ``python -m saga.coordinator`` in a child process; this process registers
 synthetic workers (heartbeating like real ones) and routes calls of many agent sessions:
 
-- unary: ``concurrency`` closed-loop callers, one ``Route`` per call; latency per call;
+- unary: ``concurrency`` closed-loop callers, one ``Route`` per call; latency per call (asyncio
+  client; and one caller with grpc's blocking stub);
 - streamed: ``streams`` RouteStream callers, ``batch`` routes per message; latency per batch;
 - Ping: an authenticated no-op RPC, one caller (the gRPC round trip Route cannot beat);
 - in-process decision: ``CoordinatorCore.route`` alone, no gRPC (SAGA's share of a round trip).
@@ -148,6 +149,32 @@ async def _ping(client: CoordinatorClient, n: int, deadline_s: float) -> PhaseRe
     return _summary("unary Ping (no-op)", 1, 1, len(lat), time.perf_counter() - t0, lat, "call")
 
 
+def _unary_blocking(address: str, token: str, cfg: BenchConfig, n: int) -> PhaseResult:
+    """One caller with grpc's blocking stub (no asyncio on the client side), as a synchronous
+    agent framework would call Route."""
+    import grpc
+
+    from saga.coordinator._proto import saga_coordinator_pb2_grpc as pb_grpc
+    from saga.coordinator.server import bearer
+
+    md = bearer(token)
+    lat: list[float] = []
+    deadline = time.perf_counter() + cfg.max_seconds
+    with grpc.insecure_channel(address) as channel:
+        route = pb_grpc.CoordinatorStub(channel).Route  # type: ignore[no-untyped-call]
+        t0 = time.perf_counter()
+        for i in range(n):
+            if time.perf_counter() > deadline:
+                break
+            req = pb.RouteRequest(session_id=f"s{i % cfg.sessions}", tenant_id="t",
+                                  prompt_tokens=2048)
+            t = time.perf_counter()
+            route(req, metadata=md)
+            lat.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - t0
+    return _summary("unary, blocking client", 1, 1, len(lat), seconds, lat, "call")
+
+
 async def _unary(client: CoordinatorClient, cfg: BenchConfig, conc: int, n: int,
                  progress: Progress | None) -> PhaseResult:
     stub, md = client.stub, client.metadata
@@ -247,6 +274,8 @@ async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | 
         await _unary(client, cfg, 1, cfg.warmup_calls, None)
         phases = [await _unary(client, cfg, c, cfg.unary_calls, progress)
                   for c in cfg.concurrency]
+        phases.append(await asyncio.to_thread(_unary_blocking, address, token, cfg,
+                                              cfg.unary_calls))
         phases.append(await _ping(client, cfg.unary_calls, cfg.max_seconds))
         phases.append(await _streamed(client, cfg, progress))
         return phases
