@@ -13,10 +13,12 @@ import pytest
 
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator.client import CoordinatorClient, CoordinatorUnavailable
+from saga.coordinator.core import CoordinatorCore
 from saga.coordinator.engine import CallMoved, EngineCall, SimulatedEngine
 from saga.coordinator.server import CoordinatorServer, ServerConfig, bearer
 from saga.coordinator.testing import TOKEN, coordinator, run
 from saga.coordinator.worker import WorkerHost
+from saga.policy.stealing import WorkStealer
 
 
 def _call(session: str, n: int = 64, tool: str | None = "search", final: bool = False,
@@ -135,8 +137,12 @@ def test_a_slow_observation_stream_does_not_stall_others() -> None:
 
 
 def test_idle_worker_steals_from_an_overloaded_peer() -> None:
+    # T_idle of 1 s (the spec's 0.1 s scaled up) so a loaded test machine cannot make the
+    # "not idle long enough yet" step pass the threshold by running late.
+    core = CoordinatorCore(stealer=WorkStealer(t_idle=1.0))
+
     async def body() -> None:
-        async with coordinator(epoch_s=0.02) as (server, client):
+        async with coordinator(core, epoch_s=0.02) as (server, client):
             md = bearer(TOKEN)
             for w in ("idle", "busy"):
                 await client.stub.Register(pb.RegisterRequest(worker_id=w, slots=4), metadata=md)
@@ -149,13 +155,13 @@ def test_idle_worker_steals_from_an_overloaded_peer() -> None:
             await client.stub.Heartbeat(pb.HeartbeatRequest(
                 worker_id="busy", load=1.5, idle_for_s=-1, waiting=waiting, step_time_s=0.5),
                 metadata=md)
-            # Idle, but not yet for T_idle (100 ms): nothing is stolen.
+            # Idle, but not yet for T_idle: nothing is stolen.
             await client.stub.Heartbeat(pb.HeartbeatRequest(worker_id="idle", load=0.0,
                                                             idle_for_s=0.01), metadata=md)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             assert server.core.steals == 0
             await client.stub.Heartbeat(pb.HeartbeatRequest(worker_id="idle", load=0.0,
-                                                            idle_for_s=0.2), metadata=md)
+                                                            idle_for_s=1.5), metadata=md)
             await asyncio.sleep(0.1)
             assert server.core.steals == 1
             # The session with the most queueing ahead of it ("c", 2 ahead) moved home.

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from saga.coordinator.client import CoordinatorClient
+from saga.coordinator.core import CoordinatorCore
 from saga.coordinator.server import CoordinatorServer, ServerConfig
 
 T = TypeVar("T")
@@ -23,9 +24,10 @@ def run(coro_fn: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
 
 
 @asynccontextmanager
-async def coordinator(**config: Any) -> AsyncIterator[tuple[CoordinatorServer, CoordinatorClient]]:
+async def coordinator(core: CoordinatorCore | None = None, **config: Any
+                      ) -> AsyncIterator[tuple[CoordinatorServer, CoordinatorClient]]:
     """A started coordinator on 127.0.0.1 (free port) and a client holding the right token."""
-    server = CoordinatorServer(ServerConfig(token=TOKEN, **config))
+    server = CoordinatorServer(ServerConfig(token=TOKEN, **config), core)
     address = await server.start()
     client = CoordinatorClient(address, TOKEN, retry_s=2.0)
     try:
