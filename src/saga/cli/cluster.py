@@ -105,8 +105,17 @@ class VllmEngine:
                             res.prompt_tokens, res.latency_s)
 
     def report(self) -> EngineReport:
+        """Load and KV pressure from vLLM's own scheduler (in this process); waiting sessions
+        are not offered to the stealer, since a call queued inside vLLM cannot be handed back."""
         idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
-        return EngineReport(self._running / self.slots, idle, (), self._step_time, 0.0)
+        load, pressure = self._running / self.slots, 0.0
+        sync = self.engine.sync_engine
+        sched = sync.scheduler if sync is not None else None
+        if sched is not None:
+            running, waiting = sched.get_request_counts()
+            load = (running + waiting) / self.slots
+            pressure = min(max(float(sched.get_kv_cache_usage()), 0.0), 1.0)
+        return EngineReport(load, idle, (), self._step_time, pressure)
 
     def cancel_waiting(self, session_id: str) -> bool:
         """vLLM's queue is the engine's own; a stolen session moves on its next call."""
