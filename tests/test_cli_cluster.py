@@ -35,7 +35,6 @@ def test_cluster_up_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
     # --block keeps the head in the foreground: ending its process group ends only this head.
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-         "--node-ip-address", "127.0.0.1",
          "--include-dashboard=false", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

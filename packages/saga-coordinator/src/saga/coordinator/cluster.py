@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 TOOLS = ("search", "run_tests", "read_file", "edit_file")
-LOOPBACK = "127.0.0.1"
 
 
 def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
@@ -55,15 +54,14 @@ def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
         return ray
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # address="local": always a new instance, never one found on this machine; every Ray
-        # process listens on loopback only.
+        # address="local": always a new instance, never a stale one found on this machine.
+        # (Ray's own processes talk over this node's interface address; Ray replaces a
+        # loopback node address by it, so there is no loopback-only setting to choose.)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False, _node_ip_address=LOOPBACK)
+                 log_to_driver=False, configure_logging=False)
     else:
-        host = address.rsplit(":", 1)[0]
-        local = {"_node_ip_address": LOOPBACK} if host in (LOOPBACK, "localhost") else {}
         try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False, **local)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SagaConfigError(
                 f"cannot join the Ray cluster at --address {address}: {exc}; start it with "
