@@ -22,6 +22,8 @@ IMPORTS: dict[str, list[str]] = {
     "saga_vllm": ["saga.vllm"],
     "saga_integrations": ["saga.integrations", "saga.integrations.langchain",
                           "saga.integrations.autogen", "saga.integrations.crewai"],
+    "saga_coordinator": ["saga.coordinator.server", "saga.coordinator.client",
+                         "saga.coordinator.cluster"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)
@@ -37,6 +39,9 @@ CHECKS: dict[str, str] = {
     "saga_kernels": "from saga.kernels import native_status; rows = native_status(); "
                     "print(*(f'{r.name}: {r.backend} ({r.detail})' for r in rows), sep=chr(10)); "
                     "assert all(r.backend == 'native' for r in rows if r.kind == 'host'), rows",
+    # The generated gRPC code ships in the wheel and runs on the installed protobuf.
+    "saga_coordinator": "from saga.coordinator._proto import saga_coordinator_pb2 as pb; "
+                        "pb.RouteRequest(session_id='s').SerializeToString()",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

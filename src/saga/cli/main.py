@@ -42,6 +42,32 @@ def _vllm_app() -> typer.Typer:
 app.add_typer(_vllm_app(), name="vllm")
 
 
+def _cluster_app(module: str) -> typer.Typer:
+    """`saga coordinator|cluster ...` when saga-coordinator is installed; else a group saying
+    how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"saga.cli.{module}").app  # type: ignore[no-any-return]
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith(("saga.coordinator", "saga.vllm")):
+            raise
+        missing = typer.Typer(help="SAGA's coordinator and Ray workers (not installed: "
+                                   "pip install 'saga[cluster]').")
+
+        @missing.callback(invoke_without_command=True)
+        def _missing() -> None:
+            typer.echo("error: saga-coordinator is not installed; install it with "
+                       "pip install 'saga[cluster]' (or uv sync --all-packages)", err=True)
+            raise typer.Exit(code=2)
+
+        return missing
+
+
+app.add_typer(_cluster_app("coordinator"), name="coordinator")
+app.add_typer(_cluster_app("cluster"), name="cluster")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,55 @@
+"""Run one coordinator in this process until stopped: ``python -m saga.coordinator``.
+
+The shared secret comes from ``$SAGA_COORDINATOR_TOKEN`` (never the command line, which other
+users can read). The first line on stdout is ``listening on HOST:PORT``, so a parent process that
+asked for port 0 learns the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from saga.coordinator.server import CoordinatorServer, ServerConfig
+
+__all__ = ["TOKEN_ENV", "main", "serve"]
+
+TOKEN_ENV = "SAGA_COORDINATOR_TOKEN"
+
+
+async def serve(config: ServerConfig, metrics_port: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    server = CoordinatorServer(config)
+    address = await server.start()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=config.host, registry=server.metrics.registry)
+    print(f"listening on {address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m saga.coordinator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        print(f"error: set ${TOKEN_ENV} to the shared secret workers and clients use",
+              file=sys.stderr)
+        return 2
+    asyncio.run(serve(ServerConfig(token=token, host=args.host, port=args.port),
+                      args.metrics_port))
+    return 0
