@@ -49,6 +49,8 @@ def test_compare_over_seeds_reports_median_and_spread(tmp_path: Path) -> None:
     assert "over 2 seeds" in text and "median" in text and "geomean" in text
     data = json.loads(out.read_text())
     assert [d["settings"]["workload"]["seed"] for d in data["seeds"]] == [3, 4]
+    # The engines take turns at going first.
+    assert [list(d["runs"]) for d in data["seeds"]] == [["stock", "saga"], ["saga", "stock"]]
     spread = data["saga_over_stock_over_seeds"]["recomputed_tokens"]
     per_seed = [d["saga_over_stock"]["recomputed_tokens"] for d in data["seeds"]]
     assert spread["min"] == pytest.approx(min(per_seed), rel=1e-3)

@@ -78,7 +78,7 @@ def _fmt_ratio(x: float | None) -> str:
 
 def compare_table(result: CompareResult) -> Table:
     """Metrics as rows, engines as columns, then SAGA ÷ stock."""
-    runs = list(result.runs)
+    runs = sorted(result.runs, key=lambda r: r.name != "stock")  # stock first, whatever ran first
     ratios = result.ratios()
     cfg = result.config
     w = result.workload.summary()
@@ -264,8 +264,11 @@ def compare(
             kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32, model),
             driver=driver,  # type: ignore[arg-type]
             saga_overrides=parse_saga_overrides(saga_config),
-            engines=names, model=model, dram_blocks=dram_blocks,
-            prefetch_quantile=prefetch_quantile) for s in parse_seeds(seeds, seed)]
+            # Over several seeds the engines take turns at going first, so a load trend on the
+            # machine during the runs does not favour one of them.
+            engines=names if i % 2 == 0 else tuple(reversed(names)), model=model,
+            dram_blocks=dram_blocks, prefetch_quantile=prefetch_quantile)
+            for i, s in enumerate(parse_seeds(seeds, seed))]
         results: list[CompareResult] = []
         for config in configs:
             result = run_with_progress(config)
