@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from saga.cli import demo, replay, show
+from saga.cli import bench, demo, replay, show
 
 app = typer.Typer(
     name="saga",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command("demo")(demo.demo)
 app.command("replay")(replay.replay)
 app.add_typer(show.app, name="show")
+app.add_typer(bench.app, name="bench")
 
 
 def _vllm_app() -> typer.Typer:

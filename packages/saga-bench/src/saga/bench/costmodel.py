@@ -48,8 +48,15 @@ A100_HBM_BYTES_PER_S = 2.039e12
 class StepCost(Protocol):
     """What the simulator asks of a cost model."""
 
-    max_batched_tokens: int
-    max_num_seqs: int
+    @property
+    def max_batched_tokens(self) -> int:
+        """Token budget of one iteration (chunked prefill fills what decodes leave)."""
+        ...
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Most calls in flight on one instance."""
+        ...
 
     def step_time(self, prefill_tokens: int, prefill_context: int, decode_seqs: int,
                   decode_context_tokens: int) -> float:

@@ -621,8 +621,12 @@ class CacheManager:
         par = t.parent[slots]
         linked = par != NO_PARENT
         tiers = t.tier[slots]
-        np.add.at(t.children_hbm, par[linked & (tiers == _HBM)], sign)
-        np.add.at(t.children_dram, par[linked & (tiers == _DRAM)], sign)
+        n = t.slots
+        # bincount, not np.add.at: the same sums, an order of magnitude faster on small batches.
+        for col, tier in ((t.children_hbm, _HBM), (t.children_dram, _DRAM)):
+            sel = par[linked & (tiers == tier)]
+            if sel.size:
+                col += (sign * np.bincount(sel, minlength=n)).astype(col.dtype)
 
     def _drop(self, slots: Slots) -> None:
         """Remove blocks from the cache; their children lose their parent link."""

@@ -56,6 +56,8 @@ class Instance:
     _chunk: float = 0.0
     _ref_blocks: int = 0
     _last_epoch: float = 0.0
+    _blocked: bool = False
+    """The head call did not fit; nothing fits until a running call releases its blocks."""
 
     # ------------------------------------------------------------------ state
 
@@ -203,7 +205,7 @@ class Instance:
     def admit(self, now: float) -> list[Request]:
         """Admit waiting calls while sequences and KV allow; returns the admitted calls."""
         admitted: list[Request] = []
-        while self.waiting and self.running < self.cost.max_num_seqs:
+        while not self._blocked and self.waiting and self.running < self.cost.max_num_seqs:
             req = self._next(now)
             try:
                 alloc = self.cache.allocate(req.hashes, now)
@@ -211,6 +213,7 @@ class Instance:
                 assert req.queued is not None
                 self.waiting[req.queued.request_id] = req
                 self.queue.push(req.queued)
+                self._blocked = True
                 break
             b = self.block_tokens
             hits = alloc.hit_blocks_hbm + alloc.hit_blocks_dram
@@ -228,6 +231,7 @@ class Instance:
     def finish(self, req: Request, now: float) -> None:
         """A call's last token is out: its blocks become evictable (or stay pinned)."""
         self.cache.release(req.resident, now)
+        self._blocked = False
         self.demand_tokens -= req.prompt_tokens + req.output_tokens
         if not self.busy:
             self.idle_since = now

@@ -37,6 +37,7 @@ from saga.bench.sim.instance import Instance
 from saga.bench.workload import Task, Workload
 from saga.policy.autellix import AutellixRouter
 from saga.policy.cache import CacheManager
+from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import KVFlowPolicy, WALRUPolicy
 from saga.policy.presets import Preset
 from saga.policy.queueing import QueuedRequest
@@ -169,6 +170,14 @@ class Simulation:
 
     def run(self, workload: Workload) -> RunResult:
         """Simulate every task of ``workload`` to completion."""
+        hbm = self.instances[0].cache.hbm_blocks
+        longest = max((sum(c.new_tokens + c.output_tokens for c in t.calls)
+                       for t in workload.tasks), default=0)
+        if longest // self.block_tokens > hbm:
+            raise SagaConfigError(
+                f"a task's context ({longest} tokens) exceeds one instance's KV pool "
+                f"({hbm} blocks of {self.block_tokens} tokens); raise SimConfig.hbm_blocks or "
+                "lower WorkloadSpec.max_context")
         for i, task in enumerate(workload.tasks):
             st = TaskState(task, i, ideal_s=self.ideal_tct(task))
             self.states.append(st)
