@@ -58,7 +58,7 @@ def test_verdict_reports_wins_and_losses_honestly() -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    res = runner.invoke(app, ["demo", "--no-bench", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["workflow_model"]["AEG source"] == "inferred"

@@ -19,12 +19,15 @@ IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
     "saga_vllm": ["saga.vllm"],
+    "saga_bench": ["saga.bench", "saga.bench.sim", "saga.bench.tables", "saga.bench.report"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)
 CHECKS: dict[str, str] = {
     "saga_policy": "from saga.policy.traces import BUNDLED_AGENT, bundled_trace_path; "
                    "bundled_trace_path(); bundled_trace_path(BUNDLED_AGENT)",
+    "saga_bench": "from saga.bench.costmodel import check_published_rates; "
+                  "assert all(r.ok for r in check_published_rates())",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

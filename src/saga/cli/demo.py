@@ -1,4 +1,4 @@
-"""`saga demo`: SAGA's main job on the bundled data, end to end, in under a minute.
+"""`saga demo`: SAGA's main job on the bundled data, end to end.
 
 1. The reference deployment, computed (KV per token, blocks per instance).
 2. The workflow model: pattern inference learns the SWE-bench agent's AEG from the bundled real
@@ -6,7 +6,9 @@
 3. KV-cache replay of the bundled Mooncake slice and of the agent sessions at capacities sized
    from one reference instance's HBM, online policies side by side with the Bélády oracle.
 4. With ``--vllm`` (saga-vllm installed): a short agent workload on stock vLLM and on SAGA
-   inside vLLM. Off by default so the demo stays under a minute on 2 cores.
+   inside vLLM. Off by default so the demo stays short on 2 cores.
+5. Otherwise (``--bench``, the default without ``--vllm``): the quick simulated bench, the
+   paper's tables 3, 4 and 6 computed on one simulated node (``saga bench``).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def demo(
     vllm: Annotated[bool, typer.Option(
         help="Also run a short stock-vs-SAGA comparison in a real vLLM engine (~50 s more; "
              "`saga vllm compare` is the full one).")] = False,
+    bench: Annotated[bool | None, typer.Option(
+        "--bench/--no-bench",
+        help="Finish with the quick simulated bench (`saga bench`: tables 3, 4, 6); on by "
+             "default unless --vllm is asked for.")] = None,
 ) -> None:
     """Run SAGA's main job on the bundled traces: learn the workflow, replay the KV cache."""
     with user_errors():
@@ -133,6 +139,12 @@ def demo(
             payload["replays"][trace.name] = [r.to_dict() for rows in results for r in rows]
         if vllm:
             vllm_short_compare(payload)
+        if bench if bench is not None else not vllm:
+            from saga.cli.bench import run_and_show
+
+            console.print("[bold]Simulated cluster[/]: the quick `saga bench` (tables 3, 4, 6)")
+            run = run_and_show(None, False, None, None)
+            payload["bench"] = {t.id: t.rows for t in run.tables}
         if out is not None:
             write_json(out / "demo.json", payload)
             console.print(f"wrote {out / 'demo.json'}")

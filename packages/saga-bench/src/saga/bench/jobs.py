@@ -196,13 +196,14 @@ def _ideal(cost: RooflineCost) -> Callable[[Task], float]:
 
 def run_sim_job(job: SimJob) -> dict[str, Any]:
     """Simulate one job; returns the run's metrics plus wall time and simulated calls."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg = job.scale.sim_config(job.variant)
     cost = RooflineCost(model=cfg.model, cluster=cfg.cluster)
     w = build_workload(job.workload, _ideal(cost))
     result = simulate(build_preset(job.variant), w, cfg, cost)
     out = result.to_dict()
     out["wall_s"] = time.perf_counter() - t0
+    out["cpu_s"] = time.process_time() - c0
     return out
 
 

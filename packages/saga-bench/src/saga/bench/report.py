@@ -104,8 +104,8 @@ def write_report(run: BenchRun, out: Path, command: str,
           "published values for comparison only; nothing reads them to produce a result.", "",
           f"Command: `{command}`", "",
           f"Seeds: {run.seeds}; {run.jobs} runs in {run.wall_s:.1f} s wall; simulator speed "
-          f"{run.calls_per_s:,.0f} simulated LLM calls per second per process "
-          f"({run.sim_calls:,} calls in {run.sim_wall_s:.1f} s of process time).", "",
+          f"{run.calls_per_s:,.0f} simulated LLM calls per CPU second "
+          f"({run.sim_calls:,} calls in {run.sim_wall_s:.1f} CPU s over all processes).", "",
           "## Cost model check", "",
           "| rate | model | published range | in range |", "|---|---|---|---|"]
     md += [f"| {r.name} | {r.value:,.1f} | {r.low:,.0f}–{r.high:,.0f} | "

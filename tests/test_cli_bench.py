@@ -1,0 +1,44 @@
+"""`saga bench` through typer's runner, and the glue that validates the simulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from saga.cli.bench import fit_engine_cost
+from saga.cli.main import app
+
+runner = CliRunner()
+
+
+def test_bench_one_table_writes_every_file(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["bench", "--tables", "6", "--seeds", "1", "--workers", "1",
+                              "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "Table 6" in res.output and "full SAGA" in res.output
+    for name in ("table6.json", "table6.csv", "table6.png", "report.md", "bench.json"):
+        assert (tmp_path / name).is_file(), name
+    report = (tmp_path / "report.md").read_text()
+    assert "saga bench --tables 6" in report and "simulated" in report
+    assert json.loads((tmp_path / "bench.json").read_text())["tables"] == ["6"]
+
+
+def test_bench_unknown_table_is_a_clear_error() -> None:
+    res = runner.invoke(app, ["bench", "--tables", "3,12"])
+    assert res.exit_code == 2
+    assert "unknown table" in res.output
+
+
+def test_bench_rates_table() -> None:
+    res = runner.invoke(app, ["bench", "rates"])
+    assert res.exit_code == 0 and "prefill_tokens_per_s" in res.output and "NO" not in res.output
+
+
+def test_engine_cost_fit_recovers_a_known_model() -> None:
+    calls = [(p, o, 0.002 + 1e-4 * p + 0.01 * o) for p in (10, 200, 600) for o in (8, 24, 48)]
+    cost = fit_engine_cost(calls, 2048, 8)
+    assert cost.per_prefill_token_s == pytest.approx(1e-4, rel=1e-6)
+    assert cost.fixed_s == pytest.approx(0.01, rel=1e-6)
