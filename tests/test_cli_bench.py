@@ -42,3 +42,21 @@ def test_engine_cost_fit_recovers_a_known_model() -> None:
     cost = fit_engine_cost(calls, 2048, 8)
     assert cost.per_prefill_token_s == pytest.approx(1e-4, rel=1e-6)
     assert cost.fixed_s == pytest.approx(0.01, rel=1e-6)
+
+
+def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
+    """The real CPU engine on a tiny workload: the simulator gets its sessions and speed."""
+    pytest.importorskip("vllm")
+    from saga.cli.bench import validate_against_engine
+
+    result = validate_against_engine(sessions=2, seed=0, max_steps=3)
+    rows = {r["engine"]: r for r in result["rows"]}
+    assert set(rows) == {"stock", "saga"}
+    measured = result["measured"]["runs"]
+    for name in ("stock", "saga"):
+        sim = result["simulated"][name]
+        assert sim["calls"] == measured[name]["calls"]
+        assert sim["prompt_tokens"] == measured[name]["prompt_tokens"]
+        assert sim["tct_mean_s"] > 0
+        assert rows[name]["measured recomputed tokens"] == measured[name]["recomputed_tokens"]
+    assert "| engine |" in "\n".join(result["markdown"])

@@ -133,7 +133,7 @@ class Simulation:
         dram = cfg.dram_blocks if cfg.dram_blocks is not None else int(
             cfg.cluster.dram_kv_bytes_per_node() // (b * kv_token)
             // cfg.cluster.instances_per_node)
-        capacity = 1.0 / self.cost.prefill_token_s()
+        capacity = 1.0 / max(self.cost.prefill_token_s(), 1e-12)
         self.instances = [
             Instance(
                 index=i, node=i // cfg.cluster.instances_per_node,
