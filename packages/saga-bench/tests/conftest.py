@@ -11,7 +11,8 @@ from saga.bench.sim import SimConfig
 from saga.policy.spec import REFERENCE_CLUSTER
 
 TINY = Scale("tiny", nodes=1, seeds=2, swe_tasks=6, web_tasks=8, swe_rate_per_instance=0.5,
-             web_rate_per_instance=1.0, mooncake_requests=200)
+             web_rate_per_instance=1.0, mooncake_requests=200,
+             replay_tasks=6)
 
 
 @pytest.fixture

@@ -117,6 +117,8 @@ class Scale:
     web_rate_per_instance: float = 0.4
     mooncake_requests: int = 1500
     """Requests of the Mooncake window replayed for table 4."""
+    replay_tasks: int = 96
+    """At most this many agent tasks per replayed trace of table 4 (Bélády is the slow part)."""
 
     @property
     def instances(self) -> int:
@@ -138,13 +140,15 @@ class Scale:
         return WorkloadSpec(kind, n, rate, seed, tool_cv)
 
 
-QUICK = Scale("quick", nodes=1, seeds=2, swe_tasks=56, web_tasks=80,
-              swe_rate_per_instance=0.4, web_rate_per_instance=0.75)
-"""``saga bench``: one node (2 TP4 instances), 2 seeds — a reduced grid, about a minute."""
-FULL = Scale("full", nodes=2, seeds=10, swe_tasks=112, web_tasks=160,
+QUICK = Scale("quick", nodes=1, seeds=2, swe_tasks=96, web_tasks=128,
+              swe_rate_per_instance=0.4, web_rate_per_instance=0.75, mooncake_requests=800,
+              replay_tasks=48)
+"""``saga bench``: one node (2 TP4 instances), 2 seeds — a reduced grid, about a minute. 48 SWE
+tasks per instance: enough that their contexts outgrow the KV pool, the regime SAGA is for."""
+FULL = Scale("full", nodes=2, seeds=10, swe_tasks=192, web_tasks=256,
              swe_rate_per_instance=0.4, web_rate_per_instance=0.75)
 """``saga bench --full``: 2 nodes (4 instances) at the same load per instance, 10 seeds, every
-table within 15 minutes on 2 cores; ``with_nodes(8)`` is the whole reference cluster."""
+table; ``with_nodes(FULL, 8)`` is the whole reference cluster (beyond 15 minutes on 2 cores)."""
 
 
 def with_nodes(scale: Scale, nodes: int) -> Scale:

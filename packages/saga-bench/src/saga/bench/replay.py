@@ -10,6 +10,7 @@ trace's distinct blocks, so the cache must choose.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,9 @@ def run_replay_job(job: ReplayJob) -> dict[str, Any]:
         trace = mooncake_window(job.seed, job.scale.mooncake_requests)
     else:
         cost = RooflineCost()
-        trace = trace_of_workload(build_workload(job.scale.workload(job.trace, job.seed)), cost)
+        spec = job.scale.workload(job.trace, job.seed)
+        spec = dataclasses.replace(spec, tasks=min(spec.tasks, job.scale.replay_tasks))
+        trace = trace_of_workload(build_workload(spec), cost)
     distinct = len({h for r in trace.requests for h in r.block_hashes})
     capacity = max(16, int(distinct * CAPACITY_SHARE))
     results = replay_policies(trace, list(POLICIES), capacity)
