@@ -60,3 +60,12 @@ def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
         assert sim["tct_mean_s"] > 0
         assert rows[name]["measured recomputed tokens"] == measured[name]["recomputed_tokens"]
     assert "| engine |" in "\n".join(result["markdown"])
+
+
+def test_validation_section_replaces_the_placeholder() -> None:
+    from saga.cli.bench import VALIDATION_HEADING, with_validation
+
+    report = f"# r\n\n{VALIDATION_HEADING}\n\nNot run.\n\n## Versions\n\n| a | b |\n"
+    out = with_validation(report, ["| engine |", "|---|"])
+    assert "Not run." not in out and "| engine |" in out and out.endswith("| a | b |\n")
+    assert "## Versions" in out

@@ -237,6 +237,19 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
                                                           for k, v in sims.items()}}
 
 
+VALIDATION_HEADING = "## Simulator validation against the real engine"
+
+
+def with_validation(report: str, markdown: list[str]) -> str:
+    """``report.md`` text with its validation section replaced by ``markdown``."""
+    start = report.find(VALIDATION_HEADING)
+    if start < 0:
+        return report + "\n" + "\n".join([VALIDATION_HEADING, "", *markdown, ""])
+    end = report.find("\n## ", start + len(VALIDATION_HEADING))
+    end = len(report) if end < 0 else end + 1
+    return report[:start] + "\n".join([VALIDATION_HEADING, "", *markdown, "", ""]) + report[end:]
+
+
 @app.command("validate")
 def validate(
     out: Annotated[Path | None, typer.Option(help="Write validation.json here (the next "
@@ -271,3 +284,7 @@ def validate(
             out.mkdir(parents=True, exist_ok=True)
             (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))
             console.print(f"validation: {out / 'validation.json'}")
+            report = out / "report.md"
+            if report.is_file():
+                report.write_text(with_validation(report.read_text(), result["markdown"]))
+                console.print(f"report updated: {report}")

@@ -68,7 +68,8 @@ def _metric(results: Results, jobs: Sequence[Job], key: str) -> list[float]:
 
 
 def _note_scale(scale: Scale, seeds: Sequence[int]) -> str:
-    return (f"Simulated: {scale.instances} Llama-3-70B TP4 instances on {scale.nodes} nodes of "
+    nodes = f"{scale.nodes} node" + ("s" if scale.nodes > 1 else "")
+    return (f"Simulated: {scale.instances} Llama-3-70B TP4 instances on {nodes} of "
             f"8x A100-80GB, {len(seeds)} seeds ({scale.name} scale); mean ± std over seeds.")
 
 
