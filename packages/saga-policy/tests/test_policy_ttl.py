@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from saga.aeg.latency import LogNormalLatency
 from saga.policy.errors import SagaConfigError
 from saga.policy.ttl import (
     ContinuumTTL,
@@ -14,6 +15,7 @@ from saga.policy.ttl import (
     ToolCallTTL,
     UnknownToolError,
     continuum_ttl,
+    pin_return_eta,
     tool_call_ttl,
 )
 
@@ -129,3 +131,24 @@ def test_fixed_ttl() -> None:
     assert FixedTTL(42.0).ttl("x", 1.0) == 42.0
     with pytest.raises(SagaConfigError):
         FixedTTL(-1.0)
+
+
+def test_pin_return_eta_is_the_conditional_median() -> None:
+    lat = LogNormalLatency(mu=math.log(10.0), sigma=1.0)
+    assert pin_return_eta(lat, 0.0) == pytest.approx(10.0)        # the median itself
+    for e in (1.0, 5.0, 20.0, 80.0):
+        eta = pin_return_eta(lat, e)
+        # Half of the calls still running at e are back by e + eta.
+        survived = 1.0 - lat.cdf(e)
+        assert 1.0 - lat.cdf(e + eta) == pytest.approx(survived / 2.0, rel=1e-6)
+    # Log-normal tails: a tool far past its usual latency is expected back later, not sooner.
+    assert pin_return_eta(lat, 200.0) > pin_return_eta(lat, 5.0)
+
+
+def test_pin_return_eta_edges() -> None:
+    lat = LogNormalLatency(mu=0.0, sigma=0.1)
+    assert pin_return_eta(lat, 1e6) == math.inf                   # should long have returned
+    with pytest.raises(SagaConfigError, match="elapsed_s"):
+        pin_return_eta(lat, -1.0)
+    with pytest.raises(SagaConfigError, match="elapsed_s"):
+        pin_return_eta(lat, math.nan)

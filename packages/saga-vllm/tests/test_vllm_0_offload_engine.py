@@ -93,3 +93,26 @@ def test_request_reuse_probability_reaches_the_policy(tier: Any) -> None:
     generate(tier, tokens, {REUSE_PARAM: 0.0})
     generate(tier, FILLER)
     assert np.count_nonzero(policy._reuse == 0.0) >= 256 // 32
+
+
+def test_prefetch_during_the_tool_loads_the_session_from_dram(tier: Any) -> None:
+    import asyncio
+
+    from saga.vllm.engine import AsyncSagaEngine
+
+    engine = AsyncSagaEngine(tier)
+    context = np.random.default_rng(4).integers(1, 1000, 640).tolist()
+
+    async def main() -> tuple[int, int]:
+        s = engine.start_session("coder", session_id="dram-prefetch")
+        first = await s.call(context, 4, pending_tool="pytest")
+        s.tool_started("pytest")
+        generate(tier, FILLER)  # while the tool runs, the session is pushed out to DRAM
+        loaded = await s.prefetch()
+        s.tool_finished()
+        again = await s.call(context + first.output_token_ids + [5] * 40, 2, final=True)
+        return loaded.num_cached_tokens, again.num_cached_tokens
+
+    loaded, again = asyncio.run(main())
+    assert loaded >= len(context) - 32      # the prefetch found it in DRAM: loaded, not computed
+    assert again >= len(context) - 32       # and the next call finds it in device memory

@@ -33,8 +33,11 @@ def test_flat_final_accepts_json_and_form_booleans(value: object, expected: bool
 
 @pytest.mark.parametrize(("extra", "needle"), [
     ({"saga_session_id": "s", "saga_final": "maybe"}, "saga_final must be true/false"),
-    ({"saga_session_id": "s", "saga_sesion": "x"}, "unknown saga field(s) ['sesion']"),
-    ({"saga_tenant_id": "t"}, "session_id is required"),
+    ({"saga_session_id": "s", "saga_sesion": "x"}, "unknown SAGA field(s) ['saga_sesion']"),
+    ({"saga_tenant_id": "t"}, "saga_session_id is required"),
+    ({"saga_session_id": "s", "saga_tool_latency_s": "abc"},
+     "saga_tool_latency_s must be a number"),
+    ({"saga_session_id": "s", "saga_reuse_prob": 2.0}, "saga_reuse_prob must be in [0"),
     ({"saga": {"session_id": "s"}, "saga_session_id": "s"}, "not both"),
 ])
 def test_flat_form_errors_name_the_field(extra: dict[str, object], needle: str) -> None:
@@ -45,3 +48,12 @@ def test_flat_form_errors_name_the_field(extra: dict[str, object], needle: str) 
 
 def test_no_saga_keys_is_a_plain_request() -> None:
     assert parse_saga_meta({"other": 1}) is None
+
+
+def test_flat_prefetch_flag_round_trips() -> None:
+    meta = SagaRequestMeta("s", pending_tool="grep", prefetch=True)
+    flat = saga_vllm_xargs(meta)
+    assert flat["saga_prefetch"] is True
+    assert parse_saga_meta({**flat, "saga_prefetch": "true"}) == meta
+    with pytest.raises(SagaMetadataError, match="saga_prefetch must be true/false"):
+        parse_saga_meta({**flat, "saga_prefetch": "soon"})

@@ -123,31 +123,61 @@ def test_tool_latency_feeds_the_ttl(engines: dict[str, Any], clock: ManualClock)
     assert_no_leak(sched)
 
 
-def test_pin_cap_releases_the_earliest_expiry(engines: dict[str, Any], clock: ManualClock,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    llm = engines["ttl"]
-    sched = engine_scheduler(llm)
-    released: list[tuple[str, float, str]] = []
+expiries: dict[str, float] = {}
+"""Expiry of every pin the spy saw released, by session."""
+
+
+def _spy_releases(sched: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    released: list[tuple[str, str]] = []
     original = sched._release
 
     def spy(pin: Any, reason: Any) -> None:
-        released.append((pin.session_id, pin.expires_at, reason.value))
+        released.append((pin.session_id, reason.value))
+        expiries[pin.session_id] = pin.expires_at
         original(pin, reason)
 
     monkeypatch.setattr(sched, "_release", spy)
+    return released
+
+
+def test_pin_cap_refuses_the_pin_expected_back_last(
+        engines: dict[str, Any], clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = engines["ttl"]
+    sched = engine_scheduler(llm)
+    released = _spy_releases(sched, monkeypatch)
     cap = int(0.5 * BLOCKS)
-    for i, session in enumerate(("C1", "C2", "C3")):
-        clock.t += 1.0
+    for i, (session, wait) in enumerate((("C1", 1.0), ("C2", 1.0), ("C3", 4.0))):
+        clock.t += wait
         run_prompts(llm, [tokens(20 + i, 80)], metas=[SagaRequestMeta(session, pending_tool="t")])
         assert sched.pins.pinned_blocks <= cap
-    # Three pins of 3 blocks exceed the cap of 6: the one expiring first went (the TTL shrinks
-    # with pool pressure, so the newest pin may be the one expiring first).
-    assert len(released) == 1 and released[0][2] == "cap"
-    assert len(sched.pins) == 2
-    assert all(released[0][1] <= p.expires_at for p in sched.pins)
+    # Three pins of 3 blocks exceed the cap of 6. C1 and C2 have waited 5 s and 4 s of a tool
+    # whose median is ~5.8 s: they are due back before the newcomer, so C3's pin is refused —
+    # although C1's pin expires first (earliest-expiry-first would have dropped C1).
+    assert released == [("C3", "cap")]
+    assert {p.session_id for p in sched.pins} == {"C1", "C2"}
+    assert min(p.expires_at for p in sched.pins) < expiries["C3"]
     assert sched.saga_stats()["pin_releases"].get("cap", 0) >= 1
     clock.t += 1e6
     assert sched.release_expired_pins() == 2
+    assert_no_leak(sched)
+
+
+def test_pin_cap_gives_up_a_pin_long_overdue(
+        engines: dict[str, Any], clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = engines["ttl"]
+    sched = engine_scheduler(llm)
+    released = _spy_releases(sched, monkeypatch)
+    run_prompts(llm, [tokens(40, 80)], metas=[SagaRequestMeta("D1", pending_tool="slow")])
+    pin = sched.pins.get("D1")
+    assert pin is not None
+    # D1's tool then runs far past its usual latency (a heavy tail, or a session that is gone)
+    # while two newer sessions pin: D1 is now expected back last, so it gives way, not D3.
+    clock.t += 0.9 * (pin.expires_at - pin.pinned_at)
+    run_prompts(llm, [tokens(41, 80)], metas=[SagaRequestMeta("D2", pending_tool="t")])
+    run_prompts(llm, [tokens(42, 80)], metas=[SagaRequestMeta("D3", pending_tool="t")])
+    assert released == [("D1", "cap")]
+    assert {p.session_id for p in sched.pins} == {"D2", "D3"}
+    sched.release_all_pins()
     assert_no_leak(sched)
 
 
@@ -193,4 +223,21 @@ def test_many_sessions_leak_no_block(engines: dict[str, Any], clock: ManualClock
     assert stats["pins_created"] > 0 and stats["scheduled_requests"] >= 21
     clock.t += 1e6
     sched.release_expired_pins()
+    assert_no_leak(sched)
+
+
+def test_preemption_and_its_recompute_are_counted(
+        engines: dict[str, Any], clock: ManualClock) -> None:
+    llm = engines["ttl"]
+    sched = engine_scheduler(llm)
+    before = sched.saga_stats()
+    # Two requests that each grow to 10 of the 12 blocks: one must be preempted and resumed.
+    out = run_prompts(llm, [tokens(50, 100), tokens(51, 100)], max_tokens=200)
+    assert all(len(o.outputs[0].token_ids) == 200 for o in out)
+    after = sched.saga_stats()
+    assert after["preemptions"] > before["preemptions"]
+    lost = after["preempted_recomputed_tokens"] - before["preempted_recomputed_tokens"]
+    # The other request's growth evicted part of the preempted one's cached blocks.
+    assert 0 < lost <= 300 * (after["preemptions"] - before["preemptions"])
+    assert not sched._preempted
     assert_no_leak(sched)

@@ -1,14 +1,14 @@
-"""`saga demo`: SAGA's main job on the bundled data, end to end.
+"""`saga demo`: SAGA's main job on the bundled data, end to end, in about two minutes.
 
 1. The reference deployment, computed (KV per token, blocks per instance).
 2. The workflow model: pattern inference learns the SWE-bench agent's AEG from the bundled real
    sessions, and predicts calls per task and reuse at each tool.
 3. KV-cache replay of the bundled Mooncake slice and of the agent sessions at capacities sized
    from one reference instance's HBM, online policies side by side with the Bélády oracle.
-4. With ``--vllm`` (saga-vllm installed): a short agent workload on stock vLLM and on SAGA
-   inside vLLM. Off by default so the demo stays short on 2 cores.
-5. Otherwise (``--bench``, the default without ``--vllm``): the quick simulated bench, the
-   paper's tables 3, 4 and 6 computed on one simulated node (``saga bench``).
+4. When saga-vllm is installed (the workspace's dev install has it): a short agent workload on
+   stock vLLM and on SAGA inside a real vLLM engine (~50 s on 2 cores; ``--no-vllm`` skips it).
+5. The quick simulated bench: the paper's tables 3, 4 and 6 computed by saga-bench's simulator
+   on one simulated node (``saga bench``; ~1 min on 2 cores; ``--no-bench`` skips it).
 """
 
 from __future__ import annotations
@@ -103,12 +103,12 @@ def vllm_short_compare(payload: dict[str, Any]) -> None:
 def demo(
     out: Annotated[Path | None, typer.Option(help="Also write demo.json into this folder.")] = None,
     vllm: Annotated[bool, typer.Option(
-        help="Also run a short stock-vs-SAGA comparison in a real vLLM engine (~50 s more; "
-             "`saga vllm compare` is the full one).")] = False,
-    bench: Annotated[bool | None, typer.Option(
+        help="Run a short stock-vs-SAGA comparison in a real vLLM engine when saga-vllm is "
+             "installed (~50 s; `saga vllm compare` is the full one).")] = True,
+    bench: Annotated[bool, typer.Option(
         "--bench/--no-bench",
-        help="Finish with the quick simulated bench (`saga bench`: tables 3, 4, 6); on by "
-             "default unless --vllm is asked for.")] = None,
+        help="Finish with the quick simulated bench (`saga bench`: tables 3, 4, 6 on one "
+             "simulated node, ~1 min).")] = True,
 ) -> None:
     """Run SAGA's main job on the bundled traces: learn the workflow, replay the KV cache."""
     with user_errors():
@@ -139,7 +139,7 @@ def demo(
             payload["replays"][trace.name] = [r.to_dict() for rows in results for r in rows]
         if vllm:
             vllm_short_compare(payload)
-        if bench if bench is not None else not vllm:
+        if bench:
             from saga.cli.bench import run_and_show
 
             console.print("[bold]Simulated cluster[/]: the quick `saga bench` (tables 3, 4, 6)")

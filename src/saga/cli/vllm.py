@@ -26,6 +26,7 @@ from saga.vllm.compare import (
     CompareResult,
     EngineRun,
     run_compare,
+    seed_spread,
 )
 from saga.vllm.workload import WORKLOAD_KINDS, WorkloadConfig
 
@@ -40,9 +41,10 @@ def _group() -> None:
     """SAGA inside a real vLLM engine."""
 
 
-def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int) -> int:
+def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int,
+                   model: str = "tiny") -> int:
     """The KV pool in blocks from ``--kv-blocks`` or ``--kv-mb`` (not both)."""
-    from saga.vllm.testing import kv_bytes_per_block
+    from saga.vllm.testing import kv_bytes_per_block, model_shape
 
     if kv_blocks is not None and kv_mb is not None:
         raise SagaConfigError("give --kv-blocks or --kv-mb, not both")
@@ -50,7 +52,7 @@ def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int) 
         if not (kv_mb > 0 and math.isfinite(kv_mb)):
             raise SagaConfigError(f"--kv-mb must be > 0, got {kv_mb}")
         # vLLM keeps one block of the pool for itself.
-        return int(kv_mb * 2**20) // kv_bytes_per_block(block_size) - 1
+        return int(kv_mb * 2**20) // kv_bytes_per_block(block_size, model_shape(model)) - 1
     return DEFAULT_KV_BLOCKS if kv_blocks is None else kv_blocks
 
 
@@ -82,8 +84,9 @@ def compare_table(result: CompareResult) -> Table:
     w = result.workload.summary()
     table = Table(
         title=(f"{int(w['sessions'])} sessions ({cfg.workload.kind}), {int(w['calls'])} calls, "
-               f"KV pool {cfg.kv_blocks} blocks × {cfg.block_size} tokens, seed "
-               f"{cfg.workload.seed}"),
+               f"KV pool {cfg.kv_blocks} blocks × {cfg.block_size} tokens"
+               + (f" + DRAM tier {cfg.dram_blocks} blocks" if cfg.dram_blocks else "")
+               + f", model {cfg.model}, seed {cfg.workload.seed}"),
         title_justify="left")
     table.add_column("metric", no_wrap=True)
     for r in runs:
@@ -111,6 +114,8 @@ def compare_table(result: CompareResult) -> Table:
     row("throughput (calls/s)", "calls_per_s", lambda r: f"{r.calls_per_s:.2f}")
     row("throughput (tokens/s)", "tokens_per_s", lambda r: f"{r.tokens_per_s:,.0f}")
     row("wall time", "wall_s", lambda r: f"{r.wall_s:.1f} s")
+    if cfg.dram_blocks:
+        row("prefetches during tool calls", None, lambda r: f"{r.prefetches:,}")
     row("engine start (+ warm-up)", None, lambda r: f"{r.start_s:.1f} s")
     return table
 
@@ -131,6 +136,47 @@ def goal_lines(result: CompareResult) -> list[str]:
         f"goal: lower mean task completion time — {_fmt_ratio(tct)}: "
         f"{ok if tct < 1.0 else missed}",
     ]
+
+
+def parse_seeds(text: str | None, seed: int) -> list[int]:
+    """``--seeds 0,1,2`` (or ``0-4``) → seeds; without it, just ``--seed``."""
+    if not text:
+        return [seed]
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise SagaConfigError(
+            f"--seeds must be integers like 0,1,2 or 0-4, got {text!r}") from None
+    if not out:
+        raise SagaConfigError(f"--seeds names no seed: {text!r}")
+    return sorted(set(out))
+
+
+def seeds_table(results: list[CompareResult]) -> Table:
+    """One row per seed (the SAGA ÷ stock ratios), then median, range and geometric mean."""
+    table = Table(title=f"SAGA ÷ stock vLLM over {len(results)} seeds", title_justify="left")
+    cols = [("recomputed", "recomputed_tokens"), ("re-prefilled", "reprefilled_tokens"),
+            ("hit rate", "prefix_hit_rate"), ("TCT mean", "tct_mean_s"),
+            ("TCT p95", "tct_p95_s"), ("calls/s", "calls_per_s")]
+    table.add_column("seed", justify="right")
+    table.add_column("TCT stock → SAGA", justify="right")
+    for label, _ in cols:
+        table.add_column(label, justify="right")
+    for r in results:
+        stock, saga = r.run("stock"), r.run("saga")
+        tct = (f"{stock.tct_mean_s:.2f} → {saga.tct_mean_s:.2f} s"
+               if stock is not None and saga is not None else "—")
+        ratios = r.ratios()
+        table.add_row(str(r.config.workload.seed), tct,
+                      *(_fmt_ratio(ratios.get(key)) for _, key in cols))
+    spread = seed_spread(results)
+    for stat in ("median", "min", "max", "geomean"):
+        table.add_row(stat, "", *(_fmt_ratio(spread[key][stat]) if key in spread else "—"
+                                  for _, key in cols), style="bold" if stat == "median" else None)
+    return table
 
 
 def run_with_progress(config: CompareConfig) -> CompareResult:
@@ -166,9 +212,16 @@ def compare(
     max_context: Annotated[int, typer.Option(
         help="Cut a session where its context would pass this many tokens.")
     ] = WorkloadConfig.max_context,
-    driver: Annotated[str, typer.Option(
+    driver: Annotated[str | None, typer.Option(
         help="inproc: engine core in this process; async-llm: vLLM's AsyncLLM "
-             "(engine core in its own process).")] = "inproc",
+             "(engine core in its own process). Default: inproc, async-llm with a DRAM tier."
+    )] = None,
+    dram_mb: Annotated[float | None, typer.Option(
+        help="Give both engines a DRAM tier of this many MiB (vLLM's OffloadingConnector: "
+             "stock with LRU, SAGA with WA-LRU and prefetch during tool calls).")] = None,
+    prefetch_quantile: Annotated[float, typer.Option(
+        help="With a DRAM tier, SAGA prefetches a session when this share of its tool's "
+             "calls have usually returned.")] = 0.5,
     saga_config: Annotated[str | None, typer.Option(
         help='SagaSchedulerConfig fields over all-on, as JSON, e.g. \'{"queue": "fcfs"}\'.')
     ] = None,
@@ -177,6 +230,11 @@ def compare(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     per_call: Annotated[bool, typer.Option(
         help="Include every session's calls in the JSON.")] = False,
+    model: Annotated[str, typer.Option(
+        help="Random model shape: tiny (prefill nearly free) or small (~60M parameters: a "
+             "re-prefill costs time, as with real models).")] = "tiny",
+    seeds: Annotated[str | None, typer.Option(
+        help="Run several seeds (e.g. 0,1,2 or 0-4) and print the median and spread.")] = None,
 ) -> None:
     """Run one agent workload on stock vLLM and on SAGA (same model, KV budget, seed)."""
     # vLLM logs every engine start at INFO on stdout, burying the table; VLLM_LOGGING_LEVEL
@@ -186,26 +244,46 @@ def compare(
         if workload not in WORKLOAD_KINDS:
             raise SagaConfigError(
                 f"--workload must be one of {', '.join(WORKLOAD_KINDS)}, got {workload!r}")
+        if dram_mb is not None and not (dram_mb > 0 and math.isfinite(dram_mb)):
+            raise SagaConfigError(f"--dram-mb must be > 0, got {dram_mb}")
+        if driver is None:
+            driver = "async-llm" if dram_mb else "inproc"
         if driver not in DRIVERS:
             raise SagaConfigError(
                 f"--driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
+        dram_blocks = 0
+        if dram_mb:
+            from saga.vllm.testing import kv_bytes_per_block, model_shape
+
+            dram_blocks = int(dram_mb * 2**20) // kv_bytes_per_block(32, model_shape(model))
         names = tuple(x.strip() for x in engines.split(",") if x.strip())
-        config = CompareConfig(
+        configs = [CompareConfig(
             workload=WorkloadConfig(sessions=sessions, kind=workload,  # type: ignore[arg-type]
-                                    seed=seed, tool_scale=tool_scale, max_steps=max_steps,
+                                    seed=s, tool_scale=tool_scale, max_steps=max_steps,
                                     max_context=max_context),
-            kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32),
+            kv_blocks=kv_blocks_from(kv_blocks, kv_mb, 32, model),
             driver=driver,  # type: ignore[arg-type]
             saga_overrides=parse_saga_overrides(saga_config),
-            engines=names)
-        result = run_with_progress(config)
-        console.print(compare_table(result))
-        for line in goal_lines(result):
-            console.print(line)
-        console.print(f"vLLM import {result.vllm_import_s:.1f} s, model build "
-                      f"{result.model_build_s:.1f} s", style="dim")
+            engines=names, model=model, dram_blocks=dram_blocks,
+            prefetch_quantile=prefetch_quantile) for s in parse_seeds(seeds, seed)]
+        results: list[CompareResult] = []
+        for config in configs:
+            result = run_with_progress(config)
+            results.append(result)
+            console.print(compare_table(result))
+            for line in goal_lines(result):
+                console.print(line)
+        if len(results) > 1:
+            console.print(seeds_table(results))
+        console.print(f"model {model}; vLLM import {results[0].vllm_import_s:.1f} s, model build "
+                      f"{results[0].model_build_s:.1f} s", style="dim")
         if json_out is not None:
-            write_json(json_out, result.to_dict(sessions=per_call))
+            if len(results) == 1:
+                write_json(json_out, results[0].to_dict(sessions=per_call))
+            else:
+                write_json(json_out, {
+                    "seeds": [r.to_dict(sessions=per_call) for r in results],
+                    "saga_over_stock_over_seeds": seed_spread(results)})
             console.print(f"wrote {json_out}")
 
 

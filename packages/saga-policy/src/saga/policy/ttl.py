@@ -51,6 +51,13 @@ class LatencyModel(HasP95, HasCDF, Protocol):
     """A latency distribution with both a p95 and a CDF."""
 
 
+@runtime_checkable
+class HasQuantile(HasCDF, Protocol):
+    """A latency distribution with a CDF and its inverse (``saga.aeg`` LogNormalLatency fits)."""
+
+    def quantile(self, q: float) -> float: ...
+
+
 class LatencySource(Protocol):
     """A per-tool latency registry, e.g. ``saga.aeg.latency.ToolLatencyModel``."""
 
@@ -89,6 +96,23 @@ def tool_call_ttl(p95_latency_s: float, pressure: float, ttl_max: float = TTL_MA
         raise SagaConfigError(f"p95_latency_s must be >= 0, got {p95_latency_s}")
     _check_ttl_max(ttl_max)
     return min(max(p95_latency_s * (1.0 - 0.5 * pressure), 0.0), ttl_max)
+
+
+def pin_return_eta(latency: HasQuantile, elapsed_s: float) -> float:
+    """Median time until a pinned session's tool returns, given it has run ``elapsed_s``:
+    ``F⁻¹(F(e) + (1 − F(e)) / 2) − e`` (the conditional median of ``T − e`` given ``T > e``).
+
+    What the pin cap ranks by: the pin expected back last is the one to give up (Bélády's rule on
+    predicted return times), and the ranking ages — a tool far past its usual latency (heavy tail,
+    or a session that will not return) is expected back later, not sooner. ``inf`` when the model
+    says the tool should long have returned.
+    """
+    if not (elapsed_s >= 0 and math.isfinite(elapsed_s)):
+        raise SagaConfigError(f"elapsed_s must be a finite number >= 0, got {elapsed_s}")
+    survived = 1.0 - latency.cdf(elapsed_s)
+    if survived <= 1e-12:
+        return math.inf
+    return max(latency.quantile(1.0 - survived / 2.0) - elapsed_s, 0.0)
 
 
 def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s: float,
@@ -259,6 +283,7 @@ __all__ = [
     "FixedTTL",
     "HasCDF",
     "HasP95",
+    "HasQuantile",
     "LatencyModel",
     "LatencySource",
     "TTLPolicy",
@@ -266,5 +291,6 @@ __all__ = [
     "UnknownToolError",
     "aeg_latency_source",
     "continuum_ttl",
+    "pin_return_eta",
     "tool_call_ttl",
 ]

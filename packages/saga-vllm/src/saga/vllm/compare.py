@@ -44,6 +44,7 @@ while eight are active, so sessions compete for the cache."""
 __all__ = [
     "DEFAULT_KV_BLOCKS",
     "DRIVERS",
+    "SEED_METRICS",
     "CallRecord",
     "CompareConfig",
     "CompareResult",
@@ -52,6 +53,7 @@ __all__ = [
     "drive_workload",
     "run_compare",
     "run_engine",
+    "seed_spread",
 ]
 
 
@@ -60,7 +62,11 @@ class CompareConfig:
     """One comparison: the workload, the KV pool (blocks) and SAGA's scheduler switches.
 
     ``saga_overrides`` are :class:`~saga.vllm.config.SagaSchedulerConfig` fields applied over
-    ``SagaSchedulerConfig.all_on()``; ``model_dir`` caches the tiny model between runs.
+    ``SagaSchedulerConfig.all_on()``; ``model`` names the random model's shape
+    (``saga.vllm.testing.MODEL_SHAPES``); ``model_dir`` caches it between runs.
+    ``dram_blocks`` > 0 gives both engines a DRAM tier of that many blocks through vLLM's
+    ``OffloadingConnector``: stock vLLM with its LRU policy, SAGA with WA-LRU and a prefetch
+    during each tool call at ``prefetch_quantile`` of the tool's fitted latency.
     """
 
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -70,8 +76,23 @@ class CompareConfig:
     saga_overrides: Mapping[str, Any] = field(default_factory=dict)
     model_dir: Path | None = None
     engines: tuple[str, ...] = ("stock", "saga")
+    model: str = "tiny"
+    dram_blocks: int = 0
+    prefetch_quantile: float | None = 0.5
 
     def __post_init__(self) -> None:
+        from saga.vllm.testing import model_shape
+
+        model_shape(self.model)
+        if self.dram_blocks < 0:
+            raise SagaConfigError(f"dram_blocks must be >= 0, got {self.dram_blocks}")
+        if self.dram_blocks and self.driver == "inproc":
+            # vLLM keeps the worker-side KV connector in a process-wide singleton.
+            raise SagaConfigError("a DRAM tier needs each engine core in its own process: "
+                                  "use --driver async-llm with --dram-mb/--dram-blocks")
+        if self.prefetch_quantile is not None and not 0.0 < self.prefetch_quantile < 1.0:
+            raise SagaConfigError(
+                f"prefetch_quantile must be in (0, 1), got {self.prefetch_quantile}")
         if self.driver not in DRIVERS:
             raise SagaConfigError(f"driver must be one of {DRIVERS}, got {self.driver!r}")
         if self.kv_blocks < 8:
@@ -159,6 +180,7 @@ class EngineRun:
     reprefilled_tokens: int = 0
     sessions: tuple[SessionRecord, ...] = ()
     saga_stats: dict[str, Any] | None = None
+    prefetches: int = 0
 
     @property
     def recomputed_tokens(self) -> int:
@@ -201,6 +223,7 @@ class EngineRun:
             "call_latency_p95_s": round(self.call_latency_p95_s, 4),
             "calls_per_s": round(self.calls_per_s, 3),
             "tokens_per_s": round(self.tokens_per_s, 1),
+            "prefetches": self.prefetches,
             "saga_stats": self.saga_stats,
         }
         if sessions:
@@ -250,8 +273,11 @@ class CompareResult:
         return {
             "settings": {
                 "workload": dataclasses.asdict(cfg.workload),
+                "model": cfg.model,
                 "kv_blocks": cfg.kv_blocks,
                 "kv_tokens": cfg.kv_tokens,
+                "dram_blocks": cfg.dram_blocks,
+                "prefetch_quantile": cfg.prefetch_quantile if cfg.dram_blocks else None,
                 "block_size": cfg.block_size,
                 "driver": cfg.driver,
                 "saga_config": cfg.saga_config().to_dict(),
@@ -312,7 +338,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _summarise(name: str, start_s: float, wall_s: float, records: list[SessionRecord],
-               saga_stats: dict[str, Any] | None) -> EngineRun:
+               saga_stats: dict[str, Any] | None, prefetches: int = 0) -> EngineRun:
     calls = [c for s in records for c in s.calls]
     tcts = [s.tct_s for s in records]
     lat = [c.latency_s for c in calls]
@@ -325,7 +351,7 @@ def _summarise(name: str, start_s: float, wall_s: float, records: list[SessionRe
         call_latency_mean_s=float(np.mean(lat)) if lat else 0.0,
         call_latency_p95_s=_percentile(lat, 95),
         reprefilled_tokens=sum(c.reprefilled_tokens for c in calls),
-        sessions=tuple(records), saga_stats=saga_stats)
+        sessions=tuple(records), saga_stats=saga_stats, prefetches=prefetches)
 
 
 async def _warm_up(engine: AsyncSagaEngine) -> None:
@@ -336,7 +362,8 @@ async def _warm_up(engine: AsyncSagaEngine) -> None:
 
 
 def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, *,
-               driver: Driver = "inproc", on_call: OnCall | None = None) -> EngineRun:
+               driver: Driver = "inproc", on_call: OnCall | None = None,
+               prefetch_quantile: float | None = None) -> EngineRun:
     """Start one engine from ``engine_kwargs``, run ``workload`` on it, shut it down.
 
     ``start_s`` covers building the engine and one warm-up request; the workload's wall time
@@ -360,33 +387,48 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
 
     t_start = time.monotonic()
     with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if driver == "inproc" else None):
-        engine = AsyncSagaEngine.from_engine_args(engine_kwargs, in_process=driver == "inproc")
+        engine = AsyncSagaEngine.from_engine_args(engine_kwargs, in_process=driver == "inproc",
+                                                  prefetch_quantile=prefetch_quantile)
     try:
         start_s, records, wall = asyncio.run(go(engine, t_start))
         stats = engine.saga_stats()
+        prefetches = engine.prefetches
     finally:
         engine.shutdown()
         del engine
         gc.collect()
-    return _summarise(name, start_s, wall, records, stats)
+    return _summarise(name, start_s, wall, records, stats, prefetches)
 
 
 def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments of ``engine`` ("stock" or "saga") for ``config``."""
-    from saga.vllm.testing import kv_bytes_for_blocks, tiny_engine_kwargs
+    from saga.vllm.offload import SAGA_WALRU, offload_engine_kwargs
+    from saga.vllm.testing import (
+        kv_bytes_for_blocks,
+        kv_bytes_per_block,
+        model_shape,
+        tiny_engine_kwargs,
+    )
 
+    shape = model_shape(config.model)
     fit = (config.kv_blocks - 1) * config.block_size
+    tier: dict[str, Any] = {}
+    if config.dram_blocks:
+        tier = offload_engine_kwargs(
+            config.dram_blocks * kv_bytes_per_block(config.block_size, shape),
+            policy=SAGA_WALRU if engine == "saga" else "lru")
     return tiny_engine_kwargs(
-        model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size),
+        model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size, shape),
         saga=config.saga_config() if engine == "saga" else None,
         block_size=config.block_size, max_model_len=min(fit, config.workload.max_context + 64),
-        max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed)
+        max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed, shape=shape,
+        **tier)
 
 
 def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
                 on_engine: Callable[[str], None] | None = None) -> CompareResult:
     """Run the workload on each engine of ``config`` in turn (stock first)."""
-    from saga.vllm.testing import build_tiny_llama
+    from saga.vllm.testing import build_tiny_llama, model_shape
 
     workload = build_workload(config.workload)
     t0 = time.monotonic()
@@ -395,13 +437,37 @@ def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
 
     import_s = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="saga-vllm-model-") as tmp:
-        model_dir = build_tiny_llama(config.model_dir or tmp, seed=config.workload.seed)
+        model_dir = build_tiny_llama(config.model_dir or tmp, seed=config.workload.seed,
+                                     shape=model_shape(config.model))
         build_s = time.monotonic() - t0 - import_s
         runs: list[EngineRun] = []
         for name in config.engines:
             kwargs = engine_kwargs(config, model_dir, name)
             if on_engine is not None:
                 on_engine(name)
+            prefetch = (config.prefetch_quantile if name == "saga" and config.dram_blocks
+                        else None)
             runs.append(run_engine(name, kwargs, workload, driver=config.driver,
-                                   on_call=on_call))
+                                   on_call=on_call, prefetch_quantile=prefetch))
     return CompareResult(config, workload, tuple(runs), build_s, import_s)
+
+
+SEED_METRICS: tuple[str, ...] = ("recomputed_tokens", "reprefilled_tokens", "prefix_hit_rate",
+                                 "tct_mean_s", "tct_p95_s", "calls_per_s")
+"""The SAGA ÷ stock ratios summarised over seeds."""
+
+
+def seed_spread(results: list[CompareResult]) -> dict[str, dict[str, float]]:
+    """Median, min and max over seeds of each SAGA ÷ stock ratio (and the geometric mean, the
+    right average of ratios); runs where one engine is missing are skipped."""
+    out: dict[str, dict[str, float]] = {}
+    for key in SEED_METRICS:
+        vals = [r.ratios()[key] for r in results if r.ratios()]
+        vals = [v for v in vals if math.isfinite(v) and v > 0]
+        if not vals:
+            continue
+        arr = np.asarray(vals, dtype=np.float64)
+        out[key] = {"median": float(np.median(arr)), "min": float(arr.min()),
+                    "max": float(arr.max()), "geomean": float(np.exp(np.log(arr).mean())),
+                    "seeds": float(arr.size)}
+    return out

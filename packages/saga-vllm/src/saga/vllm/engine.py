@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from saga.aeg.latency import ToolLatencyModel
 from saga.aeg.steps import LLMStep, Step, ToolStep, llm_node_id
 from saga.policy.errors import SagaError
 from saga.vllm.metadata import SagaRequestMeta, saga_extra_args
@@ -100,6 +101,8 @@ class _SessionState:
         self._tool_latency: float | None = None
         self._in_flight = False
         self._finished = False
+        self._pending_tokens: list[int] = []
+        self._context: list[int] = []
         self.calls = 0
 
     @property
@@ -180,7 +183,24 @@ class _SessionState:
         request_id = f"{self.session_id}:{self.calls}"
         prompt, params = _build_request(tokens, max_tokens, meta)
         self._in_flight = True
+        self._pending_tokens = tokens
         return request_id, prompt, params
+
+    def prefetch_request(self) -> tuple[str, Any, Any]:
+        """``(request_id, prompt, sampling_params)`` of a prefetch: the session's context so far
+        (last prompt and its output), one output token, ``prefetch`` metadata for its tool."""
+        if self._tool is None:
+            raise SagaSessionError(
+                f"session {self.session_id}: prefetch is for a session waiting on a tool; "
+                "call it between tool_started() and tool_finished()")
+        if not self._context:
+            raise SagaSessionError(
+                f"session {self.session_id}: nothing to prefetch before the first call")
+        meta = SagaRequestMeta(
+            session_id=self.session_id, tenant_id=self.tenant, agent_type=self.agent_type,
+            aeg_node=self.aeg_node, pending_tool=self._tool, prefetch=True)
+        prompt, params = _build_request(list(self._context), 1, meta)
+        return f"{self.session_id}:{self.calls}:prefetch", prompt, params
 
     def end_call(self, result: CallResult | None, *, final: bool) -> None:
         """Record the call's outcome (None: it failed, the session may retry)."""
@@ -188,6 +208,7 @@ class _SessionState:
         if result is None:
             return
         self.calls += 1
+        self._context = self._pending_tokens + list(result.output_token_ids)
         self._previous = LLMStep(result.prompt_tokens, len(result.output_token_ids))
         self._tool_latency = None
         if final:
@@ -386,6 +407,49 @@ class AsyncSession(_SessionState):
         super().__init__(session_id, agent_type, tenant, deadline_at, engine.clock)
         self.engine = engine
 
+    _prefetch_task: asyncio.Task[None] | None = None
+    _prefetch_sent = False
+
+    def tool_started(self, name: str) -> None:
+        """A tool call began; with the engine's ``prefetch_quantile`` set, a prefetch is
+        planned for when that share of this tool's calls have usually returned."""
+        super().tool_started(name)
+        delay = self.engine.prefetch_delay(name)
+        if delay is not None:
+            self._prefetch_task = asyncio.get_running_loop().create_task(
+                self._prefetch_later(name, delay))
+
+    def tool_finished(self) -> float:
+        """The running tool ended: a planned prefetch that has not started is dropped (one
+        under way finishes: its blocks are half loaded), the duration trains the plan."""
+        tool = self._tool
+        task, self._prefetch_task = self._prefetch_task, None
+        if task is not None and not task.done() and not self._prefetch_sent:
+            task.cancel()
+        self._prefetch_sent = False
+        duration = super().tool_finished()
+        if tool is not None:
+            self.engine.tool_latency.observe(tool, max(duration, 1e-6))
+        return duration
+
+    async def _prefetch_later(self, tool: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._tool != tool:
+            return
+        self._prefetch_sent = True
+        try:
+            await self.prefetch()
+        except Exception:  # best effort: the next call loads or recomputes what is missing
+            self.engine.prefetch_failures += 1
+
+    async def prefetch(self) -> CallResult:
+        """Bring the session's context back into device memory while its tool runs: from the
+        DRAM tier when it holds the blocks, else by recomputing them — off the next call's
+        critical path. The blocks are pinned again for the running tool."""
+        request_id, prompt, params = self.prefetch_request()
+        self.engine.prefetches += 1
+        return await self.engine._run(request_id, prompt, params)
+
     async def call(self, prompt_token_ids: Sequence[int], max_tokens: int, *,
                    pending_tool: str | None = None, final: bool = False) -> CallResult:
         """Run one LLM call; other sessions' calls batch with it in the engine."""
@@ -408,8 +472,17 @@ class AsyncSagaEngine:
     interleave with decoding — one process, and the scheduler stays inspectable.
     """
 
-    def __init__(self, engine: Any, *, clock: Clock = time.monotonic) -> None:
+    def __init__(self, engine: Any, *, clock: Clock = time.monotonic,
+                 prefetch_quantile: float | None = None, prefetch_min_samples: int = 3) -> None:
+        if prefetch_quantile is not None and not 0.0 < prefetch_quantile < 1.0:
+            raise SagaSessionError(
+                f"prefetch_quantile must be in (0, 1) or None, got {prefetch_quantile!r}")
         self.clock = clock
+        self.prefetch_quantile = prefetch_quantile
+        self.prefetch_min_samples = prefetch_min_samples
+        self.tool_latency = ToolLatencyModel()
+        self.prefetches = 0
+        self.prefetch_failures = 0
         self._ids = itertools.count()
         self._sync: SagaEngine | None = None
         self.async_llm: Any | None = None
@@ -428,18 +501,30 @@ class AsyncSagaEngine:
 
     @classmethod
     def from_engine_args(cls, kwargs: Mapping[str, Any], *, clock: Clock = time.monotonic,
-                         in_process: bool = False) -> AsyncSagaEngine:
+                         in_process: bool = False, prefetch_quantile: float | None = None
+                         ) -> AsyncSagaEngine:
         """Build the engine from ``vllm.LLM`` keyword arguments: ``AsyncLLM`` (own process),
         or with ``in_process`` a stepped ``vllm.LLM`` (set ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
         for the engine core to live in this process too)."""
         if in_process:
             from vllm import LLM
 
-            return cls(LLM(**dict(kwargs)), clock=clock)
+            return cls(LLM(**dict(kwargs)), clock=clock, prefetch_quantile=prefetch_quantile)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**dict(kwargs))), clock=clock)
+        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**dict(kwargs))), clock=clock,
+                   prefetch_quantile=prefetch_quantile)
+
+    def prefetch_delay(self, tool: str) -> float | None:
+        """Seconds after ``tool`` starts at which to prefetch: the ``prefetch_quantile`` of its
+        latency fitted from the durations this engine's sessions reported; None (no prefetch)
+        when prefetching is off or fewer than ``prefetch_min_samples`` were seen."""
+        if self.prefetch_quantile is None:
+            return None
+        if self.tool_latency.n_observations(tool) < self.prefetch_min_samples:
+            return None
+        return self.tool_latency.latency(tool).quantile(self.prefetch_quantile)
 
     @property
     def sync_engine(self) -> SagaEngine | None:

@@ -10,6 +10,7 @@ field, so callers see what to fix instead of a silently mis-scheduled request.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -32,7 +33,10 @@ class SagaRequestMeta:
     KV is pinned through it; ``tool_latency_s`` is the measured duration of the tool that ran
     before this call (it trains the per-tool latency model); ``final`` marks the task's last call
     (its KV will not be reused); ``deadline_s`` feeds AFS; ``reuse_prob`` overrides the reuse
-    probability the scheduler would otherwise infer.
+    probability the scheduler would otherwise infer. ``prefetch`` marks a request that only
+    brings the session's context back into device memory while its tool still runs (one output
+    token, loaded from the DRAM tier or recomputed); it is not a step of the task, so it trains
+    no workflow model and its blocks are pinned again for ``pending_tool``.
     """
 
     session_id: str
@@ -44,6 +48,7 @@ class SagaRequestMeta:
     final: bool = False
     deadline_s: float | None = None
     reuse_prob: float | None = None
+    prefetch: bool = False
 
     def __post_init__(self) -> None:
         _check_str("session_id", self.session_id, optional=False)
@@ -52,9 +57,15 @@ class SagaRequestMeta:
         _check_str("tenant_id", self.tenant_id, optional=False)
         for name in ("agent_type", "aeg_node", "pending_tool"):
             _check_str(name, getattr(self, name), optional=True)
-        if not isinstance(self.final, bool):
+        for name in ("final", "prefetch"):
+            flag = getattr(self, name)
+            if not isinstance(flag, bool):
+                raise SagaMetadataError(
+                    f"saga.{name} must be a bool, got {type(flag).__name__} {flag!r}")
+        if self.prefetch and (self.final or self.pending_tool is None):
             raise SagaMetadataError(
-                f"saga.final must be a bool, got {type(self.final).__name__} {self.final!r}")
+                "saga.prefetch needs saga.pending_tool (the tool the session waits on) and "
+                "cannot be final")
         _check_float("tool_latency_s", self.tool_latency_s, low=0.0, high=math.inf)
         _check_float("deadline_s", self.deadline_s, low=-math.inf, high=math.inf)
         _check_float("reuse_prob", self.reuse_prob, low=0.0, high=1.0)
@@ -96,13 +107,14 @@ def _flat_fields(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
             if isinstance(k, str) and k.startswith(FLAT_PREFIX)}
     if not flat:
         return None
-    final = flat.get("final")
-    if isinstance(final, int | str) and not isinstance(final, bool):
-        word = str(final).strip().lower()
-        if word not in _BOOL_WORDS:
-            raise SagaMetadataError(
-                f"saga_final must be true/false (or 1/0), got {final!r}")
-        flat["final"] = _BOOL_WORDS[word]
+    for name in ("final", "prefetch"):
+        flag = flat.get(name)
+        if isinstance(flag, int | str) and not isinstance(flag, bool):
+            word = str(flag).strip().lower()
+            if word not in _BOOL_WORDS:
+                raise SagaMetadataError(
+                    f"saga_{name} must be true/false (or 1/0), got {flag!r}")
+            flat[name] = _BOOL_WORDS[word]
     return flat
 
 
@@ -122,19 +134,29 @@ def parse_saga_meta(extra_args: Mapping[str, Any] | None) -> SagaRequestMeta | N
     if raw is not None and flat is not None:
         raise SagaMetadataError(
             "give SAGA metadata either as extra_args['saga'] or as saga_* keys, not both")
-    if raw is None:
-        raw = flat
+    if raw is None and flat is not None:
+        try:
+            return _typed(flat, FLAT_PREFIX)
+        except SagaMetadataError as exc:
+            # Name the keys as the caller wrote them: vllm_xargs's saga_<field>.
+            raise SagaMetadataError(re.sub(r"\bsaga\.(\w+)", r"saga_\1", str(exc))) from None
     if raw is None:
         return None
+    return _typed(raw, "saga.")
+
+
+def _typed(raw: Any, label: str) -> SagaRequestMeta:
+    """Validate a field dict into :class:`SagaRequestMeta`; ``label`` prefixes field names in
+    errors (``saga.`` for the nested form, ``saga_`` for vllm_xargs keys)."""
     if not isinstance(raw, Mapping):
         raise SagaMetadataError(
             f"extra_args['saga'] must be a dict of SAGA fields, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in _FIELDS)
+    unknown = sorted(label + str(k) for k in raw if k not in _FIELDS)
     if unknown:
-        raise SagaMetadataError(
-            f"unknown saga field(s) {unknown}; known fields: {sorted(_FIELDS)}")
+        raise SagaMetadataError(f"unknown SAGA field(s) {unknown}; known fields: "
+                                f"{sorted(label + f for f in _FIELDS)}")
     if "session_id" not in raw:
-        raise SagaMetadataError("saga.session_id is required (a non-empty str)")
+        raise SagaMetadataError(f"{label}session_id is required (a non-empty str)")
     values = dict(raw)
     for name in ("tool_latency_s", "deadline_s", "reuse_prob"):
         _check_float(name, values.get(name), low=-math.inf, high=math.inf)
@@ -154,7 +176,7 @@ def saga_extra_args(meta: SagaRequestMeta, base: Mapping[str, Any] | None = None
     payload: dict[str, Any] = {}
     for f in fields(SagaRequestMeta):
         value = getattr(meta, f.name)
-        if value is None or (f.name == "final" and value is False) or (
+        if value is None or (f.name in ("final", "prefetch") and value is False) or (
                 f.name == "tenant_id" and value == "default"):
             continue
         payload[f.name] = value

@@ -33,6 +33,8 @@ class SagaMetrics:
     pinned_blocks: int = 0
     pinned_sessions: int = 0
     malformed_metadata: int = 0
+    preemptions: int = 0
+    preempted_recomputed_tokens: int = 0
 
     def on_evict(self, n: int) -> None:
         """``n`` cached blocks were reclaimed by allocations."""
@@ -44,6 +46,11 @@ class SagaMetrics:
         self.prompt_tokens += prompt_tokens
         self.prefix_hit_tokens += hit_tokens
         self.recomputed_tokens += max(prompt_tokens - hit_tokens, 0)
+
+    def on_resume(self, computed_before: int, hit_tokens: int) -> None:
+        """A preempted request resumed: of the ``computed_before`` tokens it had computed, the
+        prefix cache still held ``hit_tokens``; the rest is computed again."""
+        self.preempted_recomputed_tokens += max(computed_before - hit_tokens, 0)
 
     def on_pin_release(self, reason: str, blocks: int) -> None:
         """A pin released ``blocks`` references for ``reason`` (a ``ReleaseReason`` value)."""
@@ -74,6 +81,8 @@ class SagaMetrics:
             "pinned_blocks": self.pinned_blocks,
             "pinned_sessions": self.pinned_sessions,
             "malformed_metadata": self.malformed_metadata,
+            "preemptions": self.preemptions,
+            "preempted_recomputed_tokens": self.preempted_recomputed_tokens,
         }
 
 
@@ -92,6 +101,9 @@ class _Prometheus:
                 ("recomputed_tokens", "Prompt tokens prefilled (not found in the cache)"),
                 ("pins_created", "Tool-call pins created"),
                 ("pin_expiries", "Tool-call pins released by TTL expiry"),
+                ("preemptions", "Running requests preempted for memory"),
+                ("preempted_recomputed_tokens",
+                 "Tokens computed again after a preemption (not found in the cache on resume)"),
             )
         }
         self.evictions = Counter("saga_evicted_blocks", "Blocks evicted or unprotected, by reason",

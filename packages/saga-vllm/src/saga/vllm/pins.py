@@ -7,7 +7,8 @@ are pinned, until when, how many blocks — so that it can be tested without an 
 scheduler decides when to release (expiry, the session's next call, the cap, pressure).
 
 Pins are kept in a heap by expiry with lazy deletion, so the earliest-expiring pin (the first to
-give up under pressure or over the cap) is found in O(log n).
+give up under pressure, and the next to expire) is found in O(log n). Over the cap the scheduler
+ranks pins by predicted return time instead (``saga.policy.ttl.pin_return_eta``).
 """
 
 from __future__ import annotations

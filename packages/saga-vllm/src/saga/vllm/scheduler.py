@@ -15,8 +15,9 @@ Where each part hooks in (vLLM 0.32):
   request's blocks (direct and deferred frees both pass through it; preemption too, which is
   left alone). A finished call with ``pending_tool`` hands its block references to a
   :class:`~saga.vllm.pins.Pin` (``KVCacheManager.pop_blocks_for_free``) instead of the pool;
-  ``schedule`` releases pins on expiry, when the session's next call got its blocks, over the
-  cap, and under pressure (before vLLM would fail to place a waiting request or preempt one).
+  ``schedule`` releases pins on expiry, when the session's next call got its blocks, and under
+  pressure (before vLLM would fail to place a waiting request or preempt one), earliest expiry
+  first; over the cap the pin whose session is expected back last gives way.
 - Queue order: ``self.waiting`` (vLLM's ``RequestQueue`` abstraction) is replaced by
   :class:`SagaRequestQueue` when ``queue != "fcfs"`` or ``afs``; with FCFS and no AFS vLLM's own
   deque stays, so all-off is the stock scheduler.
@@ -51,7 +52,7 @@ from saga.policy.queueing import (
     QueuedRequest,
 )
 from saga.policy.queueing import RequestQueue as PolicyQueue
-from saga.policy.ttl import ToolCallTTL
+from saga.policy.ttl import ToolCallTTL, pin_return_eta
 from saga.policy.workflow import SessionHinter
 from saga.vllm.block_queue import WALRUFreeBlockQueue
 from saga.vllm.config import SagaSchedulerConfig
@@ -284,6 +285,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self._last_tool: dict[str, str] = {}
         self._afs_sessions: set[str] = set()
         self._afs_epoch_at = -math.inf
+        self._preempted: dict[str, int] = {}  # request id -> tokens computed when preempted
         # The workflow model: AEGs per agent type, learned from the tasks this engine served.
         self.hinter = SessionHinter()
         self.block_pool: Any = self.kv_cache_manager.block_pool
@@ -291,8 +293,8 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self.block_queue = WALRUFreeBlockQueue.replace_in(
             self.block_pool, self._now, walru=cfg.walru, alpha=cfg.alpha, beta=cfg.beta,
             gamma=cfg.gamma, block_size=self.block_size, on_evict=self.metrics.on_evict)
-        self.ttl_policy = ToolCallTTL(source=_latency_source(cfg.default_tool_p95_s),
-                                      ttl_max=cfg.ttl_max_s)
+        self.tool_latency = _latency_source(cfg.default_tool_p95_s)
+        self.ttl_policy = ToolCallTTL(source=self.tool_latency, ttl_max=cfg.ttl_max_s)
         self.afs: AFS | None = (AFS(capacity_per_s=cfg.afs_capacity_tokens_per_s)
                                 if cfg.afs else None)
         self.saga_queue: SagaRequestQueue | None = None
@@ -385,7 +387,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
                 tool = self._last_tool.get(meta.session_id)
                 if tool is not None:
                     self.ttl_policy.observe(tool, meta.tool_latency_s)
-            if self.afs is not None:
+            if self.afs is not None and not (meta is not None and meta.prefetch):
                 self._afs_track(request, meta)
         super().add_request(request)
 
@@ -417,9 +419,14 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self.release_expired_pins(now)
             self._relieve_pressure()
         out = super().schedule(*args, **kwargs)
+        self._count_resumed(out)
         for new in out.scheduled_new_reqs:
             req = self.requests.get(new.req_id)
             if req is None:
+                continue
+            if new.req_id in self._preempted:  # a resumed request (vLLM's v2 model runner)
+                self.metrics.on_resume(self._preempted.pop(new.req_id),
+                                       int(new.num_computed_tokens))
                 continue
             self.metrics.on_prefill(int(req.num_prompt_tokens), int(new.num_computed_tokens))
             meta = self._meta.get(new.req_id)
@@ -435,6 +442,21 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self._relieve_pressure(force=True)
         self._sync_gauges()
         return out
+
+    def _count_resumed(self, out: Any) -> None:
+        """Count what preempted requests resuming this step compute again."""
+        cached = out.scheduled_cached_reqs
+        for rid in getattr(cached, "resumed_req_ids", ()) or ():
+            before = self._preempted.pop(rid, None)
+            if before is not None:
+                idx = cached.req_ids.index(rid)
+                self.metrics.on_resume(before, int(cached.num_computed_tokens[idx]))
+
+    def _preempt_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        """vLLM's preemption, counted (what the request had computed is lost unless cached)."""
+        self.metrics.preemptions += 1
+        self._preempted[request.request_id] = int(request.num_computed_tokens)
+        super()._preempt_request(request, *args, **kwargs)
 
     def _head_blocked(self) -> bool:
         """A waiting request exists but nothing new was placed and nothing runs."""
@@ -497,12 +519,15 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             super()._free_request_blocks(request)
             return
         meta = self._meta.pop(request.request_id, None)
-        if meta is not None:
+        self._preempted.pop(request.request_id, None)  # finished (or aborted) while preempted
+        step = meta is None or not meta.prefetch  # a prefetch is no step of the task
+        if meta is not None and step:
             self._session_steps[meta.session_id] = self._session_steps.get(
                 meta.session_id, 0) + 1
-        self._task_bookkeeping(request, meta)
+        if step:
+            self._task_bookkeeping(request, meta)
         p_reuse = self._reuse_prob(meta)
-        if meta is not None:
+        if meta is not None and step:
             self._observe_workflow(request, meta)
         ids = [i for group in self.kv_cache_manager.get_block_ids(request.request_id)
                for i in group]
@@ -539,10 +564,19 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
             self._release(old, ReleaseReason.REPLACED)
         cap = math.floor(self.saga_config.pin_cap_fraction * self.num_usable_blocks)
         while self.pins.pinned_blocks > cap:
-            self._release(self.pins.pop_earliest(), ReleaseReason.CAP)
+            self._release(self.pins.pop(self._expected_back_last(now).session_id),
+                          ReleaseReason.CAP)
         if ttl <= 0.0 and session_id in self.pins:
             self._release(self.pins.pop(session_id), ReleaseReason.EXPIRED)
         self._sync_gauges()
+
+    def _expected_back_last(self, now: float) -> Pin:
+        """Over the cap, the pin to give up: the one whose session is expected back last
+        (``pin_return_eta`` from its tool's fitted latency; the newer pin on ties), so a new pin
+        that would displace sessions about to return is refused instead."""
+        return max(self.pins, key=lambda p: (
+            pin_return_eta(self.tool_latency.latency(p.tool), max(now - p.pinned_at, 0.0)),
+            p.seq))
 
     def _release(self, pin: Pin | None, reason: ReleaseReason) -> None:
         """Give a pin's block references back to vLLM (tail first, as vLLM frees)."""

@@ -31,21 +31,48 @@ TINY_LLAMA = {
 }
 """Shape of the test model: small enough to run on 2 CPU cores, big enough to page KV."""
 
+SMALL_LLAMA = {
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "vocab_size": 1024,
+    "max_position_embeddings": 8192,
+}
+"""A ~60M-parameter shape for measurements where a prefill must cost time, as it does with real
+models (on 2 CPU cores a 1,000-token prefill takes on the order of a second)."""
+
+MODEL_SHAPES: dict[str, dict[str, int]] = {"tiny": TINY_LLAMA, "small": SMALL_LLAMA}
+"""Model shapes by name (``saga vllm compare --model``)."""
+
 _MARKER = "saga_tiny_llama.json"
 SCHEDULER_CLS = "saga.vllm.scheduler.SagaScheduler"
 ASYNC_SCHEDULER_CLS = "saga.vllm.scheduler.SagaAsyncScheduler"
 VALIDATOR_CLS = "saga.vllm.scheduler:SagaMetadataValidator"
 
 
-def build_tiny_llama(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Save a random tiny Llama (float32) under ``path`` and return it.
+def model_shape(name: str) -> dict[str, int]:
+    """The shape called ``name`` in :data:`MODEL_SHAPES`, or a clear error."""
+    shape = MODEL_SHAPES.get(name)
+    if shape is None:
+        from saga.policy.errors import SagaConfigError
 
-    Cached by path: a directory already holding the model built with the same ``seed`` is
-    returned without touching ``transformers`` (importing it alone takes seconds).
+        raise SagaConfigError(f"unknown model {name!r}; choose one of {sorted(MODEL_SHAPES)}")
+    return shape
+
+
+def build_tiny_llama(path: str | os.PathLike[str], seed: int = 0,
+                     shape: dict[str, int] | None = None) -> Path:
+    """Save a random Llama (float32) of ``shape`` (default :data:`TINY_LLAMA`) under ``path``.
+
+    Cached by path: a directory already holding the model built with the same ``seed`` and shape
+    is returned without touching ``transformers`` (importing it alone takes seconds).
     """
+    shape = TINY_LLAMA if shape is None else shape
     out = Path(path)
     marker = out / _MARKER
-    want = {"seed": seed, **TINY_LLAMA}
+    want = {"seed": seed, **shape}
     if marker.is_file() and (out / "config.json").is_file():
         try:
             if json.loads(marker.read_text()) == want:
@@ -56,7 +83,7 @@ def build_tiny_llama(path: str | os.PathLike[str], seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(**TINY_LLAMA, torch_dtype="float32", tie_word_embeddings=False)
+    config = LlamaConfig(**shape, torch_dtype="float32", tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -69,7 +96,7 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
                        enforce_eager: bool = True, max_model_len: int | None = None,
                        max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
                        seed: int = 0, async_scheduling: bool = False,
-                       **extra: Any) -> dict[str, Any]:
+                       shape: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM(**kw)`` / ``EngineArgs(**kw)`` on the tiny model.
 
     ``saga=None`` gives the stock scheduler (prefix caching on); a :class:`SagaSchedulerConfig`
@@ -80,11 +107,13 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
     one). ``kv_cache_bytes`` sets the KV pool directly (``kv_cache_memory_bytes``), so
     tests can size it in blocks with :func:`kv_bytes_for_blocks`. ``async_scheduling`` selects
     vLLM's async scheduler (and :class:`~saga.vllm.scheduler.SagaAsyncScheduler` with SAGA).
+    ``shape`` is the model's (default :data:`TINY_LLAMA`).
     """
+    shape = TINY_LLAMA if shape is None else shape
     if max_model_len is None:
         # vLLM refuses to start unless one request of max_model_len fits in the pool.
-        fit = (int(kv_cache_bytes) // kv_bytes_per_block(block_size) - 1) * block_size
-        max_model_len = max(block_size, min(TINY_LLAMA["max_position_embeddings"], fit))
+        fit = (int(kv_cache_bytes) // kv_bytes_per_block(block_size, shape) - 1) * block_size
+        max_model_len = max(block_size, min(shape["max_position_embeddings"], fit))
     kw: dict[str, Any] = {
         "model": str(model_dir),
         "skip_tokenizer_init": True,
@@ -111,17 +140,19 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
     return kw
 
 
-def kv_bytes_per_block(block_size: int = 32) -> int:
-    """KV bytes one block of the tiny model takes (K and V, every layer, float32)."""
-    head_dim = TINY_LLAMA["hidden_size"] // TINY_LLAMA["num_attention_heads"]
-    per_token = (2 * TINY_LLAMA["num_hidden_layers"] * TINY_LLAMA["num_key_value_heads"]
-                 * head_dim * 4)
+def kv_bytes_per_block(block_size: int = 32, shape: dict[str, int] | None = None) -> int:
+    """KV bytes one block of the model of ``shape`` (default :data:`TINY_LLAMA`) takes
+    (K and V, every layer, float32)."""
+    shape = TINY_LLAMA if shape is None else shape
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    per_token = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim * 4
     return per_token * block_size
 
 
-def kv_bytes_for_blocks(num_blocks: int, block_size: int = 32) -> int:
+def kv_bytes_for_blocks(num_blocks: int, block_size: int = 32,
+                        shape: dict[str, int] | None = None) -> int:
     """``kv_cache_bytes`` giving a pool of ``num_blocks`` usable blocks (vLLM reserves one)."""
-    return kv_bytes_per_block(block_size) * (num_blocks + 1)
+    return kv_bytes_per_block(block_size, shape) * (num_blocks + 1)
 
 
 def engine_scheduler(llm: Any) -> Any:
@@ -161,13 +192,16 @@ def run_prompts(llm: Any, prompts: Sequence[Sequence[int]], *,
 
 __all__ = [
     "ASYNC_SCHEDULER_CLS",
+    "MODEL_SHAPES",
     "SCHEDULER_CLS",
+    "SMALL_LLAMA",
     "TINY_LLAMA",
     "VALIDATOR_CLS",
     "build_tiny_llama",
     "engine_scheduler",
     "kv_bytes_for_blocks",
     "kv_bytes_per_block",
+    "model_shape",
     "run_prompts",
     "tiny_engine_kwargs",
 ]
