@@ -1,9 +1,10 @@
 """`saga bench`: the paper's tables 3-10 computed by saga-bench's simulator.
 
-``saga bench`` runs a reduced grid (tables 3, 4 and 6 on 4 instances, 2 seeds, about a minute on
-2 cores); ``--full`` runs every table on the 16-instance reference cluster with 10 seeds, seeds in
-parallel processes. ``saga bench validate`` runs the real CPU vLLM engine (``saga vllm compare``)
-and the simulator configured as that engine, and reports the simulator's error.
+``saga bench`` runs a reduced grid (tables 3, 4 and 6 on one simulated node of 2 TP4 instances,
+2 seeds, about a minute on 2 cores); ``--full`` runs every table with 10 seeds, seeds in parallel
+processes; ``--nodes 8`` simulates the whole 16-instance reference cluster. ``saga bench
+validate`` runs the real CPU vLLM engine (``saga vllm compare``) and the simulator configured as
+that engine, and reports the simulator's error.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int
 @app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    full: Annotated[bool, typer.Option("--full", help="Every table, reference cluster, "
-                                       "10 seeds.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Every table, 10 seeds (one simulated "
+                                       "node; --nodes for more).")] = False,
     tables: Annotated[str | None, typer.Option(help="Comma-separated table ids, e.g. 3,6 "
                                                "(default: 3,4,6 quick; all with --full).")
                       ] = None,
