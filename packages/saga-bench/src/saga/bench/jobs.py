@@ -148,7 +148,7 @@ tasks per instance: enough that their contexts outgrow the KV pool, the regime S
 FULL = Scale("full", nodes=1, seeds=10, swe_tasks=96, web_tasks=128,
              swe_rate_per_instance=0.4, web_rate_per_instance=0.75)
 """``saga bench --full``: the same node and load as the quick grid, 10 seeds, every table.
-2 nodes (``with_nodes(FULL, 2)``) took ~33 CPU-minutes, over the 15-minute budget on 2 cores;
+2 nodes (``with_nodes(FULL, 2)``) ran past 35 CPU-minutes, over the 15-minute budget on 2 cores;
 ``with_nodes(FULL, 8)`` is the whole reference cluster."""
 
 
