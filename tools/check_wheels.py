@@ -24,6 +24,7 @@ IMPORTS: dict[str, list[str]] = {
                           "saga.integrations.autogen", "saga.integrations.crewai"],
     "saga_coordinator": ["saga.coordinator.server", "saga.coordinator.client",
                          "saga.coordinator.cluster"],
+    "saga_bench": ["saga.bench", "saga.bench.sim", "saga.bench.tables", "saga.bench.report"],
     "saga": ["saga.cli.main"],
 }
 # distribution -> a statement that must run in its venv (package data, entry points)
@@ -42,6 +43,8 @@ CHECKS: dict[str, str] = {
     # The generated gRPC code ships in the wheel and runs on the installed protobuf.
     "saga_coordinator": "from saga.coordinator._proto import saga_coordinator_pb2 as pb; "
                         "pb.RouteRequest(session_id='s').SerializeToString()",
+    "saga_bench": "from saga.bench.costmodel import check_published_rates; "
+                  "assert all(r.ok for r in check_published_rates())",
     "saga": "import shutil, subprocess, sys; "
             "subprocess.run([shutil.which('saga', path=sys.prefix + '/bin'), '--help'], "
             "check=True, capture_output=True)",

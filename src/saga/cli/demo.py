@@ -1,4 +1,4 @@
-"""`saga demo`: SAGA's main job on the bundled data, end to end, in about a minute.
+"""`saga demo`: SAGA's main job on the bundled data, end to end, in about two minutes.
 
 1. The reference deployment, computed (KV per token, blocks per instance).
 2. The workflow model: pattern inference learns the SWE-bench agent's AEG from the bundled real
@@ -7,6 +7,8 @@
    from one reference instance's HBM, online policies side by side with the Bélády oracle.
 4. When saga-vllm is installed (the workspace's dev install has it): a short agent workload on
    stock vLLM and on SAGA inside a real vLLM engine (~50 s on 2 cores; ``--no-vllm`` skips it).
+5. The quick simulated bench: the paper's tables 3, 4 and 6 computed by saga-bench's simulator
+   on one simulated node (``saga bench``; ~1 min on 2 cores; ``--no-bench`` skips it).
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def demo(
     vllm: Annotated[bool, typer.Option(
         help="Run a short stock-vs-SAGA comparison in a real vLLM engine when saga-vllm is "
              "installed (~50 s; `saga vllm compare` is the full one).")] = True,
+    bench: Annotated[bool, typer.Option(
+        "--bench/--no-bench",
+        help="Finish with the quick simulated bench (`saga bench`: tables 3, 4, 6 on one "
+             "simulated node, ~1 min).")] = True,
 ) -> None:
     """Run SAGA's main job on the bundled traces: learn the workflow, replay the KV cache."""
     with user_errors():
@@ -133,6 +139,12 @@ def demo(
             payload["replays"][trace.name] = [r.to_dict() for rows in results for r in rows]
         if vllm:
             vllm_short_compare(payload)
+        if bench:
+            from saga.cli.bench import run_and_show
+
+            console.print("[bold]Simulated cluster[/]: the quick `saga bench` (tables 3, 4, 6)")
+            run = run_and_show(None, False, None, None)
+            payload["bench"] = {t.id: t.rows for t in run.tables}
         if out is not None:
             write_json(out / "demo.json", payload)
             console.print(f"wrote {out / 'demo.json'}")

@@ -235,16 +235,19 @@ class CacheManager:
 
     def longest_prefix(self, hashes: Iterable[int]) -> PrefixMatch:
         """Leading blocks resident in HBM, and the resident run across both tiers."""
-        hbm = dram = run = 0
+        slots: list[int] = []
+        index = self._index
         for h in hashes:
-            slot = self._index.get(h)
+            slot = index.get(h)
             if slot is None:
                 break
-            run += 1
-            if self.table.tier[slot] != _HBM:
-                dram += 1
-            elif dram == 0:
-                hbm += 1
+            slots.append(slot)
+        run = len(slots)
+        if run == 0:
+            return PrefixMatch(hbm_blocks=0, dram_blocks=0, cached_blocks=0)
+        in_hbm = self.table.tier[np.asarray(slots, np.int64)] == int(_HBM)
+        dram = run - int(np.count_nonzero(in_hbm))
+        hbm = run if dram == 0 else int(np.argmin(in_hbm))
         return PrefixMatch(hbm_blocks=hbm, dram_blocks=dram, cached_blocks=run)
 
     # ------------------------------------------------------------------ allocate / release
@@ -618,8 +621,12 @@ class CacheManager:
         par = t.parent[slots]
         linked = par != NO_PARENT
         tiers = t.tier[slots]
-        np.add.at(t.children_hbm, par[linked & (tiers == _HBM)], sign)
-        np.add.at(t.children_dram, par[linked & (tiers == _DRAM)], sign)
+        n = t.slots
+        # bincount, not np.add.at: the same sums, an order of magnitude faster on small batches.
+        for col, tier in ((t.children_hbm, _HBM), (t.children_dram, _DRAM)):
+            sel = par[linked & (tiers == tier)]
+            if sel.size:
+                col += (sign * np.bincount(sel, minlength=n)).astype(col.dtype)
 
     def _drop(self, slots: Slots) -> None:
         """Remove blocks from the cache; their children lose their parent link."""

@@ -1,0 +1,109 @@
+"""The simulator: determinism, conservation, and orderings known in advance."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from saga.bench.sim import SimConfig, Simulation, simulate
+from saga.bench.workload import Call, Task, Workload, WorkloadSpec, build_workload, dumps_tasks
+from saga.policy.errors import SagaConfigError
+from saga.policy.presets import PRESETS
+
+
+def _small(seed: int = 0, kind: str = "swe", n: int = 6) -> Workload:
+    return build_workload(WorkloadSpec(kind, n, 1.0, seed))
+
+
+def test_same_seed_same_numbers(one_node: SimConfig) -> None:
+    a = simulate(PRESETS["saga"], _small(3), one_node)
+    b = simulate(PRESETS["saga"], _small(3), one_node)
+    assert a.to_dict() == b.to_dict()
+    assert a.tct_by_task == b.tct_by_task
+    assert dumps_tasks(_small(3)) == dumps_tasks(_small(3))
+    assert dumps_tasks(_small(3)) != dumps_tasks(_small(4))
+
+
+@pytest.mark.parametrize("preset", ["vllm", "vllm_apc", "sglang", "llumnix", "saga",
+                                    "continuum", "autellix", "vllm_kvflow"])
+def test_every_call_completes_once_and_tokens_add_up(preset: str, one_node: SimConfig) -> None:
+    w = _small(1, "mixed", 8)
+    sim = Simulation(PRESETS[preset], one_node)
+    r = sim.run(w)
+    assert r.tasks == len(w.tasks)
+    assert r.calls == w.calls
+    assert all(s.next_call == len(s.task.calls) for s in sim.states)
+    assert r.prompt_tokens == sum(t.prompt_tokens for t in w.tasks)
+    assert r.output_tokens == sum(c.output_tokens for t in w.tasks for c in t.calls)
+    assert r.recomputed_tokens == r.prompt_tokens - r.hit_tokens
+    assert 0 <= r.reprefilled_tokens <= r.recomputed_tokens
+    for inst in sim.instances:
+        inst.cache.check_invariants()
+        assert not inst.waiting and not inst.prefilling and not inst.decoding
+        assert inst.demand_tokens == 0
+    assert all(t > 0 for t in r.tct_by_task.values())
+
+
+def test_no_prefix_caching_recomputes_everything(one_node: SimConfig) -> None:
+    r = simulate(PRESETS["vllm"], _small(2), one_node)
+    assert r.hit_tokens == 0 and r.eviction_rate == 1.0
+    apc = simulate(PRESETS["vllm_apc"], _small(2), one_node)
+    assert apc.hit_tokens > 0
+    assert apc.tct_mean_s < r.tct_mean_s
+
+
+def _spread_tasks(n: int) -> Workload:
+    """Tasks far apart in time, zero tool latency: never two on the cluster at once."""
+    calls = (*tuple(Call(600, 50, "t", 0.0) for _ in range(5)), Call(600, 50, None, 0.0))
+    tasks = [Task(f"t{i}", "swe-bench", "default", 1000.0 * i, calls, system_key="swe",
+                  system_tokens=512) for i in range(n)]
+    return Workload(WorkloadSpec("swe", n, 1.0, 0), tasks)
+
+
+def test_with_ample_memory_and_no_contention_prefix_caching_presets_tie(
+        one_node: SimConfig) -> None:
+    w = _spread_tasks(3)
+    tct = {p: simulate(PRESETS[p], w, one_node).tct_mean_s
+           for p in ("vllm_apc", "sglang", "saga", "saga_no_walru", "saga_no_ttl",
+                     "trt_llm_scaffolding", "autellix")}
+    base = tct["vllm_apc"]
+    assert all(v == pytest.approx(base, rel=1e-9) for v in tct.values()), tct
+    # Alone on the cluster with its prefix cached, a task runs at its ideal time.
+    sim = Simulation(PRESETS["saga"], one_node)
+    r = sim.run(w)
+    assert r.latency_vs_ideal == pytest.approx(1.0, rel=0.02)
+
+
+def test_memory_pressure_makes_lru_lose_context(one_node: SimConfig) -> None:
+    small = dataclasses.replace(one_node, hbm_blocks=200)
+    w = _small(5, "swe", 10)
+    r = simulate(PRESETS["vllm_apc"], w, small)
+    assert r.eviction_rate > 0 and r.reprefilled_tokens > 0
+    with pytest.raises(SagaConfigError, match="hbm_blocks"):
+        simulate(PRESETS["vllm_apc"], w, dataclasses.replace(one_node, hbm_blocks=40))
+
+
+def test_workload_spec_errors_name_the_field() -> None:
+    with pytest.raises(SagaConfigError, match="kind"):
+        WorkloadSpec(kind="nope")
+    with pytest.raises(SagaConfigError, match="rate_per_s"):
+        WorkloadSpec(rate_per_s=0)
+
+
+def test_tool_cv_changes_spread_not_mean() -> None:
+    lo = build_workload(WorkloadSpec("swe", 40, 1.0, 0, tool_cv=0.5))
+    hi = build_workload(WorkloadSpec("swe", 40, 1.0, 0, tool_cv=3.0))
+    for tool, lat in lo.latencies["swe"].items():
+        assert lat.mean() == pytest.approx(hi.latencies["swe"][tool].mean())
+        assert lat.cv() < hi.latencies["swe"][tool].cv()
+
+
+def test_replayed_trace_and_tenants_workloads_build() -> None:
+    w = build_workload(WorkloadSpec("trace-swe", 4, 1.0, 0))
+    assert len(w.tasks) == 4 and all(len(t.calls) >= 2 for t in w.tasks)
+    t = build_workload(WorkloadSpec("tenants", 20, 1.0, 0), ideal=lambda task: 10.0)
+    assert {x.tenant for x in t.tasks} <= {"heavy", "medium", "light"}
+    assert all(x.deadline_s == pytest.approx(x.arrival_s + 30.0) for x in t.tasks)
+    m = build_workload(WorkloadSpec("swe", 6, 1.0, 0, arrival="mooncake"))
+    assert [x.arrival_s for x in m.tasks] == sorted(x.arrival_s for x in m.tasks)
