@@ -19,6 +19,8 @@ class TaskState:
     next_call: int = 0
     done_s: float | None = None
     ideal_s: float = 0.0
+    home: int = -1
+    """The instance that served the session's last call (-1 before its first)."""
 
     @property
     def task_id(self) -> str:
