@@ -332,7 +332,7 @@ class Simulation:
             self._task_done(st, inst, now)
             return
         if self.ttl is not None:
-            reload_s = r.context_tokens * self.cost.prefill_token_s()
+            reload_s = (r.prompt_tokens + r.output_tokens) * self.cost.prefill_token_s()
             ttl = self.ttl.ttl(call.tool, inst.pressure(now), queue_delay_s=n.queue_delay_ema,
                                reload_s=reload_s)
             n.pins += 1
