@@ -57,8 +57,8 @@ def _walru(p: Preset, v: Variant) -> Preset:
 
 
 def _theta(p: Preset, v: Variant) -> Preset:
-    return dataclasses.replace(p, router=PolicySpec(AffinityRouter, {"theta": v.param("theta",
-                                                                                      0.8)}))
+    kw = {"theta": v.param("theta", 0.8), "require_headroom": bool(v.param("headroom", 1.0))}
+    return dataclasses.replace(p, router=PolicySpec(AffinityRouter, kw))
 
 
 def _stealing(p: Preset, v: Variant) -> Preset:
@@ -87,7 +87,8 @@ def _no_change(p: Preset, v: Variant) -> Preset:
 
 
 PARAM_SETTERS: Mapping[str, Callable[[Preset, Variant], Preset]] = {
-    "alpha": _walru, "beta": _walru, "gamma": _walru, "theta": _theta, "t_idle": _stealing,
+    "alpha": _walru, "beta": _walru, "gamma": _walru, "theta": _theta, "headroom": _theta,
+    "t_idle": _stealing,
     "r_max": _stealing, "ttl_max": _ttl_max, "queue": _queue,
     "theta_conf": _no_change,  # a simulator setting (pattern inference), see sim_config
 }
