@@ -125,7 +125,7 @@ class AffinityRouter:
     ``require_headroom`` (on by default) keeps a session home when no worker is below ``theta``
     (see :func:`route`): under saturation the literal rule moves most calls to whichever worker
     is momentarily least loaded, and each move costs the session's KV (the simulator measured
-    61 % of WebArena calls moving on 16 saturated instances, for 1.8x the TCT).
+    61 % of WebArena calls moving on 16 saturated instances, for 1.9x the TCT).
     """
 
     load_kind: ClassVar[LoadKind] = "utilisation"
