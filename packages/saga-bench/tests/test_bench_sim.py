@@ -122,3 +122,14 @@ def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
     assert moved.rehomed_kv > 0 and rebuilt.rehomed_kv == 0
     assert moved.reprefilled_tokens < rebuilt.reprefilled_tokens
     assert not PRESETS["vllm_apc"].rehome_kv and PRESETS["saga_no_ttl"].rehome_kv
+
+
+def test_an_idle_instance_steals_a_call_stuck_behind_a_full_kv_pool(one_node: SimConfig) -> None:
+    w = build_workload(WorkloadSpec("swe", 10, 1.0, 5, max_context=20_000))
+    tight = dataclasses.replace(one_node, hbm_blocks=120)
+    sim = Simulation(PRESETS["saga"], tight)
+    r = sim.run(w)
+    assert r.steals > 0 and r.tasks == len(w.tasks)
+    for inst in sim.instances:
+        inst.cache.check_invariants()
+    assert simulate(PRESETS["saga_no_stealing"], w, tight).steals == 0
