@@ -158,3 +158,13 @@ def test_returned_latencies_are_copies() -> None:
     lat = model.latency("ls")
     lat.update(100.0)
     assert model.n_observations("ls") == 1
+
+
+def test_cdf_array_matches_cdf_and_rejects_nan() -> None:
+    lat = LogNormalLatency(0.2, 0.9)
+    xs = np.array([-1.0, 0.0, 0.3, 1.0, 7.5, math.inf])
+    assert np.allclose(lat.cdf_array(xs), [lat.cdf(float(x)) for x in xs], rtol=1e-12)
+    step = LogNormalLatency(math.log(3.0), 0.0)
+    assert step.cdf_array(np.array([2.999, 3.0])).tolist() == [0.0, 1.0]
+    with pytest.raises(AEGError):
+        lat.cdf_array(np.array([1.0, math.nan]))

@@ -107,3 +107,18 @@ def test_replayed_trace_and_tenants_workloads_build() -> None:
     assert all(x.deadline_s == pytest.approx(x.arrival_s + 30.0) for x in t.tasks)
     m = build_workload(WorkloadSpec("swe", 6, 1.0, 0, arrival="mooncake"))
     assert [x.arrival_s for x in m.tasks] == sorted(x.arrival_s for x in m.tasks)
+
+
+def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
+    """SAGA copies a moved session's KV to its new home; without that it is prefilled again."""
+    from saga.policy.presets import PolicySpec
+    from saga.policy.routing import AffinityRouter
+
+    restless = PRESETS["saga"].derive("saga_restless", "re-homes on any load",
+                                      router=PolicySpec(AffinityRouter, {"theta": 1e-6}))
+    w = _small(5, "swe", 10)
+    moved = simulate(restless, w, one_node)
+    rebuilt = simulate(dataclasses.replace(restless, rehome_kv=False), w, one_node)
+    assert moved.rehomed_kv > 0 and rebuilt.rehomed_kv == 0
+    assert moved.reprefilled_tokens < rebuilt.reprefilled_tokens
+    assert not PRESETS["vllm_apc"].rehome_kv and PRESETS["saga_no_ttl"].rehome_kv

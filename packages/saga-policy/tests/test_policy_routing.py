@@ -146,3 +146,17 @@ def test_cache_aware_validation() -> None:
         CacheAwareRouter(balance_rel_threshold=0.5)
     with pytest.raises(SagaConfigError, match="empty"):
         CacheAwareRouter().route(RouteRequest("s"), {})
+
+
+def test_route_requires_headroom_to_leave_home_when_asked() -> None:
+    saturated = {"a": 0.95, "b": 0.85, "c": 0.9}
+    assert route("a", saturated, theta=0.8) == "b"  # the literal rule chases the minimum
+    assert route("a", saturated, theta=0.8, require_headroom=True) == "a"
+    assert route("a", {"a": 0.95, "b": 0.5}, theta=0.8, require_headroom=True) == "b"
+    assert route(None, saturated, theta=0.8, require_headroom=True) == "b"
+    r = AffinityRouter(theta=0.8)
+    r.route(RouteRequest("s"), {"a": 0.1, "b": 0.2})
+    assert r.route(RouteRequest("s", now=1.0), saturated) == "a" and r.moves == []
+    literal = AffinityRouter(theta=0.8, require_headroom=False)
+    literal.route(RouteRequest("s"), {"a": 0.1, "b": 0.2})
+    assert literal.route(RouteRequest("s", now=1.0), saturated) == "b"

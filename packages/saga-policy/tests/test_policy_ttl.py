@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from saga.aeg.latency import LogNormalLatency
@@ -152,3 +153,14 @@ def test_pin_return_eta_edges() -> None:
         pin_return_eta(lat, -1.0)
     with pytest.raises(SagaConfigError, match="elapsed_s"):
         pin_return_eta(lat, math.nan)
+
+
+def test_continuum_ttl_vectorised_cdf_gives_the_same_ttl() -> None:
+    for mu, sigma in ((0.5, 0.8), (2.0, 1.5), (-1.0, 0.3)):
+        lat = LogNormalLatency(mu, sigma)
+        grid = np.linspace(0.0, 50.0, 501)
+        assert np.allclose(lat.cdf_array(grid), [lat.cdf(float(x)) for x in grid],
+                           rtol=1e-12, atol=1e-15)
+        for q, r in ((1.0, 5.0), (10.0, 40.0), (0.0, 0.5)):
+            assert continuum_ttl(lat.cdf, q, r, cdf_array=lat.cdf_array) == continuum_ttl(
+                lat.cdf, q, r)

@@ -24,6 +24,8 @@ from saga.aeg.errors import AEGError
 __all__ = ["LogNormalLatency", "ToolLatencyModel", "pool_log_moments"]
 
 _STD_NORMAL = NormalDist()
+_ERF = np.frompyfunc(math.erf, 1, 1)
+_SQRT2 = math.sqrt(2.0)
 
 
 def _log_of_sample(x: float, what: str) -> float:
@@ -185,6 +187,22 @@ class LogNormalLatency:
         if self.sigma == 0.0:
             return 1.0 if lx >= self.mu else 0.0
         return _STD_NORMAL.cdf((lx - self.mu) / self.sigma)
+
+    def cdf_array(self, xs: np.ndarray[Any, np.dtype[np.float64]]
+                  ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """`cdf` at every point of ``xs`` at once (a TTL search scans thousands of points)."""
+        x = np.asarray(xs, dtype=np.float64)
+        if np.isnan(x).any():
+            raise AEGError("cdf arguments must be numbers of seconds, got NaN")
+        out = np.zeros(x.shape, np.float64)
+        pos = x > 0.0
+        lx = np.log(x[pos])
+        if self.sigma == 0.0:
+            out[pos] = lx >= self.mu
+        else:
+            z = (lx - self.mu) / self.sigma
+            out[pos] = 0.5 * (1.0 + np.asarray(_ERF(z / _SQRT2), dtype=np.float64))
+        return out
 
     def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray[Any, np.dtype[np.float64]]:
         """`n` latencies in seconds drawn with `rng` (deterministic given the generator)."""

@@ -57,8 +57,8 @@ def _walru(p: Preset, v: Variant) -> Preset:
 
 
 def _theta(p: Preset, v: Variant) -> Preset:
-    return dataclasses.replace(p, router=PolicySpec(AffinityRouter, {"theta": v.param("theta",
-                                                                                      0.8)}))
+    kw = {"theta": v.param("theta", 0.8), "require_headroom": bool(v.param("headroom", 1.0))}
+    return dataclasses.replace(p, router=PolicySpec(AffinityRouter, kw))
 
 
 def _stealing(p: Preset, v: Variant) -> Preset:
@@ -87,7 +87,8 @@ def _no_change(p: Preset, v: Variant) -> Preset:
 
 
 PARAM_SETTERS: Mapping[str, Callable[[Preset, Variant], Preset]] = {
-    "alpha": _walru, "beta": _walru, "gamma": _walru, "theta": _theta, "t_idle": _stealing,
+    "alpha": _walru, "beta": _walru, "gamma": _walru, "theta": _theta, "headroom": _theta,
+    "t_idle": _stealing,
     "r_max": _stealing, "ttl_max": _ttl_max, "queue": _queue,
     "theta_conf": _no_change,  # a simulator setting (pattern inference), see sim_config
 }
@@ -119,6 +120,8 @@ class Scale:
     """Requests of the Mooncake window replayed for table 4."""
     replay_tasks: int = 96
     """At most this many agent tasks per replayed trace of table 4 (Bélády is the slow part)."""
+    cluster_seeds: int = 1
+    """Seeds of table 3c, table 3 on the whole reference cluster (a run there costs 8x)."""
 
     @property
     def instances(self) -> int:
@@ -146,10 +149,10 @@ QUICK = Scale("quick", nodes=1, seeds=2, swe_tasks=96, web_tasks=128,
 """``saga bench``: one node (2 TP4 instances), 2 seeds — a reduced grid, about a minute. 48 SWE
 tasks per instance: enough that their contexts outgrow the KV pool, the regime SAGA is for."""
 FULL = Scale("full", nodes=1, seeds=10, swe_tasks=96, web_tasks=128,
-             swe_rate_per_instance=0.4, web_rate_per_instance=0.75)
-"""``saga bench --full``: the same node and load as the quick grid, 10 seeds, every table.
-2 nodes (``with_nodes(FULL, 2)``) ran past 35 CPU-minutes, over the 15-minute budget on 2 cores;
-``with_nodes(FULL, 8)`` is the whole reference cluster."""
+             swe_rate_per_instance=0.4, web_rate_per_instance=0.75, cluster_seeds=4)
+"""``saga bench --full``: the same node and load as the quick grid, 10 seeds, every table, and
+table 3 again on the whole 16-instance reference cluster (table 3c) with 4 seeds: one seed of
+it costs ~2 CPU-minutes, so all tables there would take ~8x the 15-minute budget on 2 cores."""
 
 
 def with_nodes(scale: Scale, nodes: int) -> Scale:

@@ -12,6 +12,7 @@ mutates after, so a `CacheError` leaves the cache as it was.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -31,8 +32,8 @@ Slots = npt.NDArray[np.int64]
 HintValue = float | Sequence[float] | None
 
 _HASH_MASK = (1 << 63) - 1
-# Bound once: attribute access on an Enum class is slow in hot loops.
-_FREE, _HBM, _DRAM = Tier.FREE, Tier.HBM, Tier.DRAM
+# Plain ints, bound once: Enum members are slow in hot loops and in numpy comparisons.
+_FREE, _HBM, _DRAM = int(Tier.FREE), int(Tier.HBM), int(Tier.DRAM)
 _ROOT = b"saga-kv-root"
 
 
@@ -245,7 +246,7 @@ class CacheManager:
         run = len(slots)
         if run == 0:
             return PrefixMatch(hbm_blocks=0, dram_blocks=0, cached_blocks=0)
-        in_hbm = self.table.tier[np.asarray(slots, np.int64)] == int(_HBM)
+        in_hbm = self.table.tier[np.asarray(slots, np.int64)] == _HBM
         dram = run - int(np.count_nonzero(in_hbm))
         hbm = run if dram == 0 else int(np.argmin(in_hbm))
         return PrefixMatch(hbm_blocks=hbm, dram_blocks=dram, cached_blocks=run)
@@ -268,7 +269,7 @@ class CacheManager:
             return Allocation()
         hint_cols = self._hint_arrays(hints, n) if hints is not None else {}
         t = self.table
-        slots = np.fromiter((self._index.get(h, -1) for h in hs), np.int64, n)
+        slots = np.fromiter(map(self._index.get, hs, itertools.repeat(-1, n)), np.int64, n)
         known = slots >= 0
         tiers = np.zeros(n, np.int8)
         tiers[known] = t.tier[slots[known]]
@@ -506,7 +507,7 @@ class CacheManager:
             expect = np.bincount(par[kids], minlength=n_slots)
             if not np.array_equal(expect, col):
                 bad = int(np.argmax(expect != col))
-                raise CacheError(f"slot {bad} counts {col[bad]} {tier.name} children, "
+                raise CacheError(f"slot {bad} counts {col[bad]} {Tier(tier).name} children, "
                                  f"has {expect[bad]}")
 
     # ------------------------------------------------------------------ internals
@@ -520,13 +521,11 @@ class CacheManager:
 
     def _slots(self, hashes: Iterable[int], op: str) -> Slots:
         hs = list(hashes)
-        out = np.empty(len(hs), np.int64)
-        for i, h in enumerate(hs):
-            s = self._index.get(h)
-            if s is None:
-                raise CacheError(f"{op}: block {h} is not cached; check contains() first")
-            out[i] = s
-        return out
+        try:
+            return np.fromiter(map(self._index.__getitem__, hs), np.int64, len(hs))
+        except KeyError as e:
+            raise CacheError(f"{op}: block {e.args[0]} is not cached; check contains() "
+                             f"first") from None
 
     def _hash_of_slot(self, slot: int) -> int:
         h = self._hash_of[slot]
@@ -538,7 +537,7 @@ class CacheManager:
         assert self.swap is not None
         return self.swap.seconds(blocks * self.block_bytes)
 
-    def _evictable(self, tier: Tier, now: float, exclude: Slots | None = None) -> Slots:
+    def _evictable(self, tier: int, now: float, exclude: Slots | None = None) -> Slots:
         t = self.table
         mask = (t.tier == tier) & (t.ref_count == 0) & (t.pinned_until <= now)
         if exclude is not None and exclude.size:
@@ -557,10 +556,21 @@ class CacheManager:
         if k <= 0:
             return np.empty(0, np.int64)
         victims = np.asarray(policy.select_victims(self.table, cands, k, now), np.int64)
-        if victims.size != k or np.unique(victims).size != k or not np.isin(victims, cands).all():
+        if victims.size != k or not self._distinct_members(victims, cands):
             raise CacheError(f"policy {policy.name} returned {victims.size} victims, not {k} "
                              f"distinct candidates")
         return victims
+
+    def _distinct_members(self, victims: Slots, cands: Slots) -> bool:
+        """Whether ``victims`` are distinct slots, all among ``cands`` (one pass over a mask)."""
+        if victims.size and (int(victims.min()) < 0 or int(victims.max()) >= self.table.slots):
+            return False
+        mark = np.zeros(self.table.slots, np.bool_)
+        mark[cands] = True
+        if not mark[victims].all():
+            return False
+        mark[victims] = False
+        return int(np.count_nonzero(mark)) == int(cands.size) - int(victims.size)
 
     def _choose_victims(self, k: int, evictable: Slots, breakable: Slots,
                         now: float) -> tuple[Slots, int]:
@@ -603,7 +613,7 @@ class CacheManager:
         cands = self._evictable(_DRAM, now, exclude=exclude)
         self._drop(self._select(self.dram_policy, cands, short, now))
 
-    def _move(self, slots: Slots, tier: Tier) -> None:
+    def _move(self, slots: Slots, tier: int) -> None:
         """Change the slots' tier, keeping occupancy and parents' child counts in step."""
         if slots.size == 0:
             return
@@ -636,8 +646,10 @@ class CacheManager:
         self._recount_parents(slots, -1)
         for o in (_HBM, _DRAM):
             self._used[o] -= int(np.count_nonzero(t.tier[slots] == o))
-        orphans = np.isin(t.parent, slots)
-        t.parent[orphans] = NO_PARENT
+        # parent == NO_PARENT (-1) reads the extra last entry, which is never marked.
+        dropped = np.zeros(t.slots + 1, np.bool_)
+        dropped[slots] = True
+        t.parent[dropped[t.parent]] = NO_PARENT
         t.reset(slots)
         for s in slots.tolist():
             h = self._hash_of[s]

@@ -84,6 +84,7 @@ class PolicyBundle:
     queue: RequestQueue
     fairness: Fairness | None
     migration: bool
+    rehome_kv: bool
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Preset:
       KV is brought back on a side stream before the session's next call.
     - ``router``, ``stealing`` (``None``: off), ``queue`` (waiting order), ``fairness``
       (``None``: off), ``migration``: Llumnix-style live KV migration between instances.
+    - ``rehome_kv``: when the router moves a session to a new home, its cached KV is copied
+      there (NVLink within a node, InfiniBand across nodes; SAGA's ``kv_migrate``) instead of
+      being prefilled again on the new instance.
     """
 
     name: str
@@ -111,6 +115,7 @@ class Preset:
     stealing: PolicySpec[WorkStealer] | None = None
     fairness: PolicySpec[Fairness] | None = None
     migration: bool = False
+    rehome_kv: bool = False
 
     def __post_init__(self) -> None:
         if self.prefetch and not self.dram_tier:
@@ -131,6 +136,7 @@ class Preset:
             queue=self.queue.build(),
             fairness=None if self.fairness is None else self.fairness.build(),
             migration=self.migration,
+            rehome_kv=self.rehome_kv,
         )
 
     def derive(self, name: str, description: str, **changes: Any) -> Preset:
@@ -215,13 +221,14 @@ SAGA = Preset(
     name="saga",
     description=(
         "SAGA: WA-LRU eviction from AEG reuse predictions, tool-call TTL pins from per-tool p95 "
-        "latency, DRAM tier with prefetch, session affinity with load headroom plus work "
-        "stealing, hybrid BFS/DFS queueing and AFS task-level fairness."),
+        "latency, DRAM tier with prefetch, session affinity with load headroom (a re-homed "
+        "session's KV follows it) plus work stealing, hybrid BFS/DFS queueing and AFS "
+        "task-level fairness."),
     eviction=PolicySpec(WALRUPolicy, {"alpha": 0.3, "beta": 0.5, "gamma": 0.2}),
     ttl=PolicySpec(ToolCallTTL.with_aeg_registry), dram_tier=True, prefetch=True,
     router=PolicySpec(AffinityRouter, {"theta": 0.8}),
     stealing=PolicySpec(WorkStealer, {"t_idle": 0.1, "r_max": 2.0}),
-    queue=PolicySpec(HybridQueue), fairness=PolicySpec(AFS))
+    queue=PolicySpec(HybridQueue), fairness=PolicySpec(AFS), rehome_kv=True)
 
 _ABLATIONS = (
     SAGA.derive("saga_no_walru", "SAGA with vLLM's prefix LRU instead of WA-LRU.",

@@ -70,11 +70,15 @@ def least_loaded(loads: Mapping[str, float]) -> str:
     return min(loads, key=lambda w: (loads[w], w))
 
 
-def route(home: str | None, loads: Mapping[str, float], theta: float = THETA) -> str:
+def route(home: str | None, loads: Mapping[str, float], theta: float = THETA, *,
+          require_headroom: bool = False) -> str:
     """The spec's routing rule: ``w*_s if load(w*_s) < theta else argmin_w load(w)``.
 
     ``home`` is the session's home worker ``w*_s`` (``None`` for a new session, which goes to the
-    least loaded worker). Loads are utilisations (1.0 = full).
+    least loaded worker). Loads are utilisations (1.0 = full). With ``require_headroom`` the
+    call leaves its home only for a worker with headroom (``argmin_w load(w) < theta``): when
+    every worker is at or above ``theta`` no move finds headroom, and the session stays where
+    its KV is instead of chasing the momentary minimum from call to call.
     """
     if not (theta > 0 and math.isfinite(theta)):
         raise SagaConfigError(f"theta must be a finite number > 0, got {theta}")
@@ -84,7 +88,10 @@ def route(home: str | None, loads: Mapping[str, float], theta: float = THETA) ->
     if home not in loads:
         raise UnknownWorkerError(
             f"home worker {home!r} is not among the workers {sorted(loads)}")
-    return home if loads[home] < theta else least_loaded(loads)
+    if loads[home] < theta:
+        return home
+    dst = least_loaded(loads)
+    return home if require_headroom and loads[dst] >= theta else dst
 
 
 @dataclass(frozen=True)
@@ -114,14 +121,20 @@ class AffinityRouter:
     worker's load is below ``theta``; past it the call goes to the least loaded worker, which
     becomes the new home (its KV is now there). A home that disappeared from ``loads`` (worker
     removed) re-homes the same way. Every re-homing is recorded in :attr:`moves`.
+
+    ``require_headroom`` (on by default) keeps a session home when no worker is below ``theta``
+    (see :func:`route`): under saturation the literal rule moves most calls to whichever worker
+    is momentarily least loaded, and each move costs the session's KV (the simulator measured
+    61 % of WebArena calls moving on 16 saturated instances, for 1.9x the TCT).
     """
 
     load_kind: ClassVar[LoadKind] = "utilisation"
 
-    def __init__(self, theta: float = THETA) -> None:
+    def __init__(self, theta: float = THETA, *, require_headroom: bool = True) -> None:
         if not (theta > 0 and math.isfinite(theta)):
             raise SagaConfigError(f"AffinityRouter.theta must be a finite number > 0, got {theta}")
         self.theta = theta
+        self.require_headroom = require_headroom
         self._home: dict[str, str] = {}
         self.moves: list[Move] = []
 
@@ -130,7 +143,7 @@ class AffinityRouter:
         _check_loads(loads)
         home = self._home.get(request.session_id)
         usable_home = home if home is not None and home in loads else None
-        dst = route(usable_home, loads, self.theta)
+        dst = route(usable_home, loads, self.theta, require_headroom=self.require_headroom)
         if home is not None and dst != home:
             self.moves.append(Move(request.session_id, home, dst, request.now))
         self._home[request.session_id] = dst

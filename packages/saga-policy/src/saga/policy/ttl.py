@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from saga.policy.errors import SagaConfigError, SagaError
+
+FloatArray = npt.NDArray[np.float64]
 
 TTL_MAX_S = 300.0
 """Spec default for TTL_max (seconds)."""
@@ -117,7 +120,8 @@ def pin_return_eta(latency: HasQuantile, elapsed_s: float) -> float:
 
 def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s: float,
                   eta: float = 1.0, ttl_max: float = TTL_MAX_S, step_s: float = 0.1,
-                  cost_per_s: float = 1.0) -> float:
+                  cost_per_s: float = 1.0,
+                  cdf_array: Callable[[FloatArray], FloatArray] | None = None) -> float:
     """Continuum's TTL: ``argmax_{tau in [0, TTL_max]} F(tau) * (Tq * eta + C_reload) - c * tau``.
 
     ``F`` is the tool's latency CDF (the chance the tool returns within ``tau``, so the pin pays
@@ -127,7 +131,8 @@ def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s:
     (``c = 1``: a second of pinning costs a second of others' delay, the paper's unit-cost form).
 
     Evaluated on the grid ``0, step_s, 2 step_s, ..., TTL_max`` (and TTL_max itself); the smallest
-    maximiser wins, so the result is deterministic.
+    maximiser wins, so the result is deterministic. ``cdf_array``, when given, is ``F`` over the
+    whole grid at once (the same function, vectorised).
     """
     _check_ttl_max(ttl_max)
     for name, value in (("queue_delay_s", queue_delay_s), ("reload_s", reload_s),
@@ -140,7 +145,10 @@ def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s:
     grid = np.arange(n + 1, dtype=np.float64) * step_s
     if grid[-1] < ttl_max:
         grid = np.append(grid, ttl_max)
-    f = np.fromiter((cdf(float(x)) for x in grid), dtype=np.float64, count=grid.size)
+    if cdf_array is not None:
+        f = np.asarray(cdf_array(grid), dtype=np.float64)
+    else:
+        f = np.fromiter((cdf(float(x)) for x in grid), dtype=np.float64, count=grid.size)
     if np.any(np.isnan(f)) or np.any(f < -1e-12) or np.any(f > 1 + 1e-12):
         raise SagaConfigError("cdf must return probabilities in [0, 1]")
     benefit = queue_delay_s * eta + reload_s
@@ -258,7 +266,8 @@ class ContinuumTTL(_PerTool[HasCDF]):
         model = self.model(tool)
         return continuum_ttl(model.cdf, queue_delay_s, reload_s, eta=self.eta,
                              ttl_max=self.ttl_max, step_s=self.step_s,
-                             cost_per_s=self.cost_per_s)
+                             cost_per_s=self.cost_per_s,
+                             cdf_array=getattr(model, "cdf_array", None))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ class TaskState:
     next_call: int = 0
     done_s: float | None = None
     ideal_s: float = 0.0
+    home: int = -1
+    """The instance that served the session's last call (-1 before its first)."""
 
     @property
     def task_id(self) -> str:
@@ -44,16 +46,10 @@ class Request:
     hbm_hit_tokens: int = 0
     resident: list[int] = field(default_factory=list)
     prefill_left: float = 0.0
-    decode_left: float = 0.0
 
     @property
     def request_id(self) -> str:
         return f"{self.state.task_id}:{self.call_index}"
-
-    @property
-    def context_tokens(self) -> int:
-        """KV tokens the call holds now (prompt plus what it has generated)."""
-        return self.prompt_tokens + int(self.output_tokens - self.decode_left)
 
 
 __all__ = ["Request", "TaskState"]

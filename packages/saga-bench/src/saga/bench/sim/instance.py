@@ -4,7 +4,9 @@ Between two events the batch is fixed, so every iteration costs the same (``Step
 instance advances many iterations in one jump: each decoding call gains one token per iteration,
 the prefill FIFO gains ``chunk`` tokens (the iteration's token budget left after the decodes).
 The next event is the earliest prefill or decode completion, so the simulator handles a few
-events per call instead of one per token.
+events per call instead of one per token. Since every decoding call gains the same tokens, they
+are kept in a heap keyed by the iteration count at which each finishes (a virtual clock), and a
+jump costs O(log n) per finished call instead of a pass over the batch.
 
 Admission pops the queue in its own order (saga-policy's ``RequestQueue``), asks the
 ``CacheManager`` for the call's whole chain (prompt and the output it will write: vLLM reserves
@@ -14,6 +16,8 @@ missed. A call that does not fit waits at the head, as in vLLM.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -43,7 +47,6 @@ class Instance:
     waiting: dict[str, Request] = field(default_factory=dict)
     """Queued calls by request id (the queue holds their ``QueuedRequest``)."""
     prefilling: deque[Request] = field(default_factory=deque)
-    decoding: list[Request] = field(default_factory=list)
     t: float = 0.0
     stall_s: float = 0.0
     version: int = 0
@@ -58,12 +61,27 @@ class Instance:
     _last_epoch: float = 0.0
     _blocked: bool = False
     """The head call did not fit; nothing fits until a running call releases its blocks."""
+    _iters: float = 0.0
+    """Iterations run so far: the virtual clock decoding calls finish by."""
+    _dec: list[tuple[float, int, Request]] = field(default_factory=list)
+    """Decoding calls as a heap of (iteration at which the last token is out, seq, call)."""
+    _dec_seq: itertools.count[int] = field(default_factory=itertools.count)
+    _dec_finish_sum: float = 0.0
+    _dec_full_tokens: int = 0
+    """Sum over decoding calls of prompt plus all output tokens (context when done)."""
+    _held_blocks: int = 0
+    """KV blocks referenced by the calls in prefill and in decode."""
 
     # ------------------------------------------------------------------ state
 
     @property
+    def decoding(self) -> list[Request]:
+        """The calls in decode (in no particular order)."""
+        return [r for _, _, r in self._dec]
+
+    @property
     def running(self) -> int:
-        return len(self.prefilling) + len(self.decoding)
+        return len(self.prefilling) + len(self._dec)
 
     @property
     def busy(self) -> bool:
@@ -101,11 +119,15 @@ class Instance:
         self.busy_s += dt
         self.ref_block_s += self._ref_blocks * dt
         iters = dt / self._tau
+        self._iters += iters
         decoded: list[Request] = []
-        for r in self.decoding:
-            r.decode_left -= iters
-            if r.decode_left <= _EPS * max(1.0, r.output_tokens):
-                decoded.append(r)
+        dec = self._dec
+        while dec and dec[0][0] - self._iters <= _EPS * max(1.0, dec[0][2].output_tokens):
+            finish, _, r = heapq.heappop(dec)
+            self._dec_finish_sum -= finish
+            self._dec_full_tokens -= r.prompt_tokens + r.output_tokens
+            self._held_blocks -= len(r.resident)
+            decoded.append(r)
         prefilled: list[Request] = []
         budget = iters * self._chunk
         while self.prefilling and budget > 0:
@@ -117,34 +139,34 @@ class Instance:
                 prefilled.append(self.prefilling.popleft())
             else:
                 break
-        if decoded:
-            done = set(map(id, decoded))
-            self.decoding = [r for r in self.decoding if id(r) not in done]
         for r in prefilled:
             r.prefill_left = 0.0
-            r.decode_left = float(r.output_tokens)
-            self.decoding.append(r)
+            finish = self._iters + r.output_tokens
+            heapq.heappush(dec, (finish, next(self._dec_seq), r))
+            self._dec_finish_sum += finish
+            self._dec_full_tokens += r.prompt_tokens + r.output_tokens
         return prefilled, decoded
 
     def plan(self, now: float) -> float | None:
         """Fix the batch's step time and return when the next completion happens (None: idle)."""
         self.version += 1
-        n_dec = len(self.decoding)
+        n_dec = len(self._dec)
         backlog = sum(r.prefill_left for r in self.prefilling)
         chunk = min(max(self.cost.max_batched_tokens - n_dec, 0), backlog)
         self._chunk = chunk
-        self._ref_blocks = sum(len(r.resident) for r in self.prefilling) + sum(
-            len(r.resident) for r in self.decoding)
+        self._ref_blocks = self._held_blocks
         if n_dec == 0 and chunk <= 0:
             self._tau = 0.0
             return None if self.stall_s <= 0 else now + self.stall_s
         head_ctx = (self.prefilling[0].prompt_tokens - int(self.prefilling[0].prefill_left)
                     if self.prefilling else 0)
-        dec_ctx = sum(r.context_tokens for r in self.decoding)
+        # Context held by decoding calls: all their tokens minus those still to generate.
+        left = self._dec_finish_sum - n_dec * self._iters
+        dec_ctx = max(0, round(self._dec_full_tokens - left))
         self._tau = self.cost.step_time(round(chunk), head_ctx, n_dec, dec_ctx)
         iters = np.inf
-        if self.decoding:
-            iters = min(r.decode_left for r in self.decoding)
+        if self._dec:
+            iters = self._dec[0][0] - self._iters
         if chunk > 0:
             iters = min(iters, self.prefilling[0].prefill_left / chunk)
         return now + self.stall_s + max(float(iters), 0.0) * self._tau
@@ -223,6 +245,7 @@ class Instance:
             req.prefill_left = float(req.prompt_tokens - req.hit_tokens)
             req.admitted_s = now
             req.instance = self.index
+            self._held_blocks += len(req.resident)
             self.stall_s += alloc.swap_seconds
             self.prefilling.append(req)
             admitted.append(req)

@@ -15,7 +15,8 @@ Simplifications, stated: KV is tracked in blocks of ``block_tokens`` (256 by def
 16, so that the per-block policy arrays stay small; a prefix hit is rounded down to 256 tokens);
 a call reserves the blocks for its output at admission, so no call is preempted; a prefetch starts
 when the tool returns (not earlier, as an AEG-timed prefetch could); the DRAM of a node is split
-evenly between its instances.
+evenly between its instances; KV transfers between instances (stealing, migration, a re-homed
+session's KV under ``rehome_kv``) take their link's time but do not contend with one another.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class RunResult:
     reprefill_gpu_share: float
     steals: int
     migrations: int
+    rehomed_kv: int
+    """Calls whose session changed instance and brought its KV along (``rehome_kv``)."""
     events: int
     tct_by_task: dict[str, float] = field(default_factory=dict)
 
@@ -113,6 +116,7 @@ class _Counters:
     pins_held: int = 0
     steals: int = 0
     migrations: int = 0
+    rehome_kv: int = 0
     queue_delay_ema: float = 0.0
 
 
@@ -240,10 +244,14 @@ class Simulation:
         req.queued = QueuedRequest(req.request_id, task.task_id, now, steps_done=k,
                                    tenant=task.tenant, task_start_s=task.arrival_s)
         delay = 0.0
+        if self.preset.rehome_kv and 0 <= st.home != inst.index:
+            # The session moved: its KV follows it (kv_migrate) instead of being prefilled again.
+            delay = self._move_kv(req, self.instances[st.home], inst, now)
+            self.n.rehome_kv += 1
         if self.preset.prefetch and inst.cache.dram_used:
             m = inst.cache.longest_prefix(hashes[:n_prompt])
             if m.dram_blocks > 0:
-                delay = inst.cache.prefetch(hashes[:m.cached_blocks], now, partial=True)
+                delay += inst.cache.prefetch(hashes[:m.cached_blocks], now, partial=True)
         if delay > 0:
             self.push(now + delay, ENQUEUE, (req, inst.index))
         else:
@@ -314,6 +322,7 @@ class Simulation:
         inst.step_time_ema += 0.1 * (sample - inst.step_time_ema)
         st.context = r.prompt_tokens + r.output_tokens
         st.next_call += 1
+        st.home = inst.index
         if self.reads_hints:
             self.hinter.observe_call(task.task_id, r.prompt_tokens, r.output_tokens, call.tool)
             h = self._hint(task.agent_type, call.tool)
@@ -323,7 +332,7 @@ class Simulation:
             self._task_done(st, inst, now)
             return
         if self.ttl is not None:
-            reload_s = r.context_tokens * self.cost.prefill_token_s()
+            reload_s = (r.prompt_tokens + r.output_tokens) * self.cost.prefill_token_s()
             ttl = self.ttl.ttl(call.tool, inst.pressure(now), queue_delay_s=n.queue_delay_ema,
                                reload_s=reload_s)
             n.pins += 1
@@ -443,7 +452,7 @@ class Simulation:
                 hbm * span * len(self.instances)),
             reprefill_gpu_share=(n.reprefill * self.cost.prefill_token_s() / busy) if busy
             else 0.0,
-            steals=n.steals, migrations=n.migrations, events=self.events,
+            steals=n.steals, migrations=n.migrations, rehomed_kv=n.rehome_kv, events=self.events,
             tct_by_task={s.task_id: float(t) for s, t in zip(done, tct, strict=True)})
 
 
