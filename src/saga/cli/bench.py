@@ -229,13 +229,23 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
 
 def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
     """The simulator configured as the compare run's engines: the same sessions (with the
-    output lengths the engine produced), its KV pool, and a preset per engine."""
+    output lengths the engine produced), its KV pool, and a preset per engine.
+
+    SAGA's preset takes the knobs of the engine's ``SagaSchedulerConfig``: WA-LRU weights,
+    the TTL's cap and its prior for a tool not yet observed (``default_tool_p95_s``), the pin
+    cap (``pin_cap_fraction``), the hybrid queue's bound; no DRAM tier, prefetch, AFS or
+    stealing (the engine runs none of them here).
+    """
     import dataclasses
 
     from saga.bench.sim import SimConfig
     from saga.bench.workload import Call, Task, Workload, WorkloadSpec
-    from saga.policy.presets import PRESETS
+    from saga.policy.eviction import WALRUPolicy
+    from saga.policy.presets import PRESETS, PolicySpec
+    from saga.policy.queueing import HybridQueue
     from saga.policy.spec import ClusterSpec
+    from saga.policy.ttl import ToolCallTTL
+    from saga.vllm.scheduler import tool_latency_source
 
     cfg = measured.config
     stock = measured.run("stock")
@@ -253,11 +263,24 @@ def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
     one = ClusterSpec(nodes=1, gpus_per_node=1, gpu_name="cpu", gpu_hbm_bytes=2**34, tp=1,
                       instances=1, nvlink_bytes_per_s=1e9, ib_bytes_per_s=1e9,
                       dram_bytes_per_node=2**34, cpus_per_node=2)
+    sc = cfg.saga_config()
+    if sc.afs or not (sc.walru and sc.ttl and sc.queue == "hybrid"):
+        raise ValueError("the simulated SAGA engine is WA-LRU + TTL pins + hybrid queue; "
+                         f"the compare run used {sc.to_dict()}")
+    # vLLM reserves one block of the pool (the null block).
     sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=cfg.kv_blocks - 1,
-                        dram_blocks=0)
-    # SAGA inside vLLM: WA-LRU, TTL pins and the hybrid queue (no DRAM tier, AFS opt-in).
-    saga_vllm = dataclasses.replace(PRESETS["saga"], name="saga-in-vllm", dram_tier=False,
-                                    prefetch=False, fairness=None, stealing=None)
+                        dram_blocks=0, pin_cap_fraction=sc.pin_cap_fraction)
+
+    def engine_ttl() -> ToolCallTTL:
+        return ToolCallTTL(source=tool_latency_source(sc.default_tool_p95_s),
+                           ttl_max=sc.ttl_max_s)
+
+    saga_vllm = dataclasses.replace(
+        PRESETS["saga"], name="saga-in-vllm", dram_tier=False, prefetch=False, fairness=None,
+        stealing=None,
+        eviction=PolicySpec(WALRUPolicy, {"alpha": sc.alpha, "beta": sc.beta, "gamma": sc.gamma}),
+        ttl=PolicySpec(engine_ttl),
+        queue=PolicySpec(HybridQueue, {"max_active": sc.hybrid_max_active}))
     return workload, sim_cfg, {"stock": PRESETS["vllm_apc"], "saga": saga_vllm}
 
 

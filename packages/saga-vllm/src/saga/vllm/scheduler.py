@@ -260,7 +260,7 @@ def _policy_queue(cfg: SagaSchedulerConfig) -> PolicyQueue:
     return FCFSQueue()
 
 
-def _latency_source(default_p95_s: float) -> ToolLatencyModel:
+def tool_latency_source(default_p95_s: float) -> ToolLatencyModel:
     """A per-tool log-normal registry whose prior for an unseen tool has p95 = ``default_p95_s``
     (shape of saga-aeg's vague prior, shifted)."""
     unit = LogNormalLatency(mu=0.0, sigma=1.0)
@@ -296,7 +296,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self.block_queue = WALRUFreeBlockQueue.replace_in(
             self.block_pool, self._now, walru=cfg.walru, alpha=cfg.alpha, beta=cfg.beta,
             gamma=cfg.gamma, block_size=self.block_size, on_evict=self.metrics.on_evict)
-        self.tool_latency = _latency_source(cfg.default_tool_p95_s)
+        self.tool_latency = tool_latency_source(cfg.default_tool_p95_s)
         self.ttl_policy = ToolCallTTL(source=self.tool_latency, ttl_max=cfg.ttl_max_s)
         self.afs: AFS | None = (AFS(capacity_per_s=cfg.afs_capacity_tokens_per_s)
                                 if cfg.afs else None)
@@ -670,4 +670,5 @@ __all__ = [
     "SagaMetadataValidator",
     "SagaRequestQueue",
     "SagaScheduler",
+    "tool_latency_source",
 ]
