@@ -68,6 +68,11 @@ def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
         assert sim["prompt_tokens"] == measured[name]["prompt_tokens"]
         assert sim["tct_mean_s"] > 0
         assert rows[name]["measured recomputed tokens"] == measured[name]["recomputed_tokens"]
+        # The step model was fitted to this engine's own logged steps.
+        fit = result["cost_fit"][name]
+        assert rows[name]["steps"] == measured[name]["steps_recorded"] > fit["steps"] >= 2
+        assert fit["fixed_s"] + fit["per_decode_seq_s"] > 0 and fit["r2"] <= 1.0
+    assert measured["saga"]["saga_stats"]["pins_created"] > 0
     assert "| engine |" in "\n".join(result["markdown"])
 
 
