@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from saga.cli.bench import fit_engine_cost
 from saga.cli.main import app
 
 runner = CliRunner()
@@ -37,11 +36,21 @@ def test_bench_rates_table() -> None:
     assert res.exit_code == 0 and "prefill_tokens_per_s" in res.output and "NO" not in res.output
 
 
-def test_engine_cost_fit_recovers_a_known_model() -> None:
-    calls = [(p, o, 0.002 + 1e-4 * p + 0.01 * o) for p in (10, 200, 600) for o in (8, 24, 48)]
-    cost = fit_engine_cost(calls, 2048, 8)
-    assert cost.per_prefill_token_s == pytest.approx(1e-4, rel=1e-6)
-    assert cost.fixed_s == pytest.approx(0.01, rel=1e-6)
+def test_step_samples_are_busy_periods() -> None:
+    """A step's time is its schedule-to-next-schedule period, steps before idle are left out."""
+    from types import SimpleNamespace
+
+    from saga.cli.bench import step_samples
+
+    def rec(t: float, p: int, d: int, busy: bool) -> SimpleNamespace:
+        return SimpleNamespace(start_s=t, prefill_tokens=p, prefill_context=32, decode_seqs=d,
+                               decode_context=64 * d, busy_after=busy)
+
+    steps = [rec(0.0, 100, 0, True), rec(0.5, 0, 2, False), rec(3.0, 0, 1, True),
+             rec(3.25, 0, 1, True)]
+    samples = step_samples(steps)
+    assert [(s.prefill_tokens, s.decode_seqs, s.seconds) for s in samples] == [
+        (100, 0, 0.5), (0, 1, 0.25)]
 
 
 def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
@@ -59,6 +68,11 @@ def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
         assert sim["prompt_tokens"] == measured[name]["prompt_tokens"]
         assert sim["tct_mean_s"] > 0
         assert rows[name]["measured recomputed tokens"] == measured[name]["recomputed_tokens"]
+        # The step model was fitted to this engine's own logged steps.
+        fit = result["cost_fit"][name]
+        assert rows[name]["steps"] == measured[name]["steps_recorded"] > fit["steps"] >= 2
+        assert fit["fixed_s"] + fit["per_decode_seq_s"] > 0 and fit["r2"] <= 1.0
+    assert measured["saga"]["saga_stats"]["pins_created"] > 0
     assert "| engine |" in "\n".join(result["markdown"])
 
 

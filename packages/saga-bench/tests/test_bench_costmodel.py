@@ -7,8 +7,11 @@ import pytest
 from saga.bench.costmodel import (
     LinearCost,
     RooflineCost,
+    StepSample,
     check_published_rates,
+    fit_linear_cost,
     ideal_call_s,
+    linear_features,
 )
 from saga.policy.errors import SagaConfigError
 
@@ -61,3 +64,40 @@ def test_ideal_call_grows_with_work() -> None:
     lin = LinearCost(0.01, 1e-4, 1e-3)
     assert lin.step_time(0, 0, 0, 0) == 0.0
     assert lin.step_time(100, 0, 2, 0) == pytest.approx(0.01 + 0.01 + 0.002)
+
+
+def _steps(fixed: float, a: float, b: float, c: float) -> list[StepSample]:
+    out = []
+    for p, ctx in ((0, 0), (64, 0), (400, 160), (900, 1200)):
+        for d in (0, 1, 3, 7):
+            if p + d:
+                x = linear_features(p, ctx, d, 300 * d)
+                out.append(StepSample(p, ctx, d, 300 * d,
+                                      fixed * x[0] + a * x[1] + b * x[2] + c * x[3]))
+    return out
+
+
+def test_step_fit_recovers_known_coefficients() -> None:
+    fit = fit_linear_cost(_steps(2e-3, 3e-5, 4e-4, 1e-7), max_batched_tokens=1664,
+                          max_num_seqs=8)
+    assert fit.cost.coefficients == pytest.approx((2e-3, 3e-5, 4e-4, 1e-7), rel=1e-6)
+    assert fit.r2 == pytest.approx(1.0) and fit.median_rel_error < 1e-9
+    assert fit.steps == 15 and fit.cost.max_batched_tokens == 1664
+    s = fit.cost.step_time(400, 160, 3, 900)
+    assert s == pytest.approx(2e-3 + 400 * 3e-5 + 3 * 4e-4 + 1060 * 1e-7)
+
+
+def test_step_fit_keeps_every_coefficient_non_negative() -> None:
+    # Decode steps that get *faster* with more sequences: least squares alone would fit a
+    # negative cost per sequence; the fit sets it to 0 and refits the rest.
+    steps = [StepSample(p, 0, d, 0, 0.005 + 1e-5 * p - 5e-4 * d)
+             for p in (0, 100, 400, 800) for d in (1, 2, 3, 4)]
+    fit = fit_linear_cost(steps, max_batched_tokens=2048, max_num_seqs=8)
+    assert min(fit.cost.coefficients) >= 0.0
+    assert fit.cost.per_decode_seq_s == 0.0
+    assert 0.0 < fit.r2 < 1.0 and fit.median_rel_error > 0.0
+
+
+def test_step_fit_needs_steps() -> None:
+    with pytest.raises(SagaConfigError, match="at least 2 steps"):
+        fit_linear_cost([StepSample(1, 0, 0, 0, 0.1)], max_batched_tokens=8, max_num_seqs=1)

@@ -133,3 +133,51 @@ def test_an_idle_instance_steals_a_call_stuck_behind_a_full_kv_pool(one_node: Si
     for inst in sim.instances:
         inst.cache.check_invariants()
     assert simulate(PRESETS["saga_no_stealing"], w, tight).steals == 0
+
+
+def _one_tool_task(i: int, t0: float) -> Task:
+    calls = (Call(600, 50, "t", 1.0), Call(300, 50, None, 0.0))
+    return Task(f"p{i}", "swe-bench", "default", t0, calls, system_key="swe", system_tokens=512)
+
+
+def test_a_pin_ends_when_its_session_returns(one_node: SimConfig) -> None:
+    """TRT-LLM's fixed 300 s retention: once the session's next call is admitted its own blocks
+    are no longer pinned (only the shared system prompt keeps its pin to expiry)."""
+    w = Workload(WorkloadSpec("swe", 1, 1.0, 0), [_one_tool_task(0, 0.0)])
+    sim = Simulation(PRESETS["trt_llm_scaffolding"], one_node)
+    r = sim.run(w)
+    assert r.ttl_accuracy == 1.0 and len(sim.pins) == 0
+    cache = sim.instances[sim.states[0].home].cache
+    end = sim.states[0].done_s
+    assert end is not None
+    pinned = int((cache.table.pinned_until > end).sum())
+    assert pinned == 512 // sim.block_tokens
+
+
+def test_pin_cap_releases_the_pin_expected_back_last(one_node: SimConfig) -> None:
+    from saga.bench.sim.pins import PinBook
+    from saga.policy.ttl import ToolCallTTL
+
+    sim = Simulation(PRESETS["saga"], dataclasses.replace(one_node, hbm_blocks=40,
+                                                          block_tokens=16))
+    inst = sim.instances[0]
+    ttl = ToolCallTTL.with_aeg_registry()
+    for _ in range(5):
+        ttl.observe("fast", 0.5)
+        ttl.observe("slow", 50.0)
+    book = PinBook(0.5, ttl)
+    fast = [1000 + i for i in range(8)]
+    slow = [2000 + i for i in range(8)]
+    new = [3000 + i for i in range(8)]
+    for hashes in (slow, fast, new):
+        inst.cache.allocate(hashes, 0.0)
+        inst.cache.release(hashes, 0.0)
+    book.pin(inst, "slow", slow, 0, "slow", 0.0, 100.0)
+    book.pin(inst, "fast", fast, 0, "fast", 0.0, 100.0)
+    assert len(book) == 2 and book.cap_releases == 0
+    book.pin(inst, "new", new, 0, "fast", 0.0, 100.0)  # 24 blocks > cap of 20
+    assert book.cap_releases == 1 and len(book) == 2
+    assert inst.cache.pinned_until(slow[0]) == float("-inf")
+    assert inst.cache.pinned_until(fast[0]) == 100.0 and inst.cache.pinned_until(new[0]) == 100.0
+    book.release("fast")
+    assert inst.cache.pinned_until(fast[0]) == float("-inf") and len(book) == 1

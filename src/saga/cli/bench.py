@@ -9,8 +9,11 @@ that engine, and reports the simulator's error.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -136,25 +139,19 @@ def _error(sim: float, measured: float) -> float:
     return (sim - measured) / measured if measured else (0.0 if sim == 0 else float("inf"))
 
 
-def fit_engine_cost(calls: list[tuple[int, int, float]], max_batched_tokens: int,
-                    max_num_seqs: int) -> Any:
-    """A ``LinearCost`` from measured calls ``(prefilled tokens, output tokens, latency s)``.
+def step_samples(steps: Sequence[Any]) -> list[Any]:
+    """``StepSample`` per measured engine step (``saga.vllm.steps.StepRecord``) that the next
+    step followed while requests remained: its time is the engine's period, from its
+    ``schedule`` to the next one's (model, scheduler and front-end work between them), the
+    quantity the simulator's step time stands for. Steps before an idle gap are left out."""
+    from saga.bench.costmodel import StepSample
 
-    Least squares of ``latency = c + a·prefilled + b·output``: ``a`` is the prefill cost per
-    token, ``b`` the time of one decode iteration at the run's typical batch (every decoding
-    call advances one token per iteration); the intercept (queueing) is left to the simulator.
-    """
-    import numpy as np
-
-    from saga.bench.costmodel import LinearCost
-
-    x = np.array([[1.0, p, o] for p, o, _ in calls])
-    y = np.array([lat for _, _, lat in calls])
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    # A few calls can give a slightly negative slope; a cost is never below a nanosecond.
-    a, b = max(float(coef[1]), 1e-9), max(float(coef[2]), 1e-6)
-    return LinearCost(fixed_s=b, per_prefill_token_s=a, per_decode_seq_s=0.0,
-                      max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs)
+    out = []
+    for cur, nxt in itertools.pairwise(steps):
+        if cur.busy_after:
+            out.append(StepSample(cur.prefill_tokens, cur.prefill_context, cur.decode_seqs,
+                                  cur.decode_context, nxt.start_s - cur.start_s))
+    return out
 
 
 def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 10,
@@ -163,29 +160,105 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
 
     The simulator gets the engine's KV pool (blocks of 32 tokens), batch limits, the same
     sessions (arrival, calls, tools, the output lengths the engine produced) and a step-time
-    model fitted to each engine run's call latencies.
+    model fitted to each engine run's own measured steps (``saga.vllm.steps``).
     """
     import dataclasses
 
-    from saga.bench.sim import SimConfig, simulate
-    from saga.bench.workload import Call, Task, Workload, WorkloadSpec
-    from saga.policy.presets import PRESETS
-    from saga.policy.spec import ClusterSpec
+    from saga.bench.costmodel import fit_linear_cost
+    from saga.bench.sim import simulate
     from saga.vllm.compare import CompareConfig, run_compare
     from saga.vllm.workload import WorkloadConfig
 
     cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
-                                                max_steps=max_steps))
+                                                max_steps=max_steps), record_steps=1_000_000)
+    load_before = os.getloadavg()[0]
     measured = run_compare(cfg, on_call=on_call)
+    load_after = os.getloadavg()[0]
     stock, saga = measured.run("stock"), measured.run("saga")
     assert stock is not None and saga is not None
     fit_max = (cfg.kv_blocks - 1) * cfg.block_size
     max_tokens = min(fit_max, cfg.workload.max_context + 64)
     # Each engine's own measured speed: on a shared machine the two runs see different load.
-    costs = {run.name: fit_engine_cost(
-        [(c.prompt_tokens - c.cached_tokens, c.output_tokens, c.latency_s)
-         for s in run.sessions for c in s.calls], max_tokens, max(8, cfg.workload.sessions))
-        for run in (stock, saga)}
+    fits = {run.name: fit_linear_cost(step_samples(run.steps), max_batched_tokens=max_tokens,
+                                      max_num_seqs=max(8, cfg.workload.sessions))
+            for run in (stock, saga)}
+    workload, sim_cfg, presets = sim_setup(measured)
+    sims = {name: simulate(presets[name], workload, sim_cfg, fits[name].cost)
+            for name in ("stock", "saga")}
+    # Tool sleeps are inputs to both sides; TCT minus them is the engine's share of a task.
+    plans = measured.workload.sessions
+    tool_s = sum(p.tool_s for p in plans) / len(plans)
+    rows = []
+    for name, run in (("stock", stock), ("saga", saga)):
+        sim, fit = sims[name], fits[name]
+        llm_measured, llm_sim = run.tct_mean_s - tool_s, sim.tct_mean_s - tool_s
+        rows.append({
+            "engine": name,
+            "steps": len(run.steps),
+            "step fit R²": round(fit.r2, 3),
+            "step fit median error": f"{100 * fit.median_rel_error:.0f} %",
+            "measured TCT (s)": round(run.tct_mean_s, 3),
+            "simulated TCT (s)": round(sim.tct_mean_s, 3),
+            "TCT error": f"{100 * _error(sim.tct_mean_s, run.tct_mean_s):+.1f} %",
+            "measured TCT − tools (s)": round(llm_measured, 3),
+            "simulated TCT − tools (s)": round(llm_sim, 3),
+            "TCT − tools error": f"{100 * _error(llm_sim, llm_measured):+.1f} %",
+            "measured recomputed tokens": run.recomputed_tokens,
+            "simulated recomputed tokens": sim.recomputed_tokens,
+            "recomputed error":
+                f"{100 * _error(sim.recomputed_tokens, run.recomputed_tokens):+.1f} %",
+        })
+    cols = list(rows[0])
+    models = "; ".join(
+        f"{k}: {1e3 * f.cost.fixed_s:.2f} ms + {1e6 * f.cost.per_prefill_token_s:.1f} µs/prefill "
+        f"token + {1e3 * f.cost.per_decode_seq_s:.2f} ms/decode seq + "
+        f"{1e9 * f.cost.per_context_token_s:.0f} ns/context token" for k, f in fits.items())
+    md = ["Simulated vs measured on the CPU vLLM engine of `saga vllm compare` "
+          f"({sessions} sessions, seed {seed}, {cfg.kv_blocks} KV blocks of {cfg.block_size} "
+          f"tokens; machine load {load_before:.1f} before, {load_after:.1f} after). Each engine "
+          "logs every scheduler step (prefill tokens, decode sequences, context, wall time); "
+          "the simulator's step time is a non-negative least-squares fit to that engine run's "
+          "own steps (step = one `schedule()` to the next while requests remain), "
+          f"{models}. `step fit R²` and `median error` say how well that model explains the "
+          "measured steps. The simulator then replays the same sessions (arrivals, calls, tool "
+          "sleeps, output lengths) under the engine's policy; the cache behaviour (recomputed "
+          f"tokens) is not fitted at all. Tool sleeps ({tool_s:.2f} s per task on average) are "
+          "the same on both sides and make up most of a task's time here, so `TCT − tools`, "
+          "the time a task spends in the engine (queueing, prefill, decode), is the sharper "
+          "test of the simulated engine. vidur reports < 9 % error for its GPU profiles; "
+          "larger errors are shown as they are.", "",
+          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return {"rows": rows, "markdown": md, "tool_s_per_task": tool_s,
+            "load_average": {"before": load_before, "after": load_after},
+            "cost_fit": {k: {**dataclasses.asdict(v.cost), "steps": v.steps, "r2": v.r2,
+                             "median_rel_error": v.median_rel_error} for k, v in fits.items()},
+            "measured": measured.to_dict(), "simulated": {k: v.to_dict()
+                                                          for k, v in sims.items()}}
+
+
+def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The simulator configured as the compare run's engines: the same sessions (with the
+    output lengths the engine produced), its KV pool, and a preset per engine.
+
+    SAGA's preset takes the knobs of the engine's ``SagaSchedulerConfig``: WA-LRU weights,
+    the TTL's cap and its prior for a tool not yet observed (``default_tool_p95_s``), the pin
+    cap (``pin_cap_fraction``), the hybrid queue's bound; no DRAM tier, prefetch, AFS or
+    stealing (the engine runs none of them here).
+    """
+    import dataclasses
+
+    from saga.bench.sim import SimConfig
+    from saga.bench.workload import Call, Task, Workload, WorkloadSpec
+    from saga.policy.eviction import WALRUPolicy
+    from saga.policy.presets import PRESETS, PolicySpec
+    from saga.policy.queueing import HybridQueue
+    from saga.policy.spec import ClusterSpec
+    from saga.policy.ttl import ToolCallTTL
+    from saga.vllm.scheduler import tool_latency_source
+
+    cfg = measured.config
+    stock = measured.run("stock")
     outputs = {s.session_id: [c.output_tokens for c in s.calls] for s in stock.sessions}
     tasks = []
     for plan in measured.workload.sessions:
@@ -196,46 +269,29 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
                        c.tool_s) for i, c in enumerate(plan.calls)),
             system_key=plan.session_id.split("-")[0],
             system_tokens=cfg.workload.system_tokens))
-    workload = Workload(WorkloadSpec("mixed", len(tasks), 1.0, seed), tasks)
+    workload = Workload(WorkloadSpec("mixed", len(tasks), 1.0, cfg.workload.seed), tasks)
     one = ClusterSpec(nodes=1, gpus_per_node=1, gpu_name="cpu", gpu_hbm_bytes=2**34, tp=1,
                       instances=1, nvlink_bytes_per_s=1e9, ib_bytes_per_s=1e9,
                       dram_bytes_per_node=2**34, cpus_per_node=2)
+    sc = cfg.saga_config()
+    if sc.afs or not (sc.walru and sc.ttl and sc.queue == "hybrid"):
+        raise ValueError("the simulated SAGA engine is WA-LRU + TTL pins + hybrid queue; "
+                         f"the compare run used {sc.to_dict()}")
+    # vLLM reserves one block of the pool (the null block).
     sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=cfg.kv_blocks - 1,
-                        dram_blocks=0)
-    # SAGA inside vLLM: WA-LRU, TTL pins and the hybrid queue (no DRAM tier, AFS opt-in).
-    saga_vllm = dataclasses.replace(PRESETS["saga"], name="saga-in-vllm", dram_tier=False,
-                                    prefetch=False, fairness=None, stealing=None)
-    sims = {"stock": simulate(PRESETS["vllm_apc"], workload, sim_cfg, costs["stock"]),
-            "saga": simulate(saga_vllm, workload, sim_cfg, costs["saga"])}
-    rows = []
-    for name, run in (("stock", stock), ("saga", saga)):
-        sim = sims[name]
-        rows.append({
-            "engine": name,
-            "fitted prefill ms/token": round(costs[name].per_prefill_token_s * 1e3, 3),
-            "fitted decode ms/iteration": round(costs[name].fixed_s * 1e3, 2),
-            "measured TCT (s)": round(run.tct_mean_s, 3),
-            "simulated TCT (s)": round(sim.tct_mean_s, 3),
-            "TCT error": f"{100 * _error(sim.tct_mean_s, run.tct_mean_s):+.1f} %",
-            "measured recomputed tokens": run.recomputed_tokens,
-            "simulated recomputed tokens": sim.recomputed_tokens,
-            "recomputed error":
-                f"{100 * _error(sim.recomputed_tokens, run.recomputed_tokens):+.1f} %",
-        })
-    cols = list(rows[0])
-    md = ["Simulated vs measured on the CPU vLLM engine of `saga vllm compare` "
-          f"({sessions} sessions, seed {seed}, {cfg.kv_blocks} KV blocks of {cfg.block_size} "
-          "tokens). The simulator's step time is fitted to each engine run's own call latencies "
-          "(least squares: prefill seconds per token, seconds per decode iteration), so the "
-          "comparison tests the simulated batching, queueing and caching given the measured "
-          "speed; the cache behaviour (recomputed tokens) is not fitted at all. vidur reports "
-          "< 9 % error for its GPU profiles; larger errors are shown as they are.", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return {"rows": rows, "markdown": md,
-            "cost_fit": {k: dataclasses.asdict(v) for k, v in costs.items()},
-            "measured": measured.to_dict(), "simulated": {k: v.to_dict()
-                                                          for k, v in sims.items()}}
+                        dram_blocks=0, pin_cap_fraction=sc.pin_cap_fraction)
+
+    def engine_ttl() -> ToolCallTTL:
+        return ToolCallTTL(source=tool_latency_source(sc.default_tool_p95_s),
+                           ttl_max=sc.ttl_max_s)
+
+    saga_vllm = dataclasses.replace(
+        PRESETS["saga"], name="saga-in-vllm", dram_tier=False, prefetch=False, fairness=None,
+        stealing=None,
+        eviction=PolicySpec(WALRUPolicy, {"alpha": sc.alpha, "beta": sc.beta, "gamma": sc.gamma}),
+        ttl=PolicySpec(engine_ttl),
+        queue=PolicySpec(HybridQueue, {"max_active": sc.hybrid_max_active}))
+    return workload, sim_cfg, {"stock": PRESETS["vllm_apc"], "saga": saga_vllm}
 
 
 VALIDATION_HEADING = "## Simulator validation against the real engine"
@@ -267,8 +323,6 @@ def validate(
             raise typer.BadParameter(
                 "needs saga-vllm: pip install 'saga[vllm]' (or uv sync --all-packages)"
             ) from None
-        import os
-
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         with progress() as bar:
             task = bar.add_task("real engine: stock then SAGA", total=None)

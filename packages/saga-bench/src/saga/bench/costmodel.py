@@ -33,8 +33,13 @@ for vLLM serving Llama-2/3-70B with TP4 on A100-80GB (``PUBLISHED_RATES``).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from saga.policy.errors import SagaConfigError
 from saga.policy.spec import LLAMA3_70B, REFERENCE_CLUSTER, ClusterSpec, ModelSpec
@@ -226,8 +231,10 @@ def check_published_rates(cost: RooflineCost | None = None) -> list[RateCheck]:
 class LinearCost:
     """A step-time model fitted to a measured engine: ``fixed + a·prefill + b·seqs + c·ctx``.
 
-    Used to configure the simulator as the tiny CPU engine of ``saga vllm compare``, whose
-    step times are not a GPU roofline.
+    ``prefill`` is the step's prompt tokens, ``seqs`` its decoding sequences, ``ctx`` the KV
+    tokens its requests already hold (prefill and decode context). Used to configure the
+    simulator as the tiny CPU engine of ``saga vllm compare``, whose step times are not a GPU
+    roofline; :func:`fit_linear_cost` fits it to measured steps.
     """
 
     fixed_s: float
@@ -243,16 +250,89 @@ class LinearCost:
             if getattr(self, name) < 0:
                 raise SagaConfigError(f"LinearCost.{name} must be >= 0, got {getattr(self, name)}")
 
+    @property
+    def coefficients(self) -> tuple[float, float, float, float]:
+        """The weights of :func:`linear_features`, in its order."""
+        return (self.fixed_s, self.per_prefill_token_s, self.per_decode_seq_s,
+                self.per_context_token_s)
+
     def step_time(self, prefill_tokens: int, prefill_context: int, decode_seqs: int,
                   decode_context_tokens: int) -> float:
         if prefill_tokens + decode_seqs == 0:
             return 0.0
-        return (self.fixed_s + self.per_prefill_token_s * prefill_tokens
-                + self.per_decode_seq_s * decode_seqs
-                + self.per_context_token_s * (prefill_context + decode_context_tokens))
+        x = linear_features(prefill_tokens, prefill_context, decode_seqs, decode_context_tokens)
+        return sum(c * f for c, f in zip(self.coefficients, x, strict=True))
 
     def prefill_token_s(self) -> float:
         return self.per_prefill_token_s
+
+
+def linear_features(prefill_tokens: int, prefill_context: int, decode_seqs: int,
+                    decode_context_tokens: int) -> tuple[float, float, float, float]:
+    """The terms of :class:`LinearCost`'s formula: ``(1, prefill, seqs, ctx)``."""
+    return (1.0, float(prefill_tokens), float(decode_seqs),
+            float(prefill_context + decode_context_tokens))
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One measured engine step: what it computed and how long it took (seconds)."""
+
+    prefill_tokens: int
+    prefill_context: int
+    decode_seqs: int
+    decode_context_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """A fitted :class:`LinearCost` and how well it explains the steps it was fitted to.
+
+    ``r2``: share of the step times' variance the model explains; ``median_rel_error``: median
+    over steps of ``|predicted - measured| / measured``.
+    """
+
+    cost: LinearCost
+    steps: int
+    r2: float
+    median_rel_error: float
+
+
+def fit_linear_cost(samples: Sequence[StepSample], *, max_batched_tokens: int,
+                    max_num_seqs: int) -> LinearFit:
+    """Least squares of the measured step times on :func:`linear_features`, every coefficient
+    >= 0 (a negative cost per token has no meaning; exact: the best of the unconstrained fits
+    on each subset of terms whose coefficients come out non-negative)."""
+    if len(samples) < 2:
+        raise SagaConfigError(f"fit_linear_cost needs at least 2 steps, got {len(samples)}")
+    x = np.array([linear_features(s.prefill_tokens, s.prefill_context, s.decode_seqs,
+                                  s.decode_context_tokens) for s in samples])
+    y = np.array([s.seconds for s in samples])
+    k = x.shape[1]
+    best: tuple[float, npt.NDArray[np.float64]] | None = None
+    for mask in itertools.product((True, False), repeat=k):
+        cols = [i for i in range(k) if mask[i]]
+        if not cols:
+            continue
+        sub, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+        if (sub < 0).any():
+            continue
+        coef = np.zeros(k)
+        coef[cols] = sub
+        sse = float(((x @ coef - y) ** 2).sum())
+        if best is None or sse < best[0] - 1e-18:
+            best = (sse, coef)
+    assert best is not None  # the intercept alone is the mean, never negative
+    sse, coef = best
+    pred = x @ coef
+    sst = float(((y - y.mean()) ** 2).sum())
+    rel = np.abs(pred - y) / np.maximum(y, 1e-12)
+    cost = LinearCost(fixed_s=float(coef[0]), per_prefill_token_s=float(coef[1]),
+                      per_decode_seq_s=float(coef[2]), per_context_token_s=float(coef[3]),
+                      max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs)
+    return LinearFit(cost, len(samples), 1.0 - sse / sst if sst > 0 else 1.0,
+                     float(np.median(rel)))
 
 
 __all__ = [
@@ -260,10 +340,14 @@ __all__ = [
     "A100_PEAK_FP16_FLOPS",
     "PUBLISHED_RATES",
     "LinearCost",
+    "LinearFit",
     "RateCheck",
     "RateRange",
     "RooflineCost",
     "StepCost",
+    "StepSample",
     "check_published_rates",
+    "fit_linear_cost",
     "ideal_call_s",
+    "linear_features",
 ]

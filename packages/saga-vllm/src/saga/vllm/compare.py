@@ -29,6 +29,7 @@ import numpy as np
 
 from saga.policy.errors import SagaConfigError
 from saga.vllm.engine import AsyncSagaEngine, CallResult
+from saga.vllm.testing import cpu_threads as unbound_threads
 from saga.vllm.testing import scoped_env
 from saga.vllm.workload import SessionPlan, Workload, WorkloadConfig, build_workload
 
@@ -67,6 +68,11 @@ class CompareConfig:
     ``dram_blocks`` > 0 gives both engines a DRAM tier of that many blocks through vLLM's
     ``OffloadingConnector``: stock vLLM with its LRU policy, SAGA with WA-LRU and a prefetch
     during each tool call at ``prefetch_quantile`` of the tool's fitted latency.
+    ``record_steps`` > 0 logs each engine's last that many steps (work and wall time, see
+    :mod:`saga.vllm.steps`; stock vLLM then runs vLLM's scheduler plus that log) into
+    :attr:`EngineRun.steps`; it needs the in-process driver. ``cpu_threads`` runs each engine
+    on that many unbound OpenMP threads (:func:`saga.vllm.testing.cpu_threads`; None: vLLM's
+    core binding, which stalls on a shared machine).
     """
 
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
@@ -79,6 +85,8 @@ class CompareConfig:
     model: str = "tiny"
     dram_blocks: int = 0
     prefetch_quantile: float | None = 0.5
+    record_steps: int = 0
+    cpu_threads: int | None = 1
 
     def __post_init__(self) -> None:
         from saga.vllm.testing import model_shape
@@ -93,6 +101,13 @@ class CompareConfig:
         if self.prefetch_quantile is not None and not 0.0 < self.prefetch_quantile < 1.0:
             raise SagaConfigError(
                 f"prefetch_quantile must be in (0, 1), got {self.prefetch_quantile}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise SagaConfigError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
+        if self.record_steps < 0:
+            raise SagaConfigError(f"record_steps must be >= 0, got {self.record_steps}")
+        if self.record_steps and self.driver != "inproc":
+            raise SagaConfigError("record_steps reads the scheduler's step log, which only the "
+                                  "in-process driver can reach: use --driver inproc")
         if self.driver not in DRIVERS:
             raise SagaConfigError(f"driver must be one of {DRIVERS}, got {self.driver!r}")
         if self.kv_blocks < 8:
@@ -181,6 +196,9 @@ class EngineRun:
     sessions: tuple[SessionRecord, ...] = ()
     saga_stats: dict[str, Any] | None = None
     prefetches: int = 0
+    steps: tuple[Any, ...] = ()
+    """The engine's :class:`~saga.vllm.steps.StepRecord` of the workload (warm-up left out),
+    when the run recorded steps."""
 
     @property
     def recomputed_tokens(self) -> int:
@@ -225,9 +243,11 @@ class EngineRun:
             "tokens_per_s": round(self.tokens_per_s, 1),
             "prefetches": self.prefetches,
             "saga_stats": self.saga_stats,
+            "steps_recorded": len(self.steps),
         }
         if sessions:
             out["sessions"] = [dataclasses.asdict(s) for s in self.sessions]
+            out["steps"] = [dataclasses.asdict(s) for s in self.steps]
         return out
 
 
@@ -281,6 +301,8 @@ class CompareResult:
                 "block_size": cfg.block_size,
                 "driver": cfg.driver,
                 "saga_config": cfg.saga_config().to_dict(),
+                "record_steps": cfg.record_steps,
+                "cpu_threads": cfg.cpu_threads,
             },
             "workload": self.workload.summary(),
             "vllm_import_s": round(self.vllm_import_s, 3),
@@ -338,7 +360,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _summarise(name: str, start_s: float, wall_s: float, records: list[SessionRecord],
-               saga_stats: dict[str, Any] | None, prefetches: int = 0) -> EngineRun:
+               saga_stats: dict[str, Any] | None, prefetches: int = 0,
+               steps: tuple[Any, ...] = ()) -> EngineRun:
     calls = [c for s in records for c in s.calls]
     tcts = [s.tct_s for s in records]
     lat = [c.latency_s for c in calls]
@@ -351,7 +374,7 @@ def _summarise(name: str, start_s: float, wall_s: float, records: list[SessionRe
         call_latency_mean_s=float(np.mean(lat)) if lat else 0.0,
         call_latency_p95_s=_percentile(lat, 95),
         reprefilled_tokens=sum(c.reprefilled_tokens for c in calls),
-        sessions=tuple(records), saga_stats=saga_stats, prefetches=prefetches)
+        sessions=tuple(records), saga_stats=saga_stats, prefetches=prefetches, steps=steps)
 
 
 async def _warm_up(engine: AsyncSagaEngine) -> None:
@@ -363,11 +386,13 @@ async def _warm_up(engine: AsyncSagaEngine) -> None:
 
 def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, *,
                driver: Driver = "inproc", on_call: OnCall | None = None,
-               prefetch_quantile: float | None = None) -> EngineRun:
+               prefetch_quantile: float | None = None, cpu_threads: int | None = 1
+               ) -> EngineRun:
     """Start one engine from ``engine_kwargs``, run ``workload`` on it, shut it down.
 
     ``start_s`` covers building the engine and one warm-up request; the workload's wall time
-    starts after it.
+    starts after it. The engine runs on ``cpu_threads`` unbound threads
+    (:func:`~saga.vllm.testing.cpu_threads`).
     """
     done = 0
 
@@ -378,26 +403,28 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
             on_call(name, done)
 
     async def go(engine: AsyncSagaEngine, t_start: float
-                 ) -> tuple[float, list[SessionRecord], float]:
+                 ) -> tuple[float, list[SessionRecord], float, float]:
         # One event loop for warm-up and run: AsyncLLM binds its output handler to it.
         await _warm_up(engine)
-        start_s = time.monotonic() - t_start
+        t_run = time.monotonic()
         records, wall = await drive_workload(engine, workload, on_call=tick)
-        return start_s, records, wall
+        return t_run - t_start, records, wall, t_run
 
-    t_start = time.monotonic()
-    with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if driver == "inproc" else None):
-        engine = AsyncSagaEngine.from_engine_args(engine_kwargs, in_process=driver == "inproc",
-                                                  prefetch_quantile=prefetch_quantile)
-    try:
-        start_s, records, wall = asyncio.run(go(engine, t_start))
-        stats = engine.saga_stats()
-        prefetches = engine.prefetches
-    finally:
-        engine.shutdown()
-        del engine
-        gc.collect()
-    return _summarise(name, start_s, wall, records, stats, prefetches)
+    with unbound_threads(cpu_threads):
+        t_start = time.monotonic()
+        with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if driver == "inproc" else None):
+            engine = AsyncSagaEngine.from_engine_args(
+                engine_kwargs, in_process=driver == "inproc", prefetch_quantile=prefetch_quantile)
+        try:
+            start_s, records, wall, t_run = asyncio.run(go(engine, t_start))
+            stats = engine.saga_stats()
+            prefetches = engine.prefetches
+            steps = tuple(s for s in engine.step_records() or () if s.start_s >= t_run)
+        finally:
+            engine.shutdown()
+            del engine
+            gc.collect()
+    return _summarise(name, start_s, wall, records, stats, prefetches, steps)
 
 
 def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[str, Any]:
@@ -422,7 +449,7 @@ def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[s
         saga=config.saga_config() if engine == "saga" else None,
         block_size=config.block_size, max_model_len=min(fit, config.workload.max_context + 64),
         max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed, shape=shape,
-        **tier)
+        record_steps=config.record_steps, **tier)
 
 
 def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
@@ -448,7 +475,8 @@ def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
             prefetch = (config.prefetch_quantile if name == "saga" and config.dram_blocks
                         else None)
             runs.append(run_engine(name, kwargs, workload, driver=config.driver,
-                                   on_call=on_call, prefetch_quantile=prefetch))
+                                   on_call=on_call, prefetch_quantile=prefetch,
+                                   cpu_threads=config.cpu_threads))
     return CompareResult(config, workload, tuple(runs), build_s, import_s)
 
 

@@ -389,6 +389,12 @@ class SagaEngine:
         stats = getattr(sched, "saga_stats", None)
         return dict(stats()) if callable(stats) else None
 
+    def step_records(self) -> list[Any] | None:
+        """The in-process scheduler's step log (:mod:`saga.vllm.steps`), oldest first; None
+        when the engine was built without ``record_steps`` or its core runs elsewhere."""
+        log = getattr(self.scheduler, "step_log", None)
+        return None if log is None else list(log.snapshot())
+
     def shutdown(self) -> None:
         """Stop the engine core (frees its workers); the engine is unusable afterwards."""
         core = getattr(self.llm.llm_engine, "engine_core", None)
@@ -602,6 +608,11 @@ class AsyncSagaEngine:
     def saga_stats(self) -> dict[str, Any] | None:
         """SAGA scheduler stats when the scheduler runs in this process, else None."""
         return self._sync.saga_stats() if self._sync is not None else None
+
+    def step_records(self) -> list[Any] | None:
+        """The scheduler's step log when it runs in this process (see
+        :meth:`SagaEngine.step_records`), else None."""
+        return self._sync.step_records() if self._sync is not None else None
 
     def shutdown(self) -> None:
         """Stop the engine (and its engine-core process, if any)."""

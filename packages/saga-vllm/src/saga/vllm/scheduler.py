@@ -21,6 +21,8 @@ Where each part hooks in (vLLM 0.32):
 - Queue order: ``self.waiting`` (vLLM's ``RequestQueue`` abstraction) is replaced by
   :class:`SagaRequestQueue` when ``queue != "fcfs"`` or ``afs``; with FCFS and no AFS vLLM's own
   deque stays, so all-off is the stock scheduler.
+- Step log: with ``additional_config["saga_step_log"]`` set, every step's work and times go
+  to a :class:`~saga.vllm.steps.StepLog` (``schedule`` entry to ``update_from_output`` exit).
 - Malformed metadata: :class:`SagaMetadataValidator` is a no-op logits processor whose
   ``validate_params`` hook runs in the front end at admission, so a bad request is rejected
   with the field named and never reaches the engine core (an exception in the core's
@@ -60,6 +62,7 @@ from saga.vllm.metadata import SagaMetadataError, SagaRequestMeta, parse_saga_me
 from saga.vllm.metrics import SagaMetrics, publish
 from saga.vllm.offload import REUSE_HINTS
 from saga.vllm.pins import Pin, PinTable, ReleaseReason
+from saga.vllm.steps import StepLog, step_log_for
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import RequestQueue
@@ -257,7 +260,7 @@ def _policy_queue(cfg: SagaSchedulerConfig) -> PolicyQueue:
     return FCFSQueue()
 
 
-def _latency_source(default_p95_s: float) -> ToolLatencyModel:
+def tool_latency_source(default_p95_s: float) -> ToolLatencyModel:
     """A per-tool log-normal registry whose prior for an unseen tool has p95 = ``default_p95_s``
     (shape of saga-aeg's vague prior, shifted)."""
     unit = LogNormalLatency(mu=0.0, sigma=1.0)
@@ -293,10 +296,11 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         self.block_queue = WALRUFreeBlockQueue.replace_in(
             self.block_pool, self._now, walru=cfg.walru, alpha=cfg.alpha, beta=cfg.beta,
             gamma=cfg.gamma, block_size=self.block_size, on_evict=self.metrics.on_evict)
-        self.tool_latency = _latency_source(cfg.default_tool_p95_s)
+        self.tool_latency = tool_latency_source(cfg.default_tool_p95_s)
         self.ttl_policy = ToolCallTTL(source=self.tool_latency, ttl_max=cfg.ttl_max_s)
         self.afs: AFS | None = (AFS(capacity_per_s=cfg.afs_capacity_tokens_per_s)
                                 if cfg.afs else None)
+        self.step_log: StepLog | None = step_log_for(self.vllm_config)
         self.saga_queue: SagaRequestQueue | None = None
         if cfg.queue != "fcfs" or cfg.afs:
             self.saga_queue = SagaRequestQueue(
@@ -410,6 +414,7 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
     # -- scheduling --------------------------------------------------------------------------------
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's step, with pins expired/relieved before and released/accounted after."""
+        start = time.monotonic()
         cfg = self.saga_config
         now = self._now()
         if self.afs is not None and now - self._afs_epoch_at >= self.afs.epoch_s:
@@ -441,7 +446,16 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         if cfg.ttl and len(self.pins) and (out.preempted_req_ids or self._head_blocked()):
             self._relieve_pressure(force=True)
         self._sync_gauges()
+        if self.step_log is not None:
+            self.step_log.scheduled(start, out, self.requests)
         return out
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        """vLLM's output processing; closes the step's record in the step log (if on)."""
+        result = super().update_from_output(scheduler_output, model_runner_output)
+        if self.step_log is not None:
+            self.step_log.finished(scheduler_output, self.get_num_unfinished_requests() > 0)
+        return result
 
     def _count_resumed(self, out: Any) -> None:
         """Count what preempted requests resuming this step compute again."""
@@ -656,4 +670,5 @@ __all__ = [
     "SagaMetadataValidator",
     "SagaRequestQueue",
     "SagaScheduler",
+    "tool_latency_source",
 ]

@@ -50,6 +50,7 @@ _MARKER = "saga_tiny_llama.json"
 SCHEDULER_CLS = "saga.vllm.scheduler.SagaScheduler"
 ASYNC_SCHEDULER_CLS = "saga.vllm.scheduler.SagaAsyncScheduler"
 VALIDATOR_CLS = "saga.vllm.scheduler:SagaMetadataValidator"
+STEP_SCHEDULER_CLS = "saga.vllm.steps.StepRecordingScheduler"
 
 
 def model_shape(name: str) -> dict[str, int]:
@@ -96,7 +97,8 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
                        enforce_eager: bool = True, max_model_len: int | None = None,
                        max_num_seqs: int = 16, max_num_batched_tokens: int | None = None,
                        seed: int = 0, async_scheduling: bool = False,
-                       shape: dict[str, int] | None = None, **extra: Any) -> dict[str, Any]:
+                       shape: dict[str, int] | None = None, record_steps: int = 0,
+                       **extra: Any) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM(**kw)`` / ``EngineArgs(**kw)`` on the tiny model.
 
     ``saga=None`` gives the stock scheduler (prefix caching on); a :class:`SagaSchedulerConfig`
@@ -107,7 +109,9 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
     one). ``kv_cache_bytes`` sets the KV pool directly (``kv_cache_memory_bytes``), so
     tests can size it in blocks with :func:`kv_bytes_for_blocks`. ``async_scheduling`` selects
     vLLM's async scheduler (and :class:`~saga.vllm.scheduler.SagaAsyncScheduler` with SAGA).
-    ``shape`` is the model's (default :data:`TINY_LLAMA`).
+    ``shape`` is the model's (default :data:`TINY_LLAMA`). ``record_steps`` > 0 keeps a log of
+    the last that many engine steps (:mod:`saga.vllm.steps`); stock vLLM then runs
+    :class:`~saga.vllm.steps.StepRecordingScheduler` (vLLM's scheduler plus the log).
     """
     shape = TINY_LLAMA if shape is None else shape
     if max_model_len is None:
@@ -136,6 +140,18 @@ def tiny_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *
         kw["additional_config"] = {"saga": dataclasses.asdict(saga)}
         # Rejects malformed extra_args["saga"] in the front end, naming the field.
         kw["logits_processors"] = [VALIDATOR_CLS]
+    if record_steps:
+        from saga.vllm.steps import STEP_LOG_KEY
+
+        if saga is None:
+            if async_scheduling:
+                from saga.policy.errors import SagaConfigError
+
+                raise SagaConfigError(
+                    "record_steps on stock vLLM needs async_scheduling=False")
+            kw["scheduler_cls"] = STEP_SCHEDULER_CLS
+        kw["additional_config"] = {**kw.get("additional_config", {}),
+                                   STEP_LOG_KEY: int(record_steps)}
     kw.update(extra)
     return kw
 
@@ -195,9 +211,11 @@ __all__ = [
     "MODEL_SHAPES",
     "SCHEDULER_CLS",
     "SMALL_LLAMA",
+    "STEP_SCHEDULER_CLS",
     "TINY_LLAMA",
     "VALIDATOR_CLS",
     "build_tiny_llama",
+    "cpu_threads",
     "engine_scheduler",
     "kv_bytes_for_blocks",
     "kv_bytes_per_block",
@@ -236,3 +254,35 @@ def scoped_env(name: str, value: str | None) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block's CPU engines on ``n`` unbound OpenMP threads (None: vLLM's own binding).
+
+    vLLM's CPU worker binds one OpenMP thread per core by default. On a machine shared with
+    other jobs a bound thread whose core is taken stalls every parallel region: on 2 shared
+    cores whole engine runs measured 20-50x slower steps (in episodes, per process) than the
+    same engine with one unbound thread. Sets ``VLLM_CPU_OMP_THREADS_BIND=nobind`` and
+    ``OMP_NUM_THREADS`` (for an engine-core process) and this process's torch thread count (for
+    an in-process engine), restoring all three after the block.
+    """
+    if n is None:
+        yield
+        return
+    if n < 1:
+        from saga.policy.errors import SagaConfigError
+
+        raise SagaConfigError(f"cpu_threads must be >= 1 or None, got {n}")
+    import torch
+
+    # vLLM's CPU worker replaces torch.set_num_threads by a no-op; torch._C keeps the original.
+    set_threads = torch._C.set_num_threads
+    old = torch.get_num_threads()
+    with scoped_env("VLLM_CPU_OMP_THREADS_BIND", "nobind"), scoped_env("OMP_NUM_THREADS", str(n)):
+        set_threads(n)
+        try:
+            yield
+        finally:
+            set_threads(old)
+

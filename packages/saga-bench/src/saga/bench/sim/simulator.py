@@ -35,6 +35,7 @@ from saga.aeg import PatternInference
 from saga.bench.costmodel import RooflineCost, StepCost, ideal_call_s
 from saga.bench.sim.entities import Request, TaskState
 from saga.bench.sim.instance import Instance
+from saga.bench.sim.pins import PinBook
 from saga.bench.workload import Task, Workload
 from saga.policy.autellix import AutellixRouter
 from saga.policy.cache import CacheManager
@@ -66,6 +67,9 @@ class SimConfig:
     hbm_blocks: int | None = None
     """Override the KV pool per instance (blocks of ``block_tokens``); None: computed."""
     dram_blocks: int | None = None
+    pin_cap_fraction: float | None = None
+    """Most of an instance's HBM blocks tool-call pins may hold (None: no cap), as
+    ``SagaSchedulerConfig.pin_cap_fraction`` in vLLM; see :mod:`saga.bench.sim.pins`."""
 
 
 @dataclass
@@ -153,6 +157,7 @@ class Simulation:
         self.by_name = dict(zip(self.names, self.instances, strict=True))
         self.router = preset.router.build()
         self.ttl = None if preset.ttl is None else preset.ttl.build()
+        self.pins = PinBook(cfg.pin_cap_fraction, self.ttl)
         self.stealer = None if preset.stealing is None else preset.stealing.build()
         self.reads_hints = isinstance(self.instances[0].cache.policy, WALRUPolicy | KVFlowPolicy)
         self.hinter = SessionHinter(PatternInference(theta_conf=cfg.theta_conf))
@@ -287,6 +292,7 @@ class Simulation:
     def _kick(self, inst: Instance, now: float) -> None:
         """Admit what fits, fix the batch and schedule the instance's next completion."""
         for r in inst.admit(now):
+            self.pins.release(r.state.task_id)  # the call holds its blocks: the pin is done
             delay = now - r.arrival_s
             self.n.queue_delay_ema += 0.05 * (delay - self.n.queue_delay_ema)
         nxt = inst.plan(now)
@@ -353,7 +359,9 @@ class Simulation:
             n.pins += 1
             n.pins_held += call.tool_s <= ttl
             if ttl > 0:
-                inst.cache.pin(r.resident, now + ttl)
+                shared = min(task.system_tokens // b, len(r.resident)) if (
+                    self.preset.prefix_caching) else 0
+                self.pins.pin(inst, task.task_id, r.resident, shared, call.tool, now, now + ttl)
         self.push(now + call.tool_s, ARRIVE, st)
 
     def _task_done(self, st: TaskState, inst: Instance, now: float) -> None:
