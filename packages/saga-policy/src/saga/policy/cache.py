@@ -236,17 +236,14 @@ class CacheManager:
 
     def longest_prefix(self, hashes: Iterable[int]) -> PrefixMatch:
         """Leading blocks resident in HBM, and the resident run across both tiers."""
-        slots: list[int] = []
-        index = self._index
-        for h in hashes:
-            slot = index.get(h)
-            if slot is None:
-                break
-            slots.append(slot)
-        run = len(slots)
+        hs = hashes if isinstance(hashes, list | tuple) else list(hashes)
+        found = np.fromiter(map(self._index.get, hs, itertools.repeat(-1, len(hs))), np.int64,
+                            len(hs))
+        missing = found < 0
+        run = int(np.argmax(missing)) if missing.any() else len(hs)
         if run == 0:
             return PrefixMatch(hbm_blocks=0, dram_blocks=0, cached_blocks=0)
-        in_hbm = self.table.tier[np.asarray(slots, np.int64)] == _HBM
+        in_hbm = self.table.tier[found[:run]] == _HBM
         dram = run - int(np.count_nonzero(in_hbm))
         hbm = run if dram == 0 else int(np.argmin(in_hbm))
         return PrefixMatch(hbm_blocks=hbm, dram_blocks=dram, cached_blocks=run)
