@@ -124,6 +124,17 @@ def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
     assert not PRESETS["vllm_apc"].rehome_kv and PRESETS["saga_no_ttl"].rehome_kv
 
 
+def test_an_idle_instance_steals_a_call_stuck_behind_a_full_kv_pool(one_node: SimConfig) -> None:
+    w = build_workload(WorkloadSpec("swe", 10, 1.0, 5, max_context=20_000))
+    tight = dataclasses.replace(one_node, hbm_blocks=120)
+    sim = Simulation(PRESETS["saga"], tight)
+    r = sim.run(w)
+    assert r.steals > 0 and r.tasks == len(w.tasks)
+    for inst in sim.instances:
+        inst.cache.check_invariants()
+    assert simulate(PRESETS["saga_no_stealing"], w, tight).steals == 0
+
+
 def _one_tool_task(i: int, t0: float) -> Task:
     calls = (Call(600, 50, "t", 1.0), Call(300, 50, None, 0.0))
     return Task(f"p{i}", "swe-bench", "default", t0, calls, system_key="swe", system_tokens=512)

@@ -99,3 +99,14 @@ def test_for_cluster_uses_reference_links() -> None:
     s = WorkStealer.for_cluster(REFERENCE_CLUSTER)
     assert s.inter_node_bytes_per_s == 200e9 / 8
     assert s.intra_node_bytes_per_s == 600e9
+
+
+def test_a_blocked_head_waits_too_so_it_can_be_stolen() -> None:
+    stealer = WorkStealer()
+    head = (WaitingSession("h", 1 * GB),)
+    thief = WorkerState("t", 0.0, idle_since=9.0, node="n0")
+    free = WorkerState("v", 1.0, waiting=head, step_time_s=0.5, node="n0")
+    assert stealer.plan(10.0, [thief, free]) == []  # the head is served next: nothing saved
+    blocked = WorkerState("v", 1.0, waiting=head, step_time_s=0.5, node="n0", head_blocked=True)
+    plan = stealer.plan(10.0, [thief, blocked])
+    assert [(s.session_id, s.saved_s) for s in plan] == [("h", pytest.approx(0.5))]

@@ -2,7 +2,8 @@
 
 ``saga bench`` runs a reduced grid (tables 3, 4 and 6 on one simulated node of 2 TP4 instances,
 2 seeds, about a minute on 2 cores); ``--full`` runs every table with 10 seeds, seeds in parallel
-processes; ``--nodes 8`` simulates the whole 16-instance reference cluster. ``saga bench
+processes, and table 3c (table 3 on the whole 16-instance reference cluster, 4 seeds);
+``--nodes 8`` simulates every requested table on the reference cluster. ``saga bench
 validate`` runs the real CPU vLLM engine (``saga vllm compare``) and the simulator configured as
 that engine, and reports the simulator's error.
 """
@@ -76,7 +77,7 @@ def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int
 def bench(
     ctx: typer.Context,
     full: Annotated[bool, typer.Option("--full", help="Every table, 10 seeds (one simulated "
-                                       "node; --nodes for more).")] = False,
+                                       "node; table 3c on the 16-instance cluster).")] = False,
     tables: Annotated[str | None, typer.Option(help="Comma-separated table ids, e.g. 3,6 "
                                                "(default: 3,4,6 quick; all with --full).")
                       ] = None,

@@ -116,8 +116,8 @@ def _t3_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
              "workloads of TCT(system) / "
              "TCT(saga); p = Welch's t-test of SAGA vs the system.",
              "sglang runs sgl-router's published defaults (balance only beyond 64 requests of "
-             "imbalance): at a few instances that threshold is never reached, so sessions "
-             "sharing a system prompt all follow the best prefix match to one worker."]
+             "imbalance): below that threshold sessions sharing a system prompt all follow the "
+             "best prefix match to one worker."]
     raw["speedup_vs_vllm_apc"] = apc
     return TableResult("3", "Task-completion time (TCT) on the agent workloads",
                        list(rows[0]), rows, notes, raw,

@@ -276,8 +276,7 @@ class CacheManager:
         run = int(np.argmin(known)) if not known.all() else n
         need = np.cumsum(tiers != _HBM)
 
-        evictable = self._evictable(_HBM, now, exclude=slots[known])
-        breakable = self._breakable(now, exclude=slots[known])
+        evictable, breakable = self._hbm_candidates(now, exclude=slots[known])
         room = self.free + int(evictable.size) + int(breakable.size)
         m = n
         if int(need[-1]) > room:
@@ -459,11 +458,13 @@ class CacheManager:
         hints = BlockHints(reuse_prob=reuse_prob, steps_to_exec=steps_to_exec,
                            next_use=next_use, size_tokens=size_tokens)
         cols = self._hint_arrays(hints, len(hs))
-        present = [i for i, h in enumerate(hs) if h in self._index]
-        slots = np.array([self._index[hs[i]] for i in present], np.int64)
+        found = np.fromiter(map(self._index.get, hs, itertools.repeat(-1, len(hs))), np.int64,
+                            len(hs))
+        present = np.flatnonzero(found >= 0)
+        slots = found[present]
         for name, values in cols.items():
             getattr(self.table, name)[slots] = values[present]
-        if len(present) < len(hs):
+        if present.size < len(hs):
             for i, h in enumerate(hs):
                 if h not in self._index:
                     self._pending.setdefault(h, {}).update(
@@ -544,12 +545,15 @@ class CacheManager:
             mask[exclude] = False
         return np.flatnonzero(mask).astype(np.int64)
 
-    def _breakable(self, now: float, exclude: Slots) -> Slots:
+    def _hbm_candidates(self, now: float, exclude: Slots) -> tuple[Slots, Slots]:
+        """Unreferenced HBM blocks outside ``exclude``: (unpinned, pinned) — one pass."""
         t = self.table
-        mask = (t.tier == _HBM) & (t.ref_count == 0) & (t.pinned_until > now)
+        free = (t.tier == _HBM) & (t.ref_count == 0)
         if exclude.size:
-            mask[exclude] = False
-        return np.flatnonzero(mask).astype(np.int64)
+            free[exclude] = False
+        pinned = t.pinned_until > now
+        return (np.flatnonzero(free & ~pinned).astype(np.int64),
+                np.flatnonzero(free & pinned).astype(np.int64))
 
     def _select(self, policy: EvictionPolicy, cands: Slots, k: int, now: float) -> Slots:
         k = min(k, int(cands.size))
@@ -622,9 +626,19 @@ class CacheManager:
         for o in (_HBM, _DRAM):
             self._used[o] -= int(np.count_nonzero(old == o))
         self._used[tier] += int(slots.size)
-        self._recount_parents(slots, -1)
         t.tier[slots] = tier
-        self._recount_parents(slots, +1)
+        par = t.parent[slots]
+        linked = par != NO_PARENT
+        if not linked.any():
+            return
+        par, old = par[linked], old[linked]
+        n = t.slots
+        # The parents lose these children in their old tier and gain them in the new one.
+        for o, col in ((_HBM, t.children_hbm), (_DRAM, t.children_dram)):
+            sel = par[old == o]
+            if sel.size:
+                col -= np.bincount(sel, minlength=n)
+        (t.children_hbm if tier == _HBM else t.children_dram)[:] += np.bincount(par, minlength=n)
 
     def _recount_parents(self, slots: Slots, sign: int) -> None:
         t = self.table

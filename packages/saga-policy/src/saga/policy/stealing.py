@@ -67,7 +67,9 @@ class WorkerState:
 
     ``idle_since`` is when the instance last became idle (``None`` while busy); ``waiting`` lists
     its waiting sessions in queue order (index 0 is served next); ``step_time_s`` is its recent
-    mean time per queued request served (what one more request ahead costs a waiting one).
+    mean time per queued request served (what one more request ahead costs a waiting one);
+    ``head_blocked``: the instance cannot admit even its head call now (KV pool or batch full),
+    so the head, too, waits for a running request to finish.
     """
 
     worker_id: str
@@ -76,6 +78,7 @@ class WorkerState:
     waiting: tuple[WaitingSession, ...] = ()
     step_time_s: float = 0.0
     node: str | None = None
+    head_blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,8 @@ class WorkStealer:
             for victim in victims:
                 best: Steal | None = None
                 for k, s in enumerate(victim.waiting):
-                    saved = queueing_delay_saved(k, victim.step_time_s)
+                    saved = queueing_delay_saved(k + int(victim.head_blocked),
+                                                 victim.step_time_s)
                     cost = self.transfer_time(s.kv_bytes, victim, thief)
                     if not should_steal(idle_s, thief.load, victim.load, cost, saved,
                                         self.t_idle, self.r_max):

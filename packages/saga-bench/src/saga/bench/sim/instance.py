@@ -51,6 +51,8 @@ class Instance:
     stall_s: float = 0.0
     version: int = 0
     idle_since: float | None = 0.0
+    steal_armed: bool = False
+    """A ``steal`` event of this instance is pending."""
     demand_tokens: int = 0
     busy_s: float = 0.0
     ref_block_s: float = 0.0
@@ -86,6 +88,11 @@ class Instance:
     @property
     def busy(self) -> bool:
         return bool(self.running or self.waiting)
+
+    @property
+    def head_blocked(self) -> bool:
+        """The head waiting call cannot be admitted now (KV pool or batch full)."""
+        return bool(self.waiting) and (self._blocked or self.running >= self.cost.max_num_seqs)
 
     def load(self, kind: str) -> float:
         """``utilisation``: KV demand of running and waiting calls over the pool's tokens;

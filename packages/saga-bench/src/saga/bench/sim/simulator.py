@@ -270,6 +270,11 @@ class Simulation:
         self._settle(inst, now)
         inst.enqueue(req)
         self._kick(inst, now)
+        if self.stealer is not None and inst.waiting:
+            # Work is queueing here: an instance that went idle earlier may now steal it.
+            for other in self.instances:
+                if other is not inst:
+                    self._arm_steal(other, now)
 
     def _on_step(self, now: float, payload: tuple[int, int]) -> None:
         idx, version = payload
@@ -293,9 +298,19 @@ class Simulation:
         nxt = inst.plan(now)
         if nxt is not None:
             self.push(nxt, STEP, (inst.index, inst.version))
-        elif self.stealer is not None and not inst.busy and self._open:
-            inst.idle_since = now if inst.idle_since is None else inst.idle_since
-            self.push(inst.idle_since + self.stealer.t_idle, STEAL, (inst.index, inst.idle_since))
+        else:
+            self._arm_steal(inst, now)
+
+    def _arm_steal(self, inst: Instance, now: float) -> None:
+        """An idle instance looks for work once it has been idle ``t_idle`` (one event at a
+        time: it is re-armed when it finds nothing while others still queue, or when a call
+        has to wait somewhere)."""
+        if self.stealer is None or inst.busy or inst.steal_armed or not self._open:
+            return
+        inst.idle_since = now if inst.idle_since is None else inst.idle_since
+        inst.steal_armed = True
+        self.push(max(now, inst.idle_since + self.stealer.t_idle), STEAL,
+                  (inst.index, inst.idle_since))
 
     def _hint(self, agent: str, tool: str | None) -> ReuseHint:
         key = (agent, tool, self.hinter.inference.n_tasks(agent))
@@ -367,6 +382,7 @@ class Simulation:
         idx, since = payload
         thief = self.instances[idx]
         assert self.stealer is not None
+        thief.steal_armed = False
         if thief.busy or thief.idle_since != since or not self._open:
             return
         states = [self._worker_state(i, now) for i in self.instances]
@@ -383,6 +399,7 @@ class Simulation:
             self._kick(src, now)
         if not thief.busy and thief.idle_since is not None and any(
                 i.waiting for i in self.instances):
+            thief.steal_armed = True
             self.push(now + self.stealer.t_idle, STEAL, (idx, thief.idle_since))
 
     def _worker_state(self, inst: Instance, now: float) -> WorkerState:
@@ -395,7 +412,8 @@ class Simulation:
             for r in waiting)
         return WorkerState(self.names[inst.index], inst.load("utilisation"),
                            idle_since=None if inst.busy else inst.idle_since, waiting=sessions,
-                           step_time_s=inst.step_time_ema, node=str(inst.node))
+                           step_time_s=inst.step_time_ema, node=str(inst.node),
+                           head_blocked=inst.head_blocked)
 
     def _move_kv(self, req: Request, src: Instance, dst: Instance, now: float) -> float:
         """Copy a call's cached prefix from ``src`` to ``dst``; returns the transfer seconds."""
