@@ -234,7 +234,7 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
             "load_average": {"before": load_before, "after": load_after},
             "cost_fit": {k: {**dataclasses.asdict(v.cost), "steps": v.steps, "r2": v.r2,
                              "median_rel_error": v.median_rel_error} for k, v in fits.items()},
-            "measured": measured.to_dict(), "simulated": {k: v.to_dict()
+            "measured": measured.to_dict(sessions=True), "simulated": {k: v.to_dict()
                                                           for k, v in sims.items()}}
 
 
@@ -329,12 +329,14 @@ def validate(
             task = bar.add_task("real engine: stock then SAGA", total=None)
             result = validate_against_engine(sessions, seed, max_steps,
                                              on_call=lambda name, n: bar.advance(task))
+        # One row per figure, one column per engine: readable in 80 columns.
         table = Table(title="Simulator validation against the real engine",
                       title_justify="left")
-        for c in result["rows"][0]:
-            table.add_column(c)
+        table.add_column("")
         for r in result["rows"]:
-            table.add_row(*(str(v) for v in r.values()))
+            table.add_column(str(r["engine"]), justify="right")
+        for key in list(result["rows"][0])[1:]:
+            table.add_row(key, *(str(r[key]) for r in result["rows"]))
         console.print(table)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

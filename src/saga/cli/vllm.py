@@ -235,6 +235,9 @@ def compare(
              "re-prefill costs time, as with real models).")] = "tiny",
     seeds: Annotated[str | None, typer.Option(
         help="Run several seeds (e.g. 0,1,2 or 0-4) and print the median and spread.")] = None,
+    cpu_threads: Annotated[int, typer.Option(
+        min=0, help="Unbound OpenMP threads per engine; 0 keeps vLLM's binding of threads to "
+                    "cores (which stalls when other jobs share the cores).")] = 1,
 ) -> None:
     """Run one agent workload on stock vLLM and on SAGA (same model, KV budget, seed)."""
     # vLLM logs every engine start at INFO on stdout, burying the table; VLLM_LOGGING_LEVEL
@@ -267,7 +270,8 @@ def compare(
             # Over several seeds the engines take turns at going first, so a load trend on the
             # machine during the runs does not favour one of them.
             engines=names if i % 2 == 0 else tuple(reversed(names)), model=model,
-            dram_blocks=dram_blocks, prefetch_quantile=prefetch_quantile)
+            dram_blocks=dram_blocks, prefetch_quantile=prefetch_quantile,
+            cpu_threads=cpu_threads or None)
             for i, s in enumerate(parse_seeds(seeds, seed))]
         results: list[CompareResult] = []
         for config in configs:

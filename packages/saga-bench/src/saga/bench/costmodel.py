@@ -163,7 +163,8 @@ class RooflineCost:
 
 def ideal_call_s(cost: StepCost, new_tokens: int, context: int, output_tokens: int) -> float:
     """One call alone on an idle instance with its prefix cached: prefill only the new tokens
-    (in chunks of ``max_batched_tokens``), then decode the output at batch 1."""
+    (in chunks of ``max_batched_tokens``; the last chunk's iteration samples the first output
+    token, as in vLLM), then decode the rest of the output at batch 1."""
     t = 0.0
     done = 0
     while done < new_tokens:
@@ -171,7 +172,8 @@ def ideal_call_s(cost: StepCost, new_tokens: int, context: int, output_tokens: i
         t += cost.step_time(c, context + done, 0, 0)
         done += c
     ctx = context + new_tokens
-    return t + cost.step_time(0, 0, 1, ctx + output_tokens // 2) * output_tokens
+    decode = max(output_tokens - 1, 0) if new_tokens > 0 else output_tokens
+    return t + cost.step_time(0, 0, 1, ctx + output_tokens // 2) * decode
 
 
 @dataclass(frozen=True)

@@ -127,14 +127,7 @@ class Instance:
         self.ref_block_s += self._ref_blocks * dt
         iters = dt / self._tau
         self._iters += iters
-        decoded: list[Request] = []
         dec = self._dec
-        while dec and dec[0][0] - self._iters <= _EPS * max(1.0, dec[0][2].output_tokens):
-            finish, _, r = heapq.heappop(dec)
-            self._dec_finish_sum -= finish
-            self._dec_full_tokens -= r.prompt_tokens + r.output_tokens
-            self._held_blocks -= len(r.resident)
-            decoded.append(r)
         prefilled: list[Request] = []
         budget = iters * self._chunk
         while self.prefilling and budget > 0:
@@ -148,10 +141,18 @@ class Instance:
                 break
         for r in prefilled:
             r.prefill_left = 0.0
-            finish = self._iters + r.output_tokens
+            # The iteration that ends the prefill samples the first output token (as in vLLM).
+            finish = self._iters + r.output_tokens - 1
             heapq.heappush(dec, (finish, next(self._dec_seq), r))
             self._dec_finish_sum += finish
             self._dec_full_tokens += r.prompt_tokens + r.output_tokens
+        decoded: list[Request] = []
+        while dec and dec[0][0] - self._iters <= _EPS * max(1.0, dec[0][2].output_tokens):
+            finish, _, r = heapq.heappop(dec)
+            self._dec_finish_sum -= finish
+            self._dec_full_tokens -= r.prompt_tokens + r.output_tokens
+            self._held_blocks -= len(r.resident)
+            decoded.append(r)
         return prefilled, decoded
 
     def plan(self, now: float) -> float | None:
