@@ -156,22 +156,25 @@ def step_samples(steps: Sequence[Any]) -> list[Any]:
 
 
 def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 10,
-                            on_call: Any = None) -> dict[str, Any]:
+                            on_call: Any = None, kv_blocks: int | None = None
+                            ) -> dict[str, Any]:
     """Run ``saga vllm compare`` and the simulator configured as that engine; compare them.
 
     The simulator gets the engine's KV pool (blocks of 32 tokens), batch limits, the same
     sessions (arrival, calls, tools, the output lengths the engine produced) and a step-time
-    model fitted to each engine run's own measured steps (``saga.vllm.steps``).
+    model fitted to each engine run's own measured steps (``saga.vllm.steps``). ``kv_blocks``
+    overrides compare's default pool (smaller: more cache pressure).
     """
     import dataclasses
 
     from saga.bench.costmodel import fit_linear_cost
     from saga.bench.sim import simulate
-    from saga.vllm.compare import CompareConfig, run_compare
+    from saga.vllm.compare import DEFAULT_KV_BLOCKS, CompareConfig, run_compare
     from saga.vllm.workload import WorkloadConfig
 
     cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
-                                                max_steps=max_steps), record_steps=1_000_000)
+                                                max_steps=max_steps),
+                        kv_blocks=kv_blocks or DEFAULT_KV_BLOCKS, record_steps=1_000_000)
     load_before = os.getloadavg()[0]
     measured = run_compare(cfg, on_call=on_call)
     load_after = os.getloadavg()[0]
@@ -327,6 +330,9 @@ def validate(
     sessions: Annotated[int, typer.Option(min=1, help="Agent sessions.")] = 8,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="LLM calls per session at most.")] = 10,
+    kv_blocks: Annotated[int | None, typer.Option(
+        min=8, help="KV pool in blocks of 32 tokens (default: compare's 160; fewer: more "
+                    "cache pressure).")] = None,
 ) -> None:
     """Simulated vs measured TCT and recomputed tokens on the real (CPU) vLLM engine."""
     with user_errors():
@@ -340,7 +346,8 @@ def validate(
         with progress() as bar:
             task = bar.add_task("real engine: stock then SAGA", total=None)
             result = validate_against_engine(sessions, seed, max_steps,
-                                             on_call=lambda name, n: bar.advance(task))
+                                             on_call=lambda name, n: bar.advance(task),
+                                             kv_blocks=kv_blocks)
         # One row per figure, one column per engine: readable in 80 columns.
         table = Table(title="Simulator validation against the real engine",
                       title_justify="left")
