@@ -156,22 +156,25 @@ def step_samples(steps: Sequence[Any]) -> list[Any]:
 
 
 def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 10,
-                            on_call: Any = None) -> dict[str, Any]:
+                            on_call: Any = None, kv_blocks: int | None = None
+                            ) -> dict[str, Any]:
     """Run ``saga vllm compare`` and the simulator configured as that engine; compare them.
 
     The simulator gets the engine's KV pool (blocks of 32 tokens), batch limits, the same
     sessions (arrival, calls, tools, the output lengths the engine produced) and a step-time
-    model fitted to each engine run's own measured steps (``saga.vllm.steps``).
+    model fitted to each engine run's own measured steps (``saga.vllm.steps``). ``kv_blocks``
+    overrides compare's default pool (smaller: more cache pressure).
     """
     import dataclasses
 
     from saga.bench.costmodel import fit_linear_cost
     from saga.bench.sim import simulate
-    from saga.vllm.compare import CompareConfig, run_compare
+    from saga.vllm.compare import DEFAULT_KV_BLOCKS, CompareConfig, run_compare
     from saga.vllm.workload import WorkloadConfig
 
     cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
-                                                max_steps=max_steps), record_steps=1_000_000)
+                                                max_steps=max_steps),
+                        kv_blocks=kv_blocks or DEFAULT_KV_BLOCKS, record_steps=1_000_000)
     load_before = os.getloadavg()[0]
     measured = run_compare(cfg, on_call=on_call)
     load_after = os.getloadavg()[0]
@@ -193,6 +196,8 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
     for name, run in (("stock", stock), ("saga", saga)):
         sim, fit = sims[name], fits[name]
         llm_measured, llm_sim = run.tct_mean_s - tool_s, sim.tct_mean_s - tool_s
+        # What the engine itself took: the task's calls from submission to last token.
+        calls_s = sum(c.latency_s for t in run.sessions for c in t.calls) / len(run.sessions)
         rows.append({
             "engine": name,
             "steps": len(run.steps),
@@ -204,6 +209,8 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
             "measured TCT − tools (s)": round(llm_measured, 3),
             "simulated TCT − tools (s)": round(llm_sim, 3),
             "TCT − tools error": f"{100 * _error(llm_sim, llm_measured):+.1f} %",
+            "measured call time (s)": round(calls_s, 3),
+            "call time error": f"{100 * _error(llm_sim, calls_s):+.1f} %",
             "measured recomputed tokens": run.recomputed_tokens,
             "simulated recomputed tokens": sim.recomputed_tokens,
             "recomputed error":
@@ -226,7 +233,11 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
           f"tokens) is not fitted at all. Tool sleeps ({tool_s:.2f} s per task on average) are "
           "the same on both sides and make up most of a task's time here, so `TCT − tools`, "
           "the time a task spends in the engine (queueing, prefill, decode), is the sharper "
-          "test of the simulated engine. vidur reports < 9 % error for its GPU profiles; "
+          "test of the simulated engine. `measured call time` is the part of it inside the "
+          "engine's calls (submission to last token, summed over a task's calls); the rest is "
+          "the client's own time (a tool's sleep ending behind an engine step, building the "
+          "next request), which the simulator does not model; `call time error` compares the "
+          "simulated TCT − tools with it. vidur reports < 9 % error for its GPU profiles; "
           "larger errors are shown as they are.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
@@ -278,8 +289,12 @@ def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
     if sc.afs or not (sc.walru and sc.ttl and sc.queue == "hybrid"):
         raise ValueError("the simulated SAGA engine is WA-LRU + TTL pins + hybrid queue; "
                          f"the compare run used {sc.to_dict()}")
-    # vLLM reserves one block of the pool (the null block).
-    sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=cfg.kv_blocks - 1,
+    # The engine's usable pool: compare sizes the KV memory for kv_blocks blocks besides the
+    # null block vLLM reserves (SAGA's scheduler reports what it got).
+    saga_run = measured.run("saga")
+    usable = ((saga_run.saga_stats or {}).get("usable_blocks") if saga_run is not None
+              else None) or cfg.kv_blocks
+    sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=int(usable),
                         dram_blocks=0, pin_cap_fraction=sc.pin_cap_fraction)
 
     def engine_ttl() -> ToolCallTTL:
@@ -315,6 +330,9 @@ def validate(
     sessions: Annotated[int, typer.Option(min=1, help="Agent sessions.")] = 8,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="LLM calls per session at most.")] = 10,
+    kv_blocks: Annotated[int | None, typer.Option(
+        min=8, help="KV pool in blocks of 32 tokens (default: compare's 160; fewer: more "
+                    "cache pressure).")] = None,
 ) -> None:
     """Simulated vs measured TCT and recomputed tokens on the real (CPU) vLLM engine."""
     with user_errors():
@@ -328,7 +346,8 @@ def validate(
         with progress() as bar:
             task = bar.add_task("real engine: stock then SAGA", total=None)
             result = validate_against_engine(sessions, seed, max_steps,
-                                             on_call=lambda name, n: bar.advance(task))
+                                             on_call=lambda name, n: bar.advance(task),
+                                             kv_blocks=kv_blocks)
         # One row per figure, one column per engine: readable in 80 columns.
         table = Table(title="Simulator validation against the real engine",
                       title_justify="left")
