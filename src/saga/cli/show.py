@@ -25,14 +25,18 @@ def _spec(value: object) -> str:
 
 
 def presets_table() -> Table:
-    """One row per preset, one column per layer."""
-    layers = [f.name for f in fields(Preset) if f.name not in ("name", "description")]
+    """One row per preset, one column per policy layer, and the switches that are on."""
+    layers = [f for f in fields(Preset) if f.name not in ("name", "description")]
+    switches = [f.name for f in layers if f.type in (bool, "bool")]
+    policies = [f.name for f in layers if f.name not in switches]
     table = Table(title="SAGA presets (policy per layer)", title_justify="left")
     table.add_column("preset")
-    for layer in layers:
+    for layer in policies:
         table.add_column(layer)
+    table.add_column("on")
     for preset in PRESETS.values():
-        table.add_row(preset.name, *(_spec(getattr(preset, layer)) for layer in layers))
+        on = ", ".join(n for n in switches if getattr(preset, n)) or "—"
+        table.add_row(preset.name, *(_spec(getattr(preset, layer)) for layer in policies), on)
     return table
 
 
