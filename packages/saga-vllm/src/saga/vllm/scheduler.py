@@ -62,7 +62,7 @@ from saga.vllm.metadata import SagaMetadataError, SagaRequestMeta, parse_saga_me
 from saga.vllm.metrics import SagaMetrics, publish
 from saga.vllm.offload import REUSE_HINTS
 from saga.vllm.pins import Pin, PinTable, ReleaseReason
-from saga.vllm.steps import StepLog, step_log_for
+from saga.vllm.steps import StepLog, StepLogging, step_log_for
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import RequestQueue
@@ -268,7 +268,7 @@ def tool_latency_source(default_p95_s: float) -> ToolLatencyModel:
     return ToolLatencyModel(default_prior=LogNormalLatency(mu=mu, sigma=1.0))
 
 
-class SagaScheduler(Scheduler):  # type: ignore[misc]
+class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
     """vLLM's scheduler plus WA-LRU eviction, tool-call pins, SAGA queue orders and AFS.
 
     Every part follows :class:`SagaSchedulerConfig`; with all parts off this is vLLM's
@@ -449,13 +449,6 @@ class SagaScheduler(Scheduler):  # type: ignore[misc]
         if self.step_log is not None:
             self.step_log.scheduled(start, out, self.requests)
         return out
-
-    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
-        """vLLM's output processing; closes the step's record in the step log (if on)."""
-        result = super().update_from_output(scheduler_output, model_runner_output)
-        if self.step_log is not None:
-            self.step_log.finished(scheduler_output, self.get_num_unfinished_requests() > 0)
-        return result
 
     def _count_resumed(self, out: Any) -> None:
         """Count what preempted requests resuming this step compute again."""

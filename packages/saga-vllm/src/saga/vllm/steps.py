@@ -33,6 +33,7 @@ STEP_LOG_KEY = "saga_step_log"
 __all__ = [
     "STEP_LOG_KEY",
     "StepLog",
+    "StepLogging",
     "StepRecord",
     "StepRecordingScheduler",
     "step_log_for",
@@ -141,7 +142,24 @@ def step_log_for(vllm_config: Any) -> StepLog | None:
     return StepLog(capacity)
 
 
-class StepRecordingScheduler(Scheduler):  # type: ignore[misc]
+class StepLogging:
+    """The step-log hooks a scheduler shares: a record closed when its step's output has been
+    processed. The scheduler sets ``step_log`` (``step_log_for``) and notes ``scheduled`` in its
+    own ``schedule``, where it decides what the step's time includes."""
+
+    step_log: StepLog | None = None
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        """vLLM's output processing; closes the step's record in the step log (if on)."""
+        base: Any = super()
+        me: Any = self
+        result = base.update_from_output(scheduler_output, model_runner_output)
+        if self.step_log is not None:
+            self.step_log.finished(scheduler_output, me.get_num_unfinished_requests() > 0)
+        return result
+
+
+class StepRecordingScheduler(StepLogging, Scheduler):  # type: ignore[misc]
     """vLLM's stock scheduler plus a :class:`StepLog`; nothing else differs.
 
     For measuring stock vLLM's step times beside ``SagaScheduler``'s (which records the same
@@ -159,10 +177,3 @@ class StepRecordingScheduler(Scheduler):  # type: ignore[misc]
         if self.step_log is not None:
             self.step_log.scheduled(start, out, self.requests)
         return out
-
-    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
-        """vLLM's output processing; closes the step's record."""
-        result = super().update_from_output(scheduler_output, model_runner_output)
-        if self.step_log is not None:
-            self.step_log.finished(scheduler_output, self.get_num_unfinished_requests() > 0)
-        return result
