@@ -33,13 +33,12 @@ for vLLM serving Llama-2/3-70B with TP4 on A100-80GB (``PUBLISHED_RATES``).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
+from scipy.optimize import nnls
 
 from saga.policy.errors import SagaConfigError
 from saga.policy.spec import LLAMA3_70B, REFERENCE_CLUSTER, ClusterSpec, ModelSpec
@@ -304,30 +303,15 @@ class LinearFit:
 def fit_linear_cost(samples: Sequence[StepSample], *, max_batched_tokens: int,
                     max_num_seqs: int) -> LinearFit:
     """Least squares of the measured step times on :func:`linear_features`, every coefficient
-    >= 0 (a negative cost per token has no meaning; exact: the best of the unconstrained fits
-    on each subset of terms whose coefficients come out non-negative)."""
+    >= 0 (a negative cost per token has no meaning): non-negative least squares."""
     if len(samples) < 2:
         raise SagaConfigError(f"fit_linear_cost needs at least 2 steps, got {len(samples)}")
     x = np.array([linear_features(s.prefill_tokens, s.prefill_context, s.decode_seqs,
                                   s.decode_context_tokens) for s in samples])
     y = np.array([s.seconds for s in samples])
-    k = x.shape[1]
-    best: tuple[float, npt.NDArray[np.float64]] | None = None
-    for mask in itertools.product((True, False), repeat=k):
-        cols = [i for i in range(k) if mask[i]]
-        if not cols:
-            continue
-        sub, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-        if (sub < 0).any():
-            continue
-        coef = np.zeros(k)
-        coef[cols] = sub
-        sse = float(((x @ coef - y) ** 2).sum())
-        if best is None or sse < best[0] - 1e-18:
-            best = (sse, coef)
-    assert best is not None  # the intercept alone is the mean, never negative
-    sse, coef = best
+    coef, _ = nnls(x, y)
     pred = x @ coef
+    sse = float(((pred - y) ** 2).sum())
     sst = float(((y - y.mean()) ** 2).sum())
     rel = np.abs(pred - y) / np.maximum(y, 1e-12)
     cost = LinearCost(fixed_s=float(coef[0]), per_prefill_token_s=float(coef[1]),
