@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from saga.cli.main import app
+from saga.coordinator.testing import ray_skip_reason
 
 runner = CliRunner(env={"COLUMNS": "250"})
+pytestmark = pytest.mark.skipif(ray_skip_reason() is not None, reason=str(ray_skip_reason()))
 
 
 def _free_port() -> int:

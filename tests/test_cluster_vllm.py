@@ -13,12 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from saga.cli.main import app
+from saga.coordinator.testing import ray_skip_reason
 
 runner = CliRunner(env={"COLUMNS": "250"})
 
 pytest.importorskip("saga.vllm")
 
 
+@pytest.mark.skipif(ray_skip_reason() is not None, reason=str(ray_skip_reason()))
 def test_cluster_up_local_runs_agents_on_vllm_workers_and_survives_a_kill(
         tmp_path: Path) -> None:
     out = tmp_path / "up.json"
@@ -40,6 +42,8 @@ def test_cluster_up_local_runs_agents_on_vllm_workers_and_survives_a_kill(
     assert data["coordinator"]["sessions_left"] == 0
     assert "6/6 tasks completed through the coordinator" in res.output
     assert "real vLLM engines" in res.output
+    assert data["ray_node_address"] == "127.0.0.1"
+    assert "Ray node address: 127.0.0.1 (loopback only" in res.output
 
 
 def test_cluster_up_needs_exactly_one_of_local_or_address() -> None:

@@ -1,13 +1,16 @@
 """Real Ray worker actors (simulated engines) behind a real coordinator: a workload completes,
 and keeps completing when a worker actor is killed, the coordinator restarts, or a worker is slow.
 
-One Ray session for the module (2 CPUs, no dashboard), shut down at the end.
+One Ray session for the module (2 CPUs, no dashboard), shut down at the end. The module runs only
+in the test run's private network namespace (``ray_skip_reason``), and checks that every address
+Ray uses there is loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,13 +20,16 @@ from saga.coordinator.client import CoordinatorClient
 from saga.coordinator.cluster import (
     WorkloadConfig,
     make_tasks,
+    ray_addresses,
     run_workload,
     spawn_workers,
     start_ray,
 )
 from saga.coordinator.engine import SimulatedEngine
 from saga.coordinator.server import CoordinatorServer, ServerConfig
-from saga.coordinator.testing import TOKEN, run
+from saga.coordinator.testing import TOKEN, ray_skip_reason, run
+
+pytestmark = pytest.mark.skipif(ray_skip_reason() is not None, reason=str(ray_skip_reason()))
 
 FAST = functools.partial(SimulatedEngine, slots=8, prefill_s=1e-5, decode_s=2e-3)
 SLOW = functools.partial(SimulatedEngine, slots=8, prefill_s=1e-5, decode_s=2e-3, speed=0.05)
@@ -43,6 +49,23 @@ def _config(**kw: Any) -> ServerConfig:
 async def _kill_all(ray: Any, actors: dict[str, Any]) -> None:
     for a in actors.values():
         ray.kill(a)
+
+
+def test_every_ray_address_is_loopback(ray_session: Any) -> None:
+    ray = ray_session
+    addrs = ray_addresses(ray)
+    assert addrs["nodes[0].NodeManagerAddress"] and addrs["gcs_address"]
+
+    @ray.remote  # type: ignore[untyped-decorator]
+    def worker_view() -> str:      # the address a Ray worker process sees for its node
+        return str(ray.util.get_node_ip_address())
+
+    addrs["worker node"] = ray.get(worker_view.remote(), timeout=120)
+    addrs["driver node.address_info"] = str(
+        ray._private.worker.global_worker.node.address_info["node_ip_address"])
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    outside = {k: a for k, a in addrs.items() if ipaddress.ip_address(a) not in loopback}
+    assert not outside, f"Ray uses addresses outside 127.0.0.0/8: {outside}"
 
 
 def test_workload_completes_with_affinity_and_survives_a_killed_worker(ray_session: Any

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from saga.bench.costmodel import check_published_rates
-from saga.bench.jobs import FULL, QUICK, Job, with_nodes
+from saga.bench.jobs import FULL, QUICK, SMOKE, Job, Scale, with_nodes
 from saga.bench.report import write_report
 from saga.bench.runner import BenchRun, parse_tables, run_bench
+from saga.bench.store import RunStore
 from saga.bench.tables import TableResult
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress
+from saga.cli.render import console, print_table, progress
+from saga.policy.errors import SagaConfigError
 
 QUICK_TABLES = "3,4,6"
 
@@ -36,7 +39,7 @@ app = typer.Typer(help="The paper's tables, computed by the simulator.",
 
 
 def rich_table(t: TableResult) -> Table:
-    """A finished table for the terminal."""
+    """A finished table for the terminal (print it with ``print_table``: it splits to fit)."""
     table = Table(title=f"Table {t.id}: {t.title} (simulated)", title_justify="left")
     for i, c in enumerate(t.columns):
         table.add_column(c, justify="left" if i == 0 else "right",
@@ -46,14 +49,27 @@ def rich_table(t: TableResult) -> Table:
     return table
 
 
+def _scale(full: bool, smoke: bool, nodes: int | None) -> Scale:
+    if full and smoke:
+        raise SagaConfigError("give --full or --smoke, not both")
+    scale = FULL if full else SMOKE if smoke else QUICK
+    return scale if nodes is None else with_nodes(scale, nodes)
+
+
 def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int | None,
-                 nodes: int | None = None) -> BenchRun:
-    """Run the bench with a progress bar and print each table."""
-    scale = FULL if full else QUICK
-    if nodes is not None:
-        scale = with_nodes(scale, nodes)
+                 nodes: int | None = None, *, smoke: bool = False, out: Path | None = None,
+                 resume: bool = False) -> BenchRun:
+    """Run the bench with a progress bar and print each table.
+
+    With ``out``, each finished run is written to ``out/runs/`` at once; with ``resume`` too,
+    runs already there (same configuration hash) are loaded instead of run again."""
+    scale = _scale(full, smoke, nodes)
     ids = parse_tables(tables if tables is not None else (None if full else QUICK_TABLES))
     seed_list = list(range(seeds)) if seeds is not None else None
+    store = RunStore(out) if out is not None else None
+    if resume and store is None:
+        raise SagaConfigError("--resume needs --out DIR: the folder whose runs/ to reuse")
+    warnings: list[str] = []
     with progress() as bar:
         task = bar.add_task(f"simulating ({scale.name}: tables {', '.join(ids)})", total=None)
 
@@ -63,12 +79,19 @@ def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int
         def done(job: Job, result: dict[str, Any]) -> None:
             bar.advance(task)
 
-        run = run_bench(ids, scale, seed_list, workers=workers, on_job=done, on_plan=planned)
+        run = run_bench(ids, scale, seed_list, workers=workers, on_job=done, on_plan=planned,
+                        store=store, resume=resume, warn=warnings.append)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     for t in run.tables:
-        console.print(rich_table(t))
+        print_table(rich_table(t))
         for n in t.notes:
-            console.print(f"  [dim]{n}[/]")
-    console.print(f"{run.jobs} runs in {run.wall_s:.1f} s; simulator: "
+            console.print(f"  [dim]{escape(n)}[/]")
+    if store is not None:
+        console.print(f"runs: {store.dir} ({run.reused} of {run.jobs} reused, "
+                      f"{run.jobs - run.reused} run now)" if resume else
+                      f"runs: {store.dir} ({run.jobs} written; `--resume` reuses them)")
+    console.print(f"{run.jobs - run.reused} runs in {run.wall_s:.1f} s; simulator: "
                   f"{run.calls_per_s:,.0f} simulated LLM calls per CPU second.")
     return run
 
@@ -83,22 +106,31 @@ def bench(
                       ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per point (default: 2 "
                                               "quick, 10 full).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write JSON, CSV and PNG per table and "
-                                             "report.md here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write each finished run to DIR/runs/ "
+                                             "at once, and JSON, CSV and PNG per table and "
+                                             "report.md to DIR at the end.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --out: load the runs "
+                                         "already in DIR/runs/ (same configuration) instead "
+                                         "of running them again.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes (default: one per "
                                                 "core).")] = None,
     nodes: Annotated[int | None, typer.Option(min=1, max=8, help="Simulate this many 8-GPU "
                                               "nodes (8 = the whole reference cluster), tasks "
                                               "scaled to keep the load per instance.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A few tasks per run: checks the "
+                                        "pipeline in seconds (its numbers mean nothing).")
+                     ] = False,
 ) -> None:
     """Compute the paper's tables by simulation (quick grid by default)."""
     if ctx.invoked_subcommand is not None:
         return
     with user_errors():
-        run = run_and_show(tables, full, seeds, workers, nodes)
+        run = run_and_show(tables, full, seeds, workers, nodes, smoke=smoke, out=out,
+                           resume=resume)
         if out is not None:
             validation = _load_validation(out)
-            args = ["saga", "bench", *(["--full"] if full else [])]
+            args = ["saga", "bench", *(["--full"] if full else []),
+                    *(["--smoke"] if smoke else []), *(["--resume"] if resume else [])]
             for flag, value in (("--tables", tables), ("--seeds", seeds), ("--nodes", nodes),
                                 ("--workers", workers), ("--out", out)):
                 if value is not None:
@@ -125,10 +157,10 @@ def rates() -> None:
     for r in check_published_rates():
         table.add_row(r.name, f"{r.value:,.1f}", f"{r.low:,.0f}–{r.high:,.0f}",
                       "yes" if r.ok else "NO")
-    console.print(table)
+    print_table(table)
 
 
-__all__ = ["app", "rich_table", "run_and_show"]
+__all__ = ["app", "rich_table", "run_and_show", "validation_table"]
 
 
 # ---------------------------------------------------------------------------- validation
@@ -156,14 +188,16 @@ def step_samples(steps: Sequence[Any]) -> list[Any]:
 
 
 def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 10,
-                            on_call: Any = None, kv_blocks: int | None = None
-                            ) -> dict[str, Any]:
+                            on_call: Any = None, kv_blocks: int | None = None,
+                            measured: Any = None) -> dict[str, Any]:
     """Run ``saga vllm compare`` and the simulator configured as that engine; compare them.
 
     The simulator gets the engine's KV pool (blocks of 32 tokens), batch limits, the same
     sessions (arrival, calls, tools, the output lengths the engine produced) and a step-time
     model fitted to each engine run's own measured steps (``saga.vllm.steps``). ``kv_blocks``
-    overrides compare's default pool (smaller: more cache pressure).
+    overrides compare's default pool (smaller: more cache pressure). ``measured``: a
+    ``CompareResult`` already run with its step log on (``record_steps``) to validate against
+    instead of running one (the other arguments are then unused).
     """
     import dataclasses
 
@@ -172,12 +206,16 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
     from saga.vllm.compare import DEFAULT_KV_BLOCKS, CompareConfig, run_compare
     from saga.vllm.workload import WorkloadConfig
 
-    cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
-                                                max_steps=max_steps),
-                        kv_blocks=kv_blocks or DEFAULT_KV_BLOCKS, record_steps=1_000_000)
-    load_before = os.getloadavg()[0]
-    measured = run_compare(cfg, on_call=on_call)
-    load_after = os.getloadavg()[0]
+    if measured is None:
+        cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
+                                                    max_steps=max_steps),
+                            kv_blocks=kv_blocks or DEFAULT_KV_BLOCKS, record_steps=1_000_000)
+        load_before = os.getloadavg()[0]
+        measured = run_compare(cfg, on_call=on_call)
+        load_after = os.getloadavg()[0]
+    else:
+        cfg = measured.config
+        load_before = load_after = os.getloadavg()[0]
     stock, saga = measured.run("stock"), measured.run("saga")
     assert stock is not None and saga is not None
     fit_max = (cfg.kv_blocks - 1) * cfg.block_size
@@ -222,7 +260,8 @@ def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 1
         f"token + {1e3 * f.cost.per_decode_seq_s:.2f} ms/decode seq + "
         f"{1e9 * f.cost.per_context_token_s:.0f} ns/context token" for k, f in fits.items())
     md = ["Simulated vs measured on the CPU vLLM engine of `saga vllm compare` "
-          f"({sessions} sessions, seed {seed}, {cfg.kv_blocks} KV blocks of {cfg.block_size} "
+          f"({cfg.workload.sessions} sessions, seed {cfg.workload.seed}, {cfg.kv_blocks} KV "
+          f"blocks of {cfg.block_size} "
           f"tokens; machine load {load_before:.1f} before, {load_after:.1f} after). Each engine "
           "logs every scheduler step (prefill tokens, decode sequences, context, wall time); "
           "the simulator's step time is a non-negative least-squares fit to that engine run's "
@@ -310,6 +349,17 @@ def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
     return workload, sim_cfg, {"stock": PRESETS["vllm_apc"], "saga": saga_vllm}
 
 
+def validation_table(result: dict[str, Any]) -> Table:
+    """One row per figure, one column per engine: readable in 80 columns."""
+    table = Table(title="Simulator validation against the real engine", title_justify="left")
+    table.add_column("")
+    for r in result["rows"]:
+        table.add_column(str(r["engine"]), justify="right")
+    for key in list(result["rows"][0])[1:]:
+        table.add_row(key, *(str(r[key]) for r in result["rows"]))
+    return table
+
+
 VALIDATION_HEADING = "## Simulator validation against the real engine"
 
 
@@ -348,15 +398,7 @@ def validate(
             result = validate_against_engine(sessions, seed, max_steps,
                                              on_call=lambda name, n: bar.advance(task),
                                              kv_blocks=kv_blocks)
-        # One row per figure, one column per engine: readable in 80 columns.
-        table = Table(title="Simulator validation against the real engine",
-                      title_justify="left")
-        table.add_column("")
-        for r in result["rows"]:
-            table.add_column(str(r["engine"]), justify="right")
-        for key in list(result["rows"][0])[1:]:
-            table.add_row(key, *(str(r[key]) for r in result["rows"]))
-        console.print(table)
+        print_table(validation_table(result))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))

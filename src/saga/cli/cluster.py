@@ -26,12 +26,15 @@ import typer
 from rich.table import Table
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress, write_json
+from saga.cli.render import console, print_table, progress, write_json
 from saga.coordinator.client import CoordinatorClient
 from saga.coordinator.cluster import (
+    RAY_LOCAL_ONLY_ENV,
     WorkloadConfig,
     WorkloadResult,
+    is_loopback,
     make_tasks,
+    ray_addresses,
     run_workload,
     spawn_workers,
     start_ray,
@@ -167,6 +170,18 @@ class UpResult:
     workload: WorkloadResult
     stats: dict[str, Any]
     killed: list[str]
+    ray_node: str = ""
+
+
+def _ray_node_line(addrs: dict[str, str], local: bool) -> str:
+    """The Ray node address this run got, and whether Ray keeps to loopback."""
+    node = addrs["driver node"]
+    if all(is_loopback(a) for a in addrs.values()):
+        return f"Ray node address: {node} (loopback only: every Ray process binds 127.0.0.1)"
+    if local:
+        return (f"Ray node address: {node} (not loopback: Ray was imported before start, or "
+                f"{RAY_LOCAL_ONLY_ENV} is set to 1; Ray's ports are open on this interface)")
+    return f"Ray node address: {node} (the joined cluster's)"
 
 
 async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfig,
@@ -174,6 +189,8 @@ async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfi
               cpus_per_worker: float | None = None) -> UpResult:
     token = secrets.token_hex(16)
     ray = start_ray(address, num_cpus=2)
+    ray_node = ray_addresses(ray)
+    console.print(_ray_node_line(ray_node, address is None))
     server = CoordinatorServer(ServerConfig(token=token))
     coord_address = await server.start()
     actors: dict[str, Any] = {}
@@ -199,7 +216,8 @@ async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfi
                       "workers": {w.worker_id: {"alive": w.alive, "node": w.node}
                                   for w in stats.workers}}
         ray_address = str(ray.get_runtime_context().gcs_address)
-        return UpResult(engine, workers, ray_address, coord_address, result, stats_json, killed)
+        return UpResult(engine, workers, ray_address, coord_address, result, stats_json, killed,
+                        ray_node["driver node"])
     finally:
         for a in actors.values():
             with contextlib.suppress(Exception):  # the actor may be gone already
@@ -216,7 +234,7 @@ def _up_table(r: UpResult) -> Table:
                   f"({'simulated engines' if r.engine == 'sim' else 'real vLLM engines'})",
                   title_justify="left")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("tasks completed", f"{w.completed}"),
         ("LLM calls", f"{w.calls}"),
@@ -240,7 +258,10 @@ def _up_table(r: UpResult) -> Table:
 
 @app.command()
 def up(
-    local: Annotated[bool, typer.Option("--local", help="Start a local Ray (2 CPUs).")] = False,
+    local: Annotated[bool, typer.Option("--local", help=(
+        "Start a local Ray (2 CPUs) on loopback: every Ray process binds and talks over "
+        f"127.0.0.1 ({RAY_LOCAL_ONLY_ENV}=0 unless set). The Ray node address is printed "
+        "at start."))] = False,
     address: Annotated[str | None, typer.Option(
         help="Join this Ray cluster (e.g. 10.0.0.1:6379) instead of starting one.")] = None,
     workers: Annotated[int, typer.Option(help="Worker actors (one engine each).")] = 2,
@@ -280,7 +301,7 @@ def up(
 
                 result = asyncio.run(_up(engine, workers, address, cfg, mdir, kv_blocks,
                                          on_call, kill_after, cpus_per_worker))
-    console.print(_up_table(result))
+    print_table(_up_table(result))
     ok = result.workload.completed == tasks
     console.print(f"{result.workload.completed}/{tasks} tasks completed through the coordinator"
                   + ("" if ok else " — INCOMPLETE"))
@@ -291,7 +312,7 @@ def up(
             "completed": w.completed, "calls": w.calls, "prompt_tokens": w.prompt_tokens,
             "cached_tokens": w.cached_tokens, "reasons": w.reasons, "per_worker": w.per_worker,
             "reroutes_dead": w.reroutes_dead, "killed": result.killed, "wall_s": w.wall_s,
-            "coordinator": result.stats})
+            "ray_node_address": result.ray_node, "coordinator": result.stats})
         console.print(f"wrote {json_out}")
     if not ok:
         raise typer.Exit(code=1)
@@ -314,7 +335,7 @@ def plan(
     """Print how the 8-node reference deployment maps onto Ray (no cluster is started)."""
     with user_errors():
         p = launch_plan(REFERENCE_CLUSTER)
-    console.print(plan_table(p))
+    print_table(plan_table(p))
     for line in p.notes:
         console.print(line)
     if json_out is not None:

@@ -12,9 +12,11 @@ from rich.progress import TaskID
 from rich.table import Table
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress, write_json
+from saga.cli.render import console, print_table, progress, write_json
 from saga.coordinator.bench import BenchConfig, BenchResult, run_bench
+from saga.coordinator.core import FINAL_GRACE_S, SESSION_IDLE_S
 from saga.coordinator.serve import TOKEN_ENV, serve
+from saga.coordinator.soak import SoakConfig, SoakReport, run_soak
 from saga.coordinator.server import ServerConfig
 from saga.policy.errors import SagaConfigError
 
@@ -35,7 +37,9 @@ def bench_table(result: BenchResult) -> Table:
                   "latency of one call (unary), one batch (streamed) or one routing decision "
                   "without gRPC", title_justify="left")
     for col in ("mode", "callers", "batch", "routes", "routes/s", "P50 ms", "P99 ms"):
-        table.add_column(col, justify="left" if col == "mode" else "right", no_wrap=True)
+        # The mode is text: it wraps so that the numbers fit 80 columns whole.
+        table.add_column(col, justify="left" if col == "mode" else "right",
+                         no_wrap=col != "mode", overflow="fold" if col == "mode" else "ellipsis")
     for p in result.phases:
         table.add_row(p.mode, str(p.concurrency), str(p.batch), f"{p.routes:,}",
                       f"{p.routes_per_s:,.0f}", f"{p.p50_ms:.3f}", f"{p.p99_ms:.3f}")
@@ -71,6 +75,11 @@ def bench(
     batch: Annotated[int, typer.Option(help="Routes per RouteStream message.")] = 64,
     max_seconds: Annotated[float, typer.Option(help="Time cap per phase.")] = 20.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="Serve the benchmarked coordinator over TLS with this PEM certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA the load generator trusts (default: --tls-cert, if self-signed).")] = None,
 ) -> None:
     """Route calls/s and P50/P99 latency, unary and streamed, from a separate process."""
     with user_errors():
@@ -90,16 +99,62 @@ def bench(
                     tasks[name] = bar.add_task(name, total=total)
                 bar.update(tasks[name], completed=done)
 
-            result = run_bench(cfg, on_progress)
-    console.print(bench_table(result))
+            result = run_bench(cfg, on_progress, tls_cert=_opt(tls_cert),
+                               tls_key=_opt(tls_key), tls_ca=_opt(tls_ca))
+    print_table(bench_table(result))
     load = os.getloadavg()
     console.print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} "
-                  f"(other processes share these cores)")
+                  f"(other processes share these cores); transport: "
+                  f"{'TLS' if result.tls else 'plaintext'}")
     for line in goal_lines(result):
         console.print(line)
     if json_out is not None:
         write_json(json_out, {**result.to_json(), "loadavg": list(load)})
         console.print(f"wrote {json_out}")
+
+
+def soak_table(r: SoakReport) -> Table:
+    """Every per-session table before and after the soak (fits 80 columns)."""
+    table = Table(title=f"saga coordinator soak: {r.sessions:,} sessions, {r.calls:,} calls "
+                  f"in {r.duration_s:.1f} s", title_justify="left")
+    for col in ("table", "before", "after", "leak"):
+        table.add_column(col, justify="left" if col == "table" else "right", no_wrap=True)
+    for name, after in r.tables_after.items():
+        leak = "LEAK" if name in r.leaks else "no"
+        table.add_row(name, str(r.tables_before.get(name, 0)), str(after), leak)
+    return table
+
+
+@app.command()
+def soak(
+    sessions: Annotated[int, typer.Option(help="Agent sessions to run.")] = 10_000,
+    workers: Annotated[int, typer.Option(help="Simulated workers.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Sessions running at once.")] = 400,
+    max_seconds: Annotated[float, typer.Option(help="Give up after this long.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sessions' calls and tools.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+) -> None:
+    """Run many sessions through a loopback coordinator, then check nothing stayed behind."""
+    with user_errors():
+        r = run_soak(SoakConfig(sessions=sessions, workers=workers, concurrency=concurrency,
+                                warmup=min(2 * concurrency, sessions // 5),
+                                max_seconds=max_seconds, seed=seed))
+    print_table(soak_table(r))
+    console.print(f"sessions ended {r.sessions_ended:,}, expired {r.sessions_expired:,}; "
+                  f"moves {r.moves:,}")
+    console.print(f"RSS {r.rss_before_kib / 1024:.1f} MiB after warm-up, "
+                  f"{r.rss_after_kib / 1024:.1f} MiB at the end "
+                  f"({r.rss_growth_kib / 1024:+.1f} MiB)")
+    console.print("no leaks" if not r.leaks else f"LEAKS: {', '.join(r.leaks)}")
+    if json_out is not None:
+        write_json(json_out, r.to_dict())
+        console.print(f"wrote {json_out}")
+    if r.leaks:
+        raise typer.Exit(1)
+
+
+def _opt(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 @app.command("serve")
@@ -108,10 +163,28 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port (0: any free port).")] = 50051,
     metrics_port: Annotated[int | None, typer.Option(
         help="Serve Prometheus metrics over HTTP on this port.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="Serve TLS with this PEM certificate (chain); needs --tls-key.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        help="Mutual TLS: require client certificates signed by this PEM CA.")] = None,
+    final_grace_s: Annotated[float, typer.Option(
+        help="Seconds a session stays after its final call (late observations land).")
+    ] = FINAL_GRACE_S,
+    session_idle_s: Annotated[float, typer.Option(
+        help="Seconds without calls or observations before a session is dropped.")
+    ] = SESSION_IDLE_S,
 ) -> None:
-    """Run a coordinator until interrupted (token from $SAGA_COORDINATOR_TOKEN)."""
+    """Run a coordinator until interrupted (token from $SAGA_COORDINATOR_TOKEN).
+
+    Give --tls-cert and --tls-key whenever clients are on other nodes: without them the token
+    travels in plaintext.
+    """
     with user_errors():
         token = os.environ.get(TOKEN_ENV, "")
         if not token:
             raise SagaConfigError(f"set ${TOKEN_ENV} to the shared secret of the cluster")
-        asyncio.run(serve(ServerConfig(token=token, host=host, port=port), metrics_port))
+        config = ServerConfig(token=token, host=host, port=port, tls_cert=_opt(tls_cert),
+                              tls_key=_opt(tls_key), tls_client_ca=_opt(tls_client_ca),
+                              final_grace_s=final_grace_s, session_idle_s=session_idle_s)
+        asyncio.run(serve(config, metrics_port))

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from saga.aeg import PatternInference
 from saga.cli.errors import user_errors
-from saga.cli.render import console, replay_table, write_json
+from saga.cli.render import console, print_table, replay_table, write_json
 from saga.cli.replay import run_replays
 from saga.policy.replay import ReplayResult
 from saga.policy.spec import check_reference_invariants
@@ -94,7 +94,7 @@ def vllm_short_compare(payload: dict[str, Any]) -> None:
     console.print("[bold]Real vLLM engine[/] (tiny random Llama, CPU): the same agent workload "
                   "on stock vLLM with prefix caching and on SAGA")
     result = run_with_progress(config)
-    console.print(compare_table(result))
+    print_table(compare_table(result))
     for line in goal_lines(result):
         console.print(line)
     payload["vllm_compare"] = result.to_dict()
@@ -114,13 +114,13 @@ def demo(
     with user_errors():
         from saga.cli.show import spec_table
 
-        console.print(spec_table())
+        print_table(spec_table())
         with bundled_trace_path().open(encoding="utf-8") as fh:
             mooncake = parse_mooncake(fh, name="mooncake (bundled slice)")
         with bundled_trace_path(BUNDLED_AGENT).open(encoding="utf-8") as fh:
             agents = parse_agent(fh, name="SWE-bench agent sessions (bundled)")
         table, model = workflow_table(agents)
-        console.print(table)
+        print_table(table)
 
         cap = instance_capacity_blocks(mooncake.block_tokens)
         payload: dict[str, Any] = {"workflow_model": model, "replays": {}}
@@ -134,7 +134,7 @@ def demo(
                           f"{trace.block_refs:,} references to {trace.block_tokens}-token "
                           f"blocks; one reference instance holds {cap:,} such blocks")
             for c, rows in zip(caps, results, strict=True):
-                console.print(replay_table(f"capacity {c:,} blocks", rows))
+                print_table(replay_table(f"capacity {c:,} blocks", rows))
                 console.print(verdict(rows))
             payload["replays"][trace.name] = [r.to_dict() for rows in results for r in rows]
         if vllm:

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from saga.cli.render import console, write_json
+from saga.cli.render import console, print_table, write_json
 from saga.integrations.frameworks import FRAMEWORKS, FrameworkStatus, framework_status
 
 app = typer.Typer(help="Agent-framework adapters (LangChain, AutoGen, CrewAI).",
@@ -51,13 +51,13 @@ def check(
 ) -> None:
     """Report which frameworks are installed (versions) and whether their adapter attaches."""
     statuses = [framework_status(name, probe=probe) for name in FRAMEWORKS]
-    console.print(status_table(statuses))
+    print_table(status_table(statuses))
     extras = ", ".join(f"[{s.extra}]" for s in statuses)
     console.print(escape(f"install with pip install 'saga-integrations[EXTRA]', EXTRA one of "
-                         f"{extras} or [all]"), soft_wrap=True)
+                         f"{extras} or [all]"))
     for s in statuses:
         if not s.attachable:
-            console.print(f"[red]{s.name}[/]: {escape(s.reason)}", soft_wrap=True)
+            console.print(f"[red]{s.name}[/]: {escape(s.reason)}")
     if json_path is not None:
         write_json(json_path, {"frameworks": [s.to_dict() for s in statuses]})
     if strict and not all(s.attachable for s in statuses):

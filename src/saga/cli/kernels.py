@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, write_json
+from saga.cli.render import console, print_table, write_json
 from saga.cli.replay import parse_int_list
 from saga.kernels import native_status
 from saga.kernels.bench import BENCHES, DEFAULT_SIZES, BenchReport, Timing, run_bench
@@ -24,7 +24,8 @@ def native_table() -> Table:
     table = Table(title="SAGA kernels (native = C++/OpenMP, cuda = GPU, twin = NumPy fallback)",
                   title_justify="left")
     for col in ("kernel", "kind", "runs", "detail"):
-        table.add_column(col, no_wrap=col != "detail")
+        table.add_column(col, no_wrap=col != "detail",
+                         overflow="fold" if col == "detail" else "ellipsis")
     colour = {"native": "green", "cuda": "green", "twin": "yellow"}
     for r in native_status():
         table.add_row(r.name, r.kind, f"[{colour[r.backend]}]{r.backend}[/]", r.detail)
@@ -77,7 +78,7 @@ def bench(
         with console.status("benchmarking") as status:
             report = run_bench(ns, kernels=names, python_max_n=python_max_n,
                                on_step=lambda s: status.update(f"benchmarking {s}"))
-    console.print(bench_table(report))
+    print_table(bench_table(report), keep=2)
     console.print(f"native build: {report.native_detail}")
     for r in report.rows:
         for impl in ("native", "numpy", "python"):

@@ -1,21 +1,123 @@
-"""Rich rendering shared by the commands: replay tables, progress bars, JSON files."""
+"""Rich rendering shared by the commands: tables that fit the terminal, replay tables, progress
+bars, JSON files."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from saga.policy.replay import ReplayResult
 
 console = Console()
+
+MIN_TEXT_WIDTH = 16
+"""Narrowest a free-text column (``overflow="fold"``) may become before a table is split."""
+
+
+def print_table(table: Table, *, keep: int = 1, out: Console | None = None) -> None:
+    """Print ``table`` so that it fits the console's width (see :func:`fit_table`)."""
+    out = out or console
+    for part in fit_table(table, out.width, keep=keep, console=out):
+        out.print(part)
+
+
+def fit_table(table: Table, width: int, *, keep: int = 1,
+              console: Console | None = None) -> list[Table]:
+    """``table`` as one or more tables that each fit ``width`` columns with no cell cut short.
+
+    Rich shrinks a table that is too wide by cutting words (``recompu…``). Instead: headers
+    wrap onto lines no wider than their column's values; columns whose ``overflow`` is
+    ``"fold"`` hold free text and wrap; every other column keeps its values whole, and if they
+    still do not fit the columns are split over several tables, each repeating the first
+    ``keep`` columns (the row's key). A column too wide even alone wraps rather than be cut.
+    """
+    c = console or Console(width=width)
+    if _natural(c, table) <= width:
+        return [table]
+    table = _with_columns(table, range(len(table.columns)), c)
+    key = list(range(min(keep, len(table.columns))))
+    panels: list[list[int]] = []
+    current: list[int] = []
+    for i in range(len(key), len(table.columns)):
+        if current and _rigid(c, _with_columns(table, key + current + [i], c)) > width:
+            panels.append(current)
+            current = []
+        current.append(i)
+    panels.append(current)
+    out = []
+    for n, cols in enumerate(panels):
+        part = _with_columns(table, key + cols, c, part=(n + 1, len(panels)))
+        if _rigid(c, part) > width:
+            for col in part.columns:
+                col.no_wrap, col.overflow = False, "fold"
+        out.append(part)
+    return out
+
+
+def _natural(c: Console, table: Table) -> int:
+    """The table's width when nothing in it wraps."""
+    return Measurement.get(c, c.options.update_width(100_000), table).maximum
+
+
+def _rigid(c: Console, table: Table) -> int:
+    """The table's width when its free-text columns wrap down to ``MIN_TEXT_WIDTH``."""
+    cols = [dataclasses.replace(col, max_width=MIN_TEXT_WIDTH) if col.overflow == "fold"
+            else col for col in table.columns]
+    probe = Table(*cols, box=table.box, padding=table.padding, pad_edge=table.pad_edge,
+                  show_edge=table.show_edge, show_header=table.show_header)
+    return _natural(c, probe)
+
+
+def _with_columns(table: Table, cols: Sequence[int] | range, c: Console,
+                  part: tuple[int, int] = (1, 1)) -> Table:
+    """A copy of ``table`` with only columns ``cols``: values kept whole unless free text,
+    headers wrapped to their values' width; ``part`` numbers the title when split."""
+    n, total = part
+    new = Table(title=_part_title(table.title, n, total), title_justify=table.title_justify,
+                box=table.box, padding=table.padding, pad_edge=table.pad_edge,
+                show_edge=table.show_edge, show_header=table.show_header,
+                show_lines=table.show_lines, header_style=table.header_style,
+                title_style=table.title_style, highlight=table.highlight,
+                caption=table.caption if n == total else None, row_styles=table.row_styles)
+    new.rows = [dataclasses.replace(r) for r in table.rows]
+    for j, i in enumerate(cols):
+        col = table.columns[i]
+        text = col.overflow == "fold"
+        new.columns.append(dataclasses.replace(
+            col, _index=j, header=_wrap_header(c, col), no_wrap=col.no_wrap or not text))
+    return new
+
+
+def _part_title(title: Any, n: int, total: int) -> Any:
+    if total == 1 or not isinstance(title, str):
+        return title
+    return f"{title} ({n}/{total})"
+
+
+def _wrap_header(c: Console, col: Column) -> Any:
+    """The header on lines no wider than the column's widest value (or its longest word)."""
+    header = col.header
+    if not isinstance(header, str) or "\n" in header:
+        return header
+    opts = c.options.update_width(100_000)
+    widest = max((Measurement.get(c, opts, cell).maximum for cell in col.cells), default=1)
+    if cell_len(header) <= widest:
+        return header
+    longest = max(cell_len(w) for w in header.split())
+    return textwrap.fill(header, width=max(widest, longest), break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def progress() -> Progress:
@@ -33,8 +135,9 @@ def _ratio(x: float | None) -> str:
 def replay_table(title: str, results: Sequence[ReplayResult]) -> Table:
     """Policies side by side: misses, hit and recomputed tokens, and the ratio to Bélády."""
     table = Table(title=title, title_justify="left")
-    for col in ("policy", "miss blocks", "hit tokens", "hit ratio", "recomputed tokens",
-                "evictions", "misses ÷ Bélády"):
+    # Headers on two lines: seven columns of numbers fit 80 terminal columns whole.
+    for col in ("policy", "miss\nblocks", "hit\ntokens", "hit\nratio", "recomputed\ntokens",
+                "evictions", "misses\n÷ Bélády"):
         if col == "policy":
             table.add_column(col, no_wrap=True, min_width=10)
         else:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress, replay_table, write_csv, write_json
+from saga.cli.render import console, print_table, progress, replay_table, write_csv, write_json
 from saga.policy.errors import SagaConfigError
 from saga.policy.replay import ReplayResult, make_policy, replay_policies
 from saga.policy.traces import Trace, bundled_trace_path, get_trace_parser
@@ -16,15 +17,23 @@ from saga.policy.traces import Trace, bundled_trace_path, get_trace_parser
 DEFAULT_POLICIES = "lru,prefix_lru,walru,belady"
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
-    """``"1000,4000"`` → ``[1000, 4000]``; anything else is a clear error naming ``what``."""
+MAX_REPLAY_BLOCKS = 2**20
+"""Largest cache (HBM or DRAM tier) a replay simulates: its block table is allocated up front
+(~100 MB per 2^20 blocks); 2^20 blocks of 512 tokens hold far more than any trace replayed."""
+
+
+def parse_int_list(text: str, what: str, maximum: int | None = None) -> list[int]:
+    """``"1000,4000"`` → ``[1000, 4000]`` (each in ``[1, maximum]``); anything else is a clear
+    error naming ``what``."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise SagaConfigError(
-            f"{what} must be integers separated by commas, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise SagaConfigError(f"{what} must be integers >= 1, got {text!r}")
+            f"{what} must be integers separated by commas, got {text[:60]!r}") from None
+    top = maximum if maximum is not None else float("inf")
+    if not values or any(not 1 <= v <= top for v in values):
+        bound = f" and <= {maximum:,}" if maximum is not None else ""
+        raise SagaConfigError(f"{what} must be integers >= 1{bound}, got {text[:60]!r}")
     return values
 
 
@@ -41,7 +50,9 @@ def load_trace(path: Path, fmt: str, *, skip_bad_lines: bool, limit: int | None)
     parser = get_trace_parser(fmt)
     if not path.is_file():
         raise SagaConfigError(f"trace file {str(path)!r} does not exist")
-    with path.open(encoding="utf-8") as fh:
+    # Binary lines: the parser decodes each as UTF-8, so a bad byte is one bad line
+    # (named, or skipped with --skip-bad-lines) instead of a UnicodeDecodeError.
+    with path.open("rb") as fh:
         return parser(fh, name=path.name, skip_bad_lines=skip_bad_lines, limit=limit)
 
 
@@ -50,7 +61,7 @@ def run_replays(trace: Trace, policies: list[str], capacities: list[int],
     """One replay per policy and capacity, with a progress bar over all requests."""
     out: list[list[ReplayResult]] = []
     with progress() as bar:
-        task = bar.add_task(f"replaying {trace.name}",
+        task = bar.add_task(f"replaying {escape(trace.name)}",
                             total=len(trace.requests) * len(policies) * len(capacities))
         for cap in capacities:
             out.append(replay_policies(trace, policies, cap, dram_blocks=dram_blocks,
@@ -68,7 +79,8 @@ def replay(
         help="Comma-separated: lru, prefix_lru, radix_lru, walru, kvflow, belady.")
     ] = DEFAULT_POLICIES,
     dram_blocks: Annotated[int, typer.Option(
-        min=0, help="DRAM-tier capacity in blocks (0: evicted blocks are dropped).")] = 0,
+        min=0, max=MAX_REPLAY_BLOCKS,
+        help="DRAM-tier capacity in blocks (0: evicted blocks are dropped).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Write results as CSV.")] = None,
     skip_bad_lines: Annotated[bool, typer.Option(
@@ -77,28 +89,28 @@ def replay(
 ) -> None:
     """Replay TRACE through SAGA's cache manager and compare eviction policies."""
     with user_errors():
-        capacities = parse_int_list(capacity_blocks, "--capacity-blocks")
+        capacities = parse_int_list(capacity_blocks, "--capacity-blocks", MAX_REPLAY_BLOCKS)
         names = parse_policies(policies)
         path = trace_path if trace_path is not None else bundled_trace_path()
         trace = load_trace(path, fmt, skip_bad_lines=skip_bad_lines, limit=limit)
         if not trace.requests:
             raise SagaConfigError(f"trace {str(path)!r} holds no valid request")
         for _lineno, reason in trace.skipped[:5]:
-            console.print(f"[yellow]skipped[/] {reason}", highlight=False)
+            console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
         if trace.skipped:
             console.print(f"[yellow]{len(trace.skipped)} malformed line(s) skipped[/]")
         results = run_replays(trace, names, capacities, dram_blocks)
-        console.print(f"{trace.name}: {len(trace.requests):,} requests, "
+        console.print(f"{escape(trace.name)}: {len(trace.requests):,} requests, "
                       f"{trace.block_refs:,} block references of {trace.block_tokens} tokens")
         for cap, rows in zip(capacities, results, strict=True):
-            console.print(replay_table(f"capacity {cap:,} blocks", rows))
+            print_table(replay_table(f"capacity {cap:,} blocks", rows))
         flat = [r.to_dict() for rows in results for r in rows]
         if json_out is not None:
             write_json(json_out, {
                 "trace": str(path), "format": fmt, "requests": len(trace.requests),
                 "block_tokens": trace.block_tokens, "skipped_lines": len(trace.skipped),
                 "results": flat})
-            console.print(f"wrote {json_out}")
+            console.print(f"wrote {escape(str(json_out))}")
         if csv_out is not None:
             write_csv(csv_out, flat)
-            console.print(f"wrote {csv_out}")
+            console.print(f"wrote {escape(str(csv_out))}")

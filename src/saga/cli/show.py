@@ -7,7 +7,7 @@ from dataclasses import fields
 import typer
 from rich.table import Table
 
-from saga.cli.render import console
+from saga.cli.render import console, print_table
 from saga.policy.presets import PRESETS, PolicySpec, Preset
 from saga.policy.spec import GB, GiB, check_reference_invariants
 
@@ -25,18 +25,29 @@ def _spec(value: object) -> str:
 
 
 def presets_table() -> Table:
-    """One row per preset, one column per policy layer, and the switches that are on."""
+    """One block of rows per preset: the policy of each layer it runs, its switches that are
+    on, and the layers it does not run.
+
+    A row per layer (rather than a column) keeps the policies' parameters whole in 80
+    terminal columns."""
     layers = [f for f in fields(Preset) if f.name not in ("name", "description")]
     switches = [f.name for f in layers if f.type in (bool, "bool")]
     policies = [f.name for f in layers if f.name not in switches]
-    table = Table(title="SAGA presets (policy per layer)", title_justify="left")
-    table.add_column("preset")
-    for layer in policies:
-        table.add_column(layer)
-    table.add_column("on")
+    table = Table(title="SAGA presets: policy per layer, switches on, layers off",
+                  title_justify="left")
+    table.add_column("preset", no_wrap=True)
+    table.add_column("layer", no_wrap=True)
+    table.add_column("policy", overflow="fold")
     for preset in PRESETS.values():
-        on = ", ".join(n for n in switches if getattr(preset, n)) or "—"
-        table.add_row(preset.name, *(_spec(getattr(preset, layer)) for layer in policies), on)
+        rows = [(layer, _spec(getattr(preset, layer))) for layer in policies
+                if getattr(preset, layer) is not None]
+        rows.append(("on", ", ".join(n for n in switches if getattr(preset, n)) or "—"))
+        off = [layer for layer in policies if getattr(preset, layer) is None]
+        if off:
+            rows.append(("off", ", ".join(off)))
+        for i, (layer, value) in enumerate(rows):
+            table.add_row(preset.name if i == 0 else "", layer, value,
+                          end_section=i == len(rows) - 1)
     return table
 
 
@@ -44,7 +55,7 @@ def presets_table() -> Table:
 def presets(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Also print what each preset models.")) -> None:
     """The presets: the 13 of the spec plus the continuum and autellix peers."""
-    console.print(presets_table())
+    print_table(presets_table())
     if verbose:
         for preset in PRESETS.values():
             console.print(f"[bold]{preset.name}[/]: {preset.description}")
@@ -79,7 +90,7 @@ def spec_table() -> Table:
 @app.command("spec")
 def spec() -> None:
     """The reference deployment (Llama-3-70B, 16 x TP4 on 64 A100-80GB), computed."""
-    console.print(spec_table())
+    print_table(spec_table())
 
 
 @app.command("native")
@@ -87,4 +98,4 @@ def native() -> None:
     """Which kernels run native (C++/OpenMP), which on CUDA, which fall back to NumPy, and why."""
     from saga.cli.kernels import native_table
 
-    console.print(native_table())
+    print_table(native_table())

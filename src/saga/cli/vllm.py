@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from saga.cli.errors import user_errors
-from saga.cli.render import console, progress, write_json
+from saga.cli.render import console, print_table, progress, write_json
 from saga.policy.errors import SagaConfigError
 from saga.vllm.compare import (
     DEFAULT_KV_BLOCKS,
@@ -156,26 +156,25 @@ def parse_seeds(text: str | None, seed: int) -> list[int]:
 
 
 def seeds_table(results: list[CompareResult]) -> Table:
-    """One row per seed (the SAGA ÷ stock ratios), then median, range and geometric mean."""
+    """One row per seed (the SAGA ÷ stock ratios), then median, range and geometric mean.
+
+    Each seed's absolute figures are in its own table above; this one holds ratios only, so
+    that it fits 80 terminal columns."""
     table = Table(title=f"SAGA ÷ stock vLLM over {len(results)} seeds", title_justify="left")
     cols = [("recomputed", "recomputed_tokens"), ("re-prefilled", "reprefilled_tokens"),
             ("hit rate", "prefix_hit_rate"), ("TCT mean", "tct_mean_s"),
             ("TCT p95", "tct_p95_s"), ("calls/s", "calls_per_s")]
     table.add_column("seed", justify="right")
-    table.add_column("TCT stock → SAGA", justify="right")
     for label, _ in cols:
         table.add_column(label, justify="right")
     for r in results:
-        stock, saga = r.run("stock"), r.run("saga")
-        tct = (f"{stock.tct_mean_s:.2f} → {saga.tct_mean_s:.2f} s"
-               if stock is not None and saga is not None else "—")
         ratios = r.ratios()
-        table.add_row(str(r.config.workload.seed), tct,
+        table.add_row(str(r.config.workload.seed),
                       *(_fmt_ratio(ratios.get(key)) for _, key in cols))
     spread = seed_spread(results)
     for stat in ("median", "min", "max", "geomean"):
-        table.add_row(stat, "", *(_fmt_ratio(spread[key][stat]) if key in spread else "—"
-                                  for _, key in cols), style="bold" if stat == "median" else None)
+        table.add_row(stat, *(_fmt_ratio(spread[key][stat]) if key in spread else "—"
+                              for _, key in cols), style="bold" if stat == "median" else None)
     return table
 
 
@@ -277,11 +276,11 @@ def compare(
         for config in configs:
             result = run_with_progress(config)
             results.append(result)
-            console.print(compare_table(result))
+            print_table(compare_table(result))
             for line in goal_lines(result):
                 console.print(line)
         if len(results) > 1:
-            console.print(seeds_table(results))
+            print_table(seeds_table(results))
         console.print(f"model {model}; vLLM import {results[0].vllm_import_s:.1f} s, model build "
                       f"{results[0].model_build_s:.1f} s", style="dim")
         if json_out is not None:

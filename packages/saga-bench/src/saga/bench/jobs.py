@@ -165,7 +165,12 @@ def with_nodes(scale: Scale, nodes: int) -> Scale:
                                web_tasks=max(2, round(scale.web_tasks * f)))
 
 
-SCALES = {"quick": QUICK, "full": FULL}
+SMOKE = Scale("smoke", nodes=1, seeds=2, swe_tasks=6, web_tasks=8, swe_rate_per_instance=0.5,
+              web_rate_per_instance=1.0, mooncake_requests=200, replay_tasks=6)
+"""``saga bench --smoke``: a handful of tasks per run, every table in seconds. It checks the
+pipeline (runs, resume, report); the KV pool never fills, so its numbers mean nothing."""
+
+SCALES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,7 @@ __all__ = [
     "QUEUES",
     "QUICK",
     "SCALES",
+    "SMOKE",
     "Job",
     "ReplayJob",
     "Scale",

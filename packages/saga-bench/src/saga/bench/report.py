@@ -103,7 +103,10 @@ def write_report(run: BenchRun, out: Path, command: str,
           "replay. They are **simulated** results. Columns headed *paper* hold the SAGA paper's "
           "published values for comparison only; nothing reads them to produce a result.", "",
           f"Command: `{command}`", "",
-          f"Seeds: {run.seeds}; {run.jobs} runs in {run.wall_s:.1f} s wall; simulator speed "
+          f"Seeds: {run.seeds}; {run.jobs} runs"
+          + (f" ({run.reused} loaded from `runs/` by `--resume`, the rest run)"
+             if run.reused else "")
+          + f" in {run.wall_s:.1f} s wall; simulator speed "
           f"{run.calls_per_s:,.0f} simulated LLM calls per CPU second "
           f"({run.sim_calls:,} calls in {run.sim_wall_s:.1f} CPU s over all processes).", "",
           "## Cost model check", "",
@@ -129,7 +132,8 @@ def write_report(run: BenchRun, out: Path, command: str,
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     (out / "bench.json").write_text(json.dumps(_clean({
-        "scale": run.scale.name, "seeds": run.seeds, "jobs": run.jobs, "wall_s": run.wall_s,
+        "scale": run.scale.name, "seeds": run.seeds, "jobs": run.jobs, "reused": run.reused,
+        "wall_s": run.wall_s,
         "sim_calls": run.sim_calls, "sim_calls_per_s": run.calls_per_s, "command": command,
         "versions": versions(), "tables": [t.id for t in run.tables]}), indent=2) + "\n")
     return path

@@ -10,7 +10,8 @@ synthetic workers (heartbeating like real ones) and routes calls of many agent s
 - in-process decision: ``CoordinatorCore.route`` alone, no gRPC (SAGA's share of a round trip).
 
 Every phase is bounded by a count and by ``max_seconds``. Latencies are client-side round trips
-(serialisation, loopback, server decision and back), measured with ``perf_counter``.
+(serialisation, loopback, server decision and back), measured with ``perf_counter``. Given a
+certificate and key, the coordinator serves TLS and every phase runs over it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator.client import CoordinatorClient
 from saga.coordinator.core import CoordinatorCore
 from saga.coordinator.serve import TOKEN_ENV
+from saga.coordinator.tls import ClientTLS, open_channel
 from saga.policy.errors import SagaConfigError
 
 __all__ = ["BenchConfig", "BenchResult", "PhaseResult", "run_bench", "start_server_process"]
@@ -85,18 +87,26 @@ class BenchResult:
     phases: list[PhaseResult]
     server_pid: int
     client_pid: int
+    tls: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "phases": [asdict(p) for p in self.phases],
-                "server_pid": self.server_pid, "client_pid": self.client_pid,
+                "server_pid": self.server_pid, "client_pid": self.client_pid, "tls": self.tls,
                 "note": "client-side round trips on loopback; coordinator in its own process"}
 
 
 def start_server_process(token: str, port: int = 0, timeout_s: float = 30.0,
-                         metrics_port: int | None = None) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python -m saga.coordinator`` and return it with the address it listens on."""
+                         metrics_port: int | None = None, *, tls_cert: str | None = None,
+                         tls_key: str | None = None, tls_client_ca: str | None = None,
+                         ) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m saga.coordinator`` (TLS with ``tls_cert`` and ``tls_key``) and return
+    it with the address it listens on."""
     env = {**os.environ, TOKEN_ENV: token}
     extra = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+    for flag, value in (("--tls-cert", tls_cert), ("--tls-key", tls_key),
+                        ("--tls-client-ca", tls_client_ca)):
+        if value is not None:
+            extra += [flag, value]
     proc = subprocess.Popen([sys.executable, "-m", "saga.coordinator", "--port", str(port),
                              *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -149,18 +159,17 @@ async def _ping(client: CoordinatorClient, n: int, deadline_s: float) -> PhaseRe
     return _summary("unary Ping (no-op)", 1, 1, len(lat), time.perf_counter() - t0, lat, "call")
 
 
-def _unary_blocking(address: str, token: str, cfg: BenchConfig, n: int) -> PhaseResult:
+def _unary_blocking(address: str, token: str, cfg: BenchConfig, n: int,
+                    tls: ClientTLS | None = None) -> PhaseResult:
     """One caller with grpc's blocking stub (no asyncio on the client side), as a synchronous
     agent framework would call Route."""
-    import grpc
-
     from saga.coordinator._proto import saga_coordinator_pb2_grpc as pb_grpc
     from saga.coordinator.server import bearer
 
     md = bearer(token)
     lat: list[float] = []
     deadline = time.perf_counter() + cfg.max_seconds
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls, blocking=True) as channel:
         route = pb_grpc.CoordinatorStub(channel).Route  # type: ignore[no-untyped-call]
         t0 = time.perf_counter()
         for i in range(n):
@@ -262,9 +271,9 @@ def decision_phase(cfg: BenchConfig) -> PhaseResult:
                     "decision")
 
 
-async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | None
-               ) -> list[PhaseResult]:
-    client = CoordinatorClient(address, token, retry_s=10.0)
+async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | None,
+               tls: ClientTLS | None = None) -> list[PhaseResult]:
+    client = CoordinatorClient(address, token, retry_s=10.0, tls=tls)
     stop = asyncio.Event()
     workers = asyncio.create_task(_workers(client, cfg.workers, stop))
     try:
@@ -275,7 +284,7 @@ async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | 
         phases = [await _unary(client, cfg, c, cfg.unary_calls, progress)
                   for c in cfg.concurrency]
         phases.append(await asyncio.to_thread(_unary_blocking, address, token, cfg,
-                                              cfg.unary_calls))
+                                              cfg.unary_calls, tls))
         phases.append(await _ping(client, cfg.unary_calls, cfg.max_seconds))
         phases.append(await _streamed(client, cfg, progress))
         return phases
@@ -286,12 +295,21 @@ async def _run(address: str, token: str, cfg: BenchConfig, progress: Progress | 
         await client.close()
 
 
-def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult:
-    """Start the coordinator process, run every phase from this process, stop it."""
+def run_bench(cfg: BenchConfig, progress: Progress | None = None, *,
+              tls_cert: str | None = None, tls_key: str | None = None,
+              tls_ca: str | None = None) -> BenchResult:
+    """Start the coordinator process, run every phase from this process, stop it.
+
+    With ``tls_cert`` and ``tls_key`` the coordinator serves TLS; the load generator trusts
+    ``tls_ca`` (default: the certificate itself, as for a self-signed one)."""
+    if (tls_cert is None) != (tls_key is None) or (tls_ca is not None and tls_cert is None):
+        raise SagaConfigError("bench over TLS needs --tls-cert and --tls-key (and optionally "
+                              "--tls-ca); give all of them or none")
+    tls = None if tls_cert is None else ClientTLS.load(tls_ca or tls_cert)
     token = secrets.token_hex(16)
-    proc, address = start_server_process(token)
+    proc, address = start_server_process(token, tls_cert=tls_cert, tls_key=tls_key)
     try:
-        phases = asyncio.run(_run(address, token, cfg, progress))
+        phases = asyncio.run(_run(address, token, cfg, progress, tls))
     finally:
         proc.terminate()
         try:
@@ -299,4 +317,4 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchResult
         except subprocess.TimeoutExpired:
             proc.kill()
     phases.append(decision_phase(cfg))
-    return BenchResult(cfg, phases, proc.pid, os.getpid())
+    return BenchResult(cfg, phases, proc.pid, os.getpid(), tls=tls is not None)

@@ -5,7 +5,8 @@ to ``retry_s`` and then fails with :class:`CoordinatorUnavailable`, so an in-fli
 either retried or fails clearly. :class:`WorkerClient` keeps a worker registered: it heartbeats,
 re-registers with its live sessions whenever the coordinator does not know it (restart, expiry),
 and sends step observations in batches over one bi-directional stream that it reopens after a
-failure, re-sending the batches that were not acknowledged.
+failure, re-sending the batches that were not acknowledged. Both open their channel with
+:func:`~saga.coordinator.tls.open_channel`: TLS when given a ``ClientTLS``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import grpc.aio
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator._proto import saga_coordinator_pb2_grpc as pb_grpc
 from saga.coordinator.server import bearer
+from saga.coordinator.tls import ClientTLS, open_channel
 from saga.policy.errors import SagaError
 
 __all__ = [
@@ -43,22 +45,26 @@ class CoordinatorUnavailable(SagaError, ConnectionError):
     """The coordinator did not answer within the retry budget."""
 
 
-def _channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[
-        ("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 500),
-        ("grpc.min_reconnect_backoff_ms", 50)])
+def _transport_hint(tls: ClientTLS | None) -> str:
+    """What to check when the coordinator never answers: a transport mismatch looks the same
+    as a coordinator that is down (both UNAVAILABLE)."""
+    if tls is None:
+        return "plaintext channel: if the coordinator serves TLS, give its CA (--tls-ca)"
+    return ("TLS channel: check that the coordinator serves TLS, that its certificate is signed "
+            "by the given CA and names this host, and any client certificate it requires")
 
 
 class CoordinatorClient:
     """Async client for routing and admin calls (one channel, reused)."""
 
     def __init__(self, address: str, token: str, *, retry_s: float = 10.0,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, tls: ClientTLS | None = None) -> None:
         self.address = address
         self.retry_s = retry_s
         self.timeout_s = timeout_s
         self.metadata = bearer(token)
-        self._channel = _channel(address)
+        self.tls = tls
+        self._channel = open_channel(address, tls)
         self.stub: Any = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -84,7 +90,8 @@ class CoordinatorClient:
                 if loop.time() + delay > give_up:
                     raise CoordinatorUnavailable(
                         f"{what}: coordinator at {self.address} unreachable for "
-                        f"{self.retry_s:.1f} s ({exc.code().name}: {exc.details()})") from exc
+                        f"{self.retry_s:.1f} s ({exc.code().name}: {exc.details()}; "
+                        f"{_transport_hint(self.tls)})") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -151,7 +158,8 @@ class WorkerClient:
                  claims: Callable[[], Sequence[Claim]] | None = None,
                  on_steal: Callable[[Any], None] | None = None,
                  on_order: Callable[[Sequence[str]], None] | None = None,
-                 batch_max: int = 256, max_pending: int = 100_000) -> None:
+                 batch_max: int = 256, max_pending: int = 100_000,
+                 tls: ClientTLS | None = None) -> None:
         self.address = address
         self.worker_id = worker_id
         self.node = node or worker_id
@@ -163,7 +171,7 @@ class WorkerClient:
         self._on_order = on_order
         self.batch_max = batch_max
         self.max_pending = max_pending
-        self._channel = _channel(address)
+        self._channel = open_channel(address, tls)
         self.stub: Any = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self._pending: deque[Any] = deque()
         self._inflight: dict[int, list[Any]] = {}

@@ -1,17 +1,20 @@
 """A cluster of Ray worker actors behind one coordinator, and an agent workload run through it.
 
-:func:`start_ray` joins a Ray cluster (``address``) or starts a local one; :func:`spawn_workers`
-starts one :class:`~saga.coordinator.worker.WorkerActor` per serving instance. The coordinator
-runs in the driver's event loop (:class:`~saga.coordinator.server.CoordinatorServer`), so a test
-can restart it. :func:`run_workload` drives agent tasks: each LLM call is routed by the
-coordinator, run on the chosen actor, and followed by a (simulated) tool call. A call whose actor
-died is routed again with ``avoid_worker``; a call stolen while waiting is routed again; so every
-task completes while one worker is alive.
+:func:`start_ray` joins a Ray cluster (``address``) or starts a local one on loopback (every
+Ray process binds and talks over 127.0.0.1; :func:`ray_addresses` lists what Ray uses);
+:func:`spawn_workers` starts one :class:`~saga.coordinator.worker.WorkerActor` per serving
+instance. The coordinator runs in the driver's event loop
+(:class:`~saga.coordinator.server.CoordinatorServer`), so a test can restart it.
+:func:`run_workload` drives agent tasks: each LLM call is routed by the coordinator, run on the
+chosen actor, and followed by a (simulated) tool call. A call whose actor died is routed again
+with ``avoid_worker``; a call stolen while waiting is routed again; so every task completes while
+one worker is alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import random
 import time
@@ -24,6 +27,7 @@ import grpc.aio
 
 from saga.coordinator.client import CoordinatorClient
 from saga.coordinator.engine import CallMoved, Engine, EngineCall
+from saga.coordinator.tls import ClientTLS
 from saga.coordinator.worker import WorkerActor
 from saga.policy.errors import SagaConfigError, SagaError
 
@@ -32,22 +36,34 @@ __all__ = [
     "WorkloadConfig",
     "WorkloadResult",
     "make_tasks",
+    "ray_addresses",
     "run_workload",
     "spawn_workers",
     "start_ray",
 ]
 
 TOOLS = ("search", "run_tests", "read_file", "edit_file")
+RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for single-machine mode (its default on macOS and Windows). At ``0`` Ray takes
+127.0.0.1 as the node address and binds every process there. Without it Ray replaces a loopback
+node address (``ray.init(_node_ip_address=...)``, ``ray start --node-ip-address``) by the
+machine's interface address. Read when ``ray`` is first imported, and by each Ray process."""
 
 
 def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
     """``ray.init`` for SAGA: join ``address``, or start a local Ray with ``num_cpus``.
 
+    A local Ray runs on loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` unless set): its
+    processes bind and talk over 127.0.0.1 only, so a Ray with authentication off is not
+    reachable from the network. If ``ray`` was imported before this call without that setting,
+    Ray uses the interface address instead; :func:`ray_addresses` says which.
     Ray's uv hook (re-running workers under ``uv run``) is switched off: workers use this
     interpreter, which already has every package. A local Ray needs no token prompt.
     """
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # no fork-handler notes when Ray forks
+    if address is None:
+        os.environ.setdefault(RAY_LOCAL_ONLY_ENV, "0")
     import ray
 
     if ray.is_initialized():
@@ -55,8 +71,6 @@ def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": always a new instance, never a stale one found on this machine.
-        # (Ray's own processes talk over this node's interface address; Ray replaces a
-        # loopback node address by it, so there is no loopback-only setting to choose.)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     else:
@@ -69,12 +83,34 @@ def start_ray(address: str | None = None, num_cpus: float = 2) -> Any:
     return ray
 
 
+def ray_addresses(ray: Any) -> dict[str, str]:
+    """Every IP address the Ray session of this driver uses: each node's (as the GCS records
+    it), the GCS's, and the node this driver runs on."""
+    out: dict[str, str] = {}
+    for i, node in enumerate(ray.nodes()):
+        out[f"nodes[{i}].NodeManagerAddress"] = str(node["NodeManagerAddress"])
+    gcs = str(ray.get_runtime_context().gcs_address)
+    out["gcs_address"] = gcs.rsplit(":", 1)[0].strip("[]")
+    out["driver node"] = str(ray.util.get_node_ip_address())
+    return out
+
+
+def is_loopback(ip: str) -> bool:
+    """Whether ``ip`` is a loopback address (127.0.0.0/8 or ::1)."""
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 async def spawn_workers(n: int, address: str, token: str,
                         engine_factory: Callable[[], Engine], *,
                         cpus_per_worker: float = 0.25, env: Mapping[str, str] | None = None,
-                        prefix: str = "w", start_timeout_s: float = 300.0) -> dict[str, Any]:
+                        prefix: str = "w", start_timeout_s: float = 300.0,
+                        tls: ClientTLS | None = None) -> dict[str, Any]:
     """Start ``n`` worker actors (ids ``w0``...) that register with the coordinator at
-    ``address``; returns ``{worker_id: actor handle}`` once every one has registered."""
+    ``address`` (over TLS with ``tls``); returns ``{worker_id: actor handle}`` once every one
+    has registered."""
     import ray
 
     if n < 1:
@@ -84,7 +120,7 @@ async def spawn_workers(n: int, address: str, token: str,
     if env:
         opts["runtime_env"] = {"env_vars": dict(env)}
     actors = {f"{prefix}{i}": actor_cls.options(**opts).remote(
-        f"{prefix}{i}", address, token, engine_factory, f"node-{i}") for i in range(n)}
+        f"{prefix}{i}", address, token, engine_factory, f"node-{i}", tls) for i in range(n)}
     # Awaited, not ray.get: the coordinator may run in this very event loop.
     await asyncio.wait_for(asyncio.gather(*(a.start.remote() for a in actors.values())),
                            start_timeout_s)

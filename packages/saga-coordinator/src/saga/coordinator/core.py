@@ -1,6 +1,11 @@
 """The coordinator's state and decisions, free of gRPC: session table, workers, routing, stealing,
 AFS epochs and TTL pins.
 
+Sessions leave the table three ways, so a long-running coordinator forgets every task: an
+explicit ``EndSession``; the observation of the task's final call, after ``final_grace_s`` (late
+observations of the task still land meanwhile); or ``session_idle_s`` without a call or an
+observation (a task abandoned without a final call). The last two run from :meth:`epoch`.
+
 Every decision is delegated to a saga-policy object (``AffinityRouter`` for ``route``,
 ``WorkStealer`` for stealing, ``AFS`` for fairness, ``ToolCallTTL`` for pins), so the coordinator
 and the simulator run the same policy code. Time comes in as ``now`` arguments (the server passes
@@ -21,6 +26,8 @@ from saga.policy.stealing import Steal, WaitingSession, WorkerState, WorkStealer
 from saga.policy.ttl import ToolCallTTL
 
 __all__ = [
+    "FINAL_GRACE_S",
+    "SESSION_IDLE_S",
     "CoordinatorCore",
     "CoordinatorError",
     "NoWorkerError",
@@ -29,6 +36,15 @@ __all__ = [
     "UnknownWorkerError",
     "WorkerEntry",
 ]
+
+
+FINAL_GRACE_S = 10.0
+"""Seconds a session stays after its final call was observed: its workers' last observations
+(batched, re-sent after a reconnect) still land, and a call routed meanwhile revives it."""
+
+SESSION_IDLE_S = 600.0
+"""Seconds without a call or an observation after which an abandoned session is dropped: well
+past the longest tool call SAGA pins for (``TTL_max`` = 300 s)."""
 
 
 class CoordinatorError(SagaError):
@@ -75,6 +91,8 @@ class SessionEntry:
     calls: int = 0
     moves: int = 0
     in_afs: bool = False
+    last_seen: float = 0.0
+    final_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,25 +115,38 @@ class CoordinatorCore:
 
     def __init__(self, *, theta: float = THETA, stealer: WorkStealer | None = None,
                  afs: AFS | None = None, ttl: ToolCallTTL | None = None,
-                 worker_timeout_s: float = 2.0) -> None:
-        if not (worker_timeout_s > 0 and math.isfinite(worker_timeout_s)):
-            raise CoordinatorError(f"worker_timeout_s must be > 0, got {worker_timeout_s}")
+                 worker_timeout_s: float = 2.0, final_grace_s: float = FINAL_GRACE_S,
+                 session_idle_s: float = SESSION_IDLE_S) -> None:
+        for name, value in (("worker_timeout_s", worker_timeout_s),
+                            ("final_grace_s", final_grace_s), ("session_idle_s", session_idle_s)):
+            if not (value > 0 and math.isfinite(value)):
+                raise CoordinatorError(f"{name} must be a finite number of seconds > 0, "
+                                       f"got {value}")
         self.router = AffinityRouter(theta)
         self.stealer = stealer if stealer is not None else WorkStealer()
         self.afs = afs if afs is not None else AFS(capacity_per_s=1000.0, epoch_s=EPOCH_S)
         self.ttl = ttl if ttl is not None else ToolCallTTL.with_aeg_registry()
         self.worker_timeout_s = worker_timeout_s
+        self.final_grace_s = final_grace_s
+        self.session_idle_s = session_idle_s
         self.workers: dict[str, WorkerEntry] = {}
-        self.sessions: dict[str, SessionEntry] = {}
+        # Least recently active first (``_touch`` moves a row to the end): idle expiry reads
+        # only the head.
+        self.sessions: OrderedDict[str, SessionEntry] = OrderedDict()
+        self.sessions_ended = 0
+        self.sessions_expired = 0
+        self._moves_counted = 0
+        self._finals: OrderedDict[str, float] = OrderedDict()  # session -> final observed at
         self.routes = 0
         self.steals = 0
         self.epochs = 0
         self.observations = 0
         self._loads: dict[str, float] | None = None
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._ended: OrderedDict[str, float] = OrderedDict()  # session -> dropped at
 
     ENDED_MEMORY = 65_536
-    """Ended sessions remembered, so their late observations are not mistaken for errors."""
+    """Ended sessions remembered at most (each for ``final_grace_s``), so their late
+    observations are not mistaken for errors."""
 
     # -- workers ----------------------------------------------------------------------------
     def register(self, worker_id: str, node: str, slots: int, now: float,
@@ -133,7 +164,10 @@ class CoordinatorCore:
             self.router.route(RouteRequest(session_id, now=now), {worker_id: 0.0})
             self.sessions[session_id] = SessionEntry(
                 session_id, tenant, worker_id, node, now + max(pinned_for, 0.0),
-                calls=entry.calls if entry else 0, moves=entry.moves if entry else 0)
+                calls=entry.calls if entry else 0, moves=entry.moves if entry else 0,
+                in_afs=entry.in_afs if entry else False, last_seen=now)
+            self.sessions.move_to_end(session_id)
+            self._ended.pop(session_id, None)
             adopted += 1
         return adopted
 
@@ -219,7 +253,15 @@ class CoordinatorCore:
             entry.worker_id, entry.node = dst, w.node
             entry.moves += 1
             entry.pinned_until = 0.0
+            src = self.workers.get(old) if old is not None else None
+            if src is not None:
+                # Its next heartbeat tells the old home to stop claiming the session.
+                src.steals_out.append(Steal(session_id, old, dst, 0.0, 0.0))
         entry.calls += 1
+        self._touch(entry, now)
+        if entry.final_at is not None:  # the task goes on after all
+            entry.final_at = None
+            self._finals.pop(session_id, None)
         w.load += 1.0 / w.slots
         self._loads = None
         if deadline_s > 0 and work_tokens > 0 and not entry.in_afs:
@@ -228,16 +270,63 @@ class CoordinatorCore:
         self.routes += 1
         return RouteDecision(dst, w.node, reason, max(entry.pinned_until - now, 0.0))
 
-    def end_session(self, session_id: str) -> None:
-        """Drop a finished task from the table, the router and AFS."""
+    def end_session(self, session_id: str, now: float | None = None) -> None:
+        """Drop a finished task from the table, the router and AFS (``now``: when, for how
+        long its late observations are still expected; default the last time it was seen)."""
         entry = self.session(session_id)
+        self._drop(entry, entry.last_seen if now is None else now)
+        self.sessions_ended += 1
+
+    def _drop(self, entry: SessionEntry, now: float) -> None:
+        session_id = entry.session_id
         del self.sessions[session_id]
+        self._finals.pop(session_id, None)
         self.router.forget(session_id)
         if entry.in_afs:
             self.afs.finish(session_id)
-        self._ended[session_id] = None
+        self._ended[session_id] = now
+        self._ended.move_to_end(session_id)
         if len(self._ended) > self.ENDED_MEMORY:
             self._ended.popitem(last=False)
+
+    def _touch(self, entry: SessionEntry, now: float) -> None:
+        """The session was active at ``now`` (a call or an observation)."""
+        if now > entry.last_seen:
+            entry.last_seen = now
+        self.sessions.move_to_end(entry.session_id)
+
+    def seen(self, session_id: str, now: float) -> None:
+        """An observation of the session arrived at ``now`` (it is not idle)."""
+        entry = self.sessions.get(session_id)
+        if entry is not None:
+            self._touch(entry, now)
+
+    def expire_sessions(self, now: float) -> tuple[int, int]:
+        """Drop sessions whose final call was observed ``final_grace_s`` ago and sessions idle
+        for ``session_idle_s``; forget ended ids after ``final_grace_s``. Returns
+        ``(ended, expired)``."""
+        ended = 0
+        while self._finals:
+            session_id, at = next(iter(self._finals.items()))
+            if now - at < self.final_grace_s:
+                break
+            del self._finals[session_id]
+            entry = self.sessions.get(session_id)
+            if entry is not None and entry.final_at == at:
+                self._drop(entry, now)
+                ended += 1
+        expired = 0
+        while self.sessions:
+            entry = next(iter(self.sessions.values()))
+            if now - entry.last_seen < self.session_idle_s:
+                break
+            self._drop(entry, now)
+            expired += 1
+        while self._ended and now - next(iter(self._ended.values())) >= self.final_grace_s:
+            self._ended.popitem(last=False)
+        self.sessions_ended += ended
+        self.sessions_expired += expired
+        return ended, expired
 
     def recently_ended(self, session_id: str) -> bool:
         """True for a session ended lately (its workers' last observations may still arrive)."""
@@ -268,10 +357,18 @@ class CoordinatorCore:
             self.ttl.observe(tool, latency_s)
 
     def call_finished(self, session_id: str, prompt_tokens: int, output_tokens: int,
-                      cached_tokens: int, worker_id: str | None = None) -> None:
+                      cached_tokens: int, worker_id: str | None = None, *,
+                      final: bool = False, now: float | None = None) -> None:
         """Account the call's computed tokens as AFS service of its task, and take the call off
-        the load of the worker that ran it (until its next heartbeat reports afresh)."""
+        the load of the worker that ran it (until its next heartbeat reports afresh).
+        ``final``: it was the task's last call; the session leaves the table ``final_grace_s``
+        after ``now`` (default: when it was last seen)."""
         entry = self.session(session_id)
+        if final:
+            at = entry.last_seen if now is None else now
+            entry.final_at = at
+            self._finals[session_id] = at
+            self._finals.move_to_end(session_id)
         w = self.workers.get(worker_id) if worker_id is not None else None
         if w is not None:
             w.load = max(w.load - 1.0 / w.slots, 0.0)
@@ -282,8 +379,13 @@ class CoordinatorCore:
 
     # -- periodic work ----------------------------------------------------------------------
     def epoch(self, now: float) -> dict[str, float]:
-        """One AFS epoch (``AFS.step_epoch``), then plan steals; returns the tenant shares."""
+        """One AFS epoch (``AFS.step_epoch``), then plan steals; returns the tenant shares.
+        Sessions ended by a final call or idle leave the table first."""
         self.expire_workers(now)
+        self.expire_sessions(now)
+        # The router logs every move; a long-running coordinator keeps only the count.
+        self._moves_counted += len(self.router.moves)
+        self.router.moves.clear()
         shares = self.afs.step_epoch(now)
         self.epochs += 1
         self.plan_steals(now)
@@ -327,8 +429,50 @@ class CoordinatorCore:
     @property
     def moves(self) -> int:
         """Sessions re-homed so far (overload, dead home, steals)."""
-        return len(self.router.moves)
+        return self._moves_counted + len(self.router.moves)
 
     def sessions_on(self, worker_id: str) -> int:
         """Sessions homed on a worker."""
         return sum(1 for s in self.sessions.values() if s.worker_id == worker_id)
+
+    def check_invariants(self) -> list[str]:
+        """What is wrong with the table (empty when nothing is): tests call it after every
+        request, so a bad input that corrupts state shows up where it happened.
+
+        Every number finite and counts non-negative; the router's session map equal to the
+        table's (a session homed on a worker that left keeps that home until its next call
+        re-homes it, in both); AFS tracking exactly the sessions marked ``in_afs``.
+        """
+        bad: list[str] = []
+        for name in ("routes", "steals", "epochs", "observations", "sessions_ended",
+                     "sessions_expired"):
+            if getattr(self, name) < 0:
+                bad.append(f"counter {name} is negative")
+        for w in self.workers.values():
+            numbers = (w.load, w.last_seen, w.step_time_s,
+                       0.0 if w.idle_since is None else w.idle_since,
+                       *(x.kv_bytes for x in w.waiting))
+            if not all(math.isfinite(x) for x in numbers) or w.load < 0 or w.slots < 1:
+                bad.append(f"worker {w.worker_id!r}: load/time not finite or negative ({w})")
+        homes = dict(self.router._home)
+        for sid, e in self.sessions.items():
+            if not all(math.isfinite(x) for x in (e.pinned_until, e.last_seen)):
+                bad.append(f"session {sid!r}: pinned_until/last_seen not finite")
+            if e.calls < 0 or e.moves < 0:
+                bad.append(f"session {sid!r}: negative calls/moves")
+            if homes.get(sid) != e.worker_id:
+                bad.append(f"session {sid!r}: router home {homes.get(sid)!r} != table "
+                           f"{e.worker_id!r}")
+        if set(homes) != set(self.sessions):
+            bad.append(f"router knows sessions the table does not: "
+                       f"{sorted(set(homes) ^ set(self.sessions))[:5]}")
+        tracked = set(self.afs._tasks)
+        in_afs = {sid for sid, e in self.sessions.items() if e.in_afs}
+        if tracked != in_afs:
+            bad.append(f"AFS tasks != sessions in AFS: {sorted(tracked ^ in_afs)[:5]}")
+        for t in self.afs._tasks.values():
+            if not all(math.isfinite(x) for x in (t.work, t.service, t.deadline_s)):
+                bad.append(f"AFS task {t.task_id!r}: work/service/deadline not finite")
+        if not all(math.isfinite(x) for x in self.shares().values()):
+            bad.append("an AFS share is not finite")
+        return bad

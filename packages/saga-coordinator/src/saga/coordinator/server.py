@@ -22,11 +22,20 @@ import grpc.aio
 
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator._proto import saga_coordinator_pb2_grpc as pb_grpc
-from saga.coordinator.core import CoordinatorCore, NoWorkerError, UnknownWorkerError
+from saga.coordinator.core import (
+    FINAL_GRACE_S,
+    SESSION_IDLE_S,
+    CoordinatorCore,
+    NoWorkerError,
+    UnknownWorkerError,
+)
+from saga.coordinator.handlers import coordinator_handler
 from saga.coordinator.metrics import CoordinatorMetrics
+from saga.coordinator.tls import ServerTLS
 from saga.coordinator.validate import (
     MAX_BATCH,
     MAX_CLAIMS,
+    MAX_MESSAGE_BYTES,
     InvalidField,
     check_id,
     check_number,
@@ -48,7 +57,11 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How a coordinator serves: address, shared secret, timing."""
+    """How a coordinator serves: address, shared secret, timing, and TLS.
+
+    ``tls_cert`` and ``tls_key`` (PEM paths) make it serve TLS; ``tls_client_ca`` also makes it
+    require a client certificate signed by that CA (mutual TLS). The token is checked either way.
+    """
 
     token: str
     host: str = "127.0.0.1"
@@ -57,11 +70,28 @@ class ServerConfig:
     heartbeat_interval_s: float = 0.25
     worker_timeout_s: float = 2.0
     max_batch: int = MAX_BATCH
+    # Largest message received or sent; bigger ones get RESOURCE_EXHAUSTED, unparsed.
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    final_grace_s: float = FINAL_GRACE_S
+    session_idle_s: float = SESSION_IDLE_S
 
     def __post_init__(self) -> None:
         if not self.token:
             raise SagaConfigError("ServerConfig.token is empty; give a shared secret")
-        for name in ("epoch_s", "heartbeat_interval_s", "worker_timeout_s"):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SagaConfigError("give both tls_cert (--tls-cert) and tls_key (--tls-key) to "
+                                  "serve TLS, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SagaConfigError("tls_client_ca (--tls-client-ca) needs tls_cert and tls_key: "
+                                  "mutual TLS is TLS with client certificates")
+        if not 2**16 <= self.max_message_bytes < 2**31:
+            raise SagaConfigError("ServerConfig.max_message_bytes must be in [64 KiB, 2 GiB), "
+                                  f"got {self.max_message_bytes}")
+        for name in ("epoch_s", "heartbeat_interval_s", "worker_timeout_s", "final_grace_s",
+                     "session_idle_s"):
             if not getattr(self, name) > 0:
                 raise SagaConfigError(f"ServerConfig.{name} must be > 0")
 
@@ -239,19 +269,20 @@ class _Servicer(pb_grpc.CoordinatorServicer):
                 raise InvalidField(f"cached_tokens ({obs.cached_tokens}) exceeds prompt_tokens "
                                    f"({obs.prompt_tokens})")
             self.core.call_finished(obs.session_id, obs.prompt_tokens, obs.output_tokens,
-                                    obs.cached_tokens, worker_id)
+                                    obs.cached_tokens, worker_id, final=obs.final, now=now)
         elif kind == pb.CALL_START:
             self.core.session(obs.session_id)
         else:
             raise InvalidField(f"kind {kind} is not an ObservationKind; use CALL_START, "
                                "CALL_END, TOOL_START or TOOL_END")
+        self.core.seen(obs.session_id, now)
 
     # -- admin ------------------------------------------------------------------------------
     async def EndSession(self, request: Any, context: _Ctx) -> Any:
         await self._auth(context)
         try:
             check_id("session_id", request.session_id)
-            self.core.end_session(request.session_id)
+            self.core.end_session(request.session_id, self.clock())
         except Exception as exc:
             await self._fail(context, exc)
         return pb.EndSessionReply()
@@ -284,7 +315,9 @@ class _Servicer(pb_grpc.CoordinatorServicer):
         return pb.StatsReply(coordinator_id=self.coordinator_id, workers=workers,
                              sessions=len(core.sessions), routes=core.routes, moves=core.moves,
                              steals=core.steals, afs_epochs=core.epochs,
-                             observations=core.observations, afs_shares=dict(core.shares()))
+                             observations=core.observations, afs_shares=dict(core.shares()),
+                             sessions_ended=core.sessions_ended,
+                             sessions_expired=core.sessions_expired)
 
 
 class CoordinatorServer:
@@ -298,7 +331,8 @@ class CoordinatorServer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.core = core if core is not None else CoordinatorCore(
-            worker_timeout_s=config.worker_timeout_s)
+            worker_timeout_s=config.worker_timeout_s, final_grace_s=config.final_grace_s,
+            session_idle_s=config.session_idle_s)
         self.clock = clock
         self.coordinator_id = uuid.uuid4().hex[:12]
         self.metrics = CoordinatorMetrics()
@@ -313,11 +347,22 @@ class CoordinatorServer:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> str:
-        """Bind, start serving and start the epoch loop; returns the address."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_CoordinatorServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
+        """Bind, start serving and start the epoch loop; returns the address.
+
+        Serves TLS when the config names a certificate and key (read and checked here: a bad
+        file is a SagaConfigError naming it before anything binds)."""
+        cfg = self.config
+        tls = (ServerTLS.load(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+               if cfg.tls_cert is not None and cfg.tls_key is not None else None)
+        server = grpc.aio.server(options=[
+            ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes)])
+        # Requests are parsed in the handlers: undecodable bytes are INVALID_ARGUMENT.
+        server.add_generic_rpc_handlers((coordinator_handler(self._servicer),))
+        bind = f"{self.config.host}:{self.config.port}"
         try:
-            port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+            port = (server.add_secure_port(bind, tls.credentials()) if tls is not None
+                    else server.add_insecure_port(bind))
         except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
             port = 0
         if port == 0:

@@ -7,6 +7,9 @@ anything else out of a handler.
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from saga.policy.errors import SagaError
 
@@ -14,8 +17,8 @@ MAX_ID_CHARS = 256
 MAX_BATCH = 1024
 MAX_CLAIMS = 100_000
 
-__all__ = ["MAX_BATCH", "MAX_CLAIMS", "MAX_ID_CHARS", "InvalidField", "check_id",
-           "check_number", "check_size"]
+__all__ = ["MAX_BATCH", "MAX_CLAIMS", "MAX_ID_CHARS", "MAX_MESSAGE_BYTES", "InvalidField",
+           "check_id", "check_number", "check_size", "decode"]
 
 
 class InvalidField(SagaError, ValueError):
@@ -50,3 +53,21 @@ def check_size(field: str, n: int, limit: int) -> None:
     if n > limit:
         raise InvalidField(f"{field} has {n} items; at most {limit} per message "
                            "(split it into several)")
+
+
+MAX_MESSAGE_BYTES = 4 * 2**20
+"""Largest message the server receives or sends (gRPC's own default, stated explicitly):
+a larger one is refused with ``RESOURCE_EXHAUSTED`` before it is parsed."""
+
+
+def decode(cls: Any, raw: bytes) -> Any:
+    """Parse ``raw`` as the protobuf message class ``cls``; bytes that are not one (bad wire
+    format, a string field that is not UTF-8, nesting too deep) raise :class:`InvalidField`."""
+    msg = cls()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        raise InvalidField(
+            f"the request is not a valid {cls.DESCRIPTOR.full_name} message ({exc}); send "
+            "the message saga_coordinator.proto names for this method") from None
+    return msg

@@ -17,6 +17,7 @@ from typing import Any
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator.client import Claim, WorkerClient, WorkerReport
 from saga.coordinator.engine import Engine, EngineCall, EngineResult
+from saga.coordinator.tls import ClientTLS
 
 __all__ = ["WorkerActor", "WorkerHost"]
 
@@ -25,13 +26,13 @@ class WorkerHost:
     """An engine and its coordinator client, in one asyncio loop."""
 
     def __init__(self, worker_id: str, engine: Engine, address: str, token: str, *,
-                 node: str = "", batch_max: int = 256) -> None:
+                 node: str = "", batch_max: int = 256, tls: ClientTLS | None = None) -> None:
         self.worker_id = worker_id
         self.engine = engine
         self.client = WorkerClient(
             address, token, worker_id, node=node, slots=engine.slots, report=self._report,
             claims=self._claims, on_steal=self._on_steal, on_order=engine.set_order,
-            batch_max=batch_max)
+            batch_max=batch_max, tls=tls)
         self._sessions: dict[str, tuple[str, int]] = {}   # session -> (tenant, kv tokens)
         self._pending_tool: dict[str, tuple[str, float]] = {}  # session -> (tool, started)
         self.calls = 0
@@ -53,9 +54,11 @@ class WorkerHost:
         return [Claim(s, tenant, 0.0, kv) for s, (tenant, kv) in self._sessions.items()]
 
     def _on_steal(self, steal: Any) -> None:
+        """The session's home moved away (stolen, or re-homed by routing): stop claiming it."""
         if self.engine.cancel_waiting(steal.session_id):
-            self._sessions.pop(steal.session_id, None)
             self.stolen += 1
+        self._sessions.pop(steal.session_id, None)
+        self._pending_tool.pop(steal.session_id, None)
 
     async def call(self, call: EngineCall) -> EngineResult:
         """Run one call and report it; raises :class:`~saga.coordinator.engine.CallMoved`
@@ -78,7 +81,7 @@ class WorkerHost:
         obs(pb.Observation(session_id=sid, kind=pb.CALL_END, prompt_tokens=result.prompt_tokens,
                            output_tokens=len(result.output_token_ids),
                            cached_tokens=result.num_cached_tokens,
-                           cache_state=pb.HBM, pressure=pressure))
+                           cache_state=pb.HBM, pressure=pressure, final=call.final))
         if call.final:
             self._sessions.pop(sid, None)
         else:
@@ -99,12 +102,14 @@ class WorkerHost:
 class WorkerActor:
     """A :class:`WorkerHost` as a Ray actor: ``ray.remote(WorkerActor).remote(...)``.
 
-    ``engine_factory`` runs inside the actor's process (a vLLM engine is built where it runs).
+    ``engine_factory`` runs inside the actor's process (a vLLM engine is built where it runs);
+    ``tls`` (PEM bytes, not paths) reaches it on any node.
     """
 
     def __init__(self, worker_id: str, address: str, token: str,
-                 engine_factory: Callable[[], Engine], node: str = "") -> None:
-        self.host = WorkerHost(worker_id, engine_factory(), address, token, node=node)
+                 engine_factory: Callable[[], Engine], node: str = "",
+                 tls: ClientTLS | None = None) -> None:
+        self.host = WorkerHost(worker_id, engine_factory(), address, token, node=node, tls=tls)
 
     async def start(self, timeout_s: float = 60.0) -> str:
         await self.host.start(timeout_s)

@@ -8,7 +8,11 @@ and usage (``RequestUsage``), and before it runs the wrapper adds the call's SAG
 ``extra_create_args`` (by default as ``extra_body={"vllm_xargs": ...}``, which an OpenAI-client
 talking to vLLM's server forwards). Tool calls come from the stream, timed on arrival: the
 request event arrives just before the agent runs the tools and the execution event just after.
-One ``run``/``run_stream`` through the attachment is one SAGA session.
+One ``run``/``run_stream`` through the attachment is one SAGA session. A ``create`` that cannot
+ask for tools (none offered, or ``tool_choice="none"``: the reflection after tool use) is the
+run's last and is sent as ``final``; otherwise the run's end (its ``TaskResult``, or an error)
+tells the ``on_end`` hooks (``AsyncSagaEngine.end_session``...), which release the KV pinned for
+a tool that will never run.
 
 `AutoGenTracker` holds the logic and needs no AutoGen; `attach()` and `wrap_model_client()`
 import it.
@@ -23,7 +27,7 @@ from typing import Any
 
 from saga.aeg.hints import WorkflowHint
 from saga.integrations.errors import IntegrationError
-from saga.integrations.feed import WorkflowFeed
+from saga.integrations.feed import EndHooks, WorkflowFeed, anotify_end, end_hooks
 from saga.integrations.frameworks import require
 from saga.integrations.metadata import RequestMetadata
 from saga.integrations.session import LLMCall, SessionTrace, ToolCall
@@ -57,7 +61,8 @@ class AutoGenTracker:
     """One agent's sessions: LLM calls from the client wrapper, tools from the event stream."""
 
     def __init__(self, feed: WorkflowFeed, agent_type: str, *, tenant_id: str = "default",
-                 tools: Sequence[str] = (), clock: Callable[[], float] = time.monotonic) -> None:
+                 tools: Sequence[str] = (), clock: Callable[[], float] = time.monotonic,
+                 on_end: EndHooks = None) -> None:
         if not isinstance(feed, WorkflowFeed):
             raise IntegrationError(f"feed must be a WorkflowFeed, got {type(feed).__name__}")
         if not isinstance(agent_type, str) or not agent_type:
@@ -67,6 +72,7 @@ class AutoGenTracker:
         self.tenant_id = tenant_id
         self.tools = tuple(tools)
         self.clock = clock
+        self.on_end = end_hooks(on_end)
         self.session: SessionTrace | None = None
         self._open_tools: list[ToolCall] = []
         self._lock = threading.RLock()
@@ -99,12 +105,13 @@ class AutoGenTracker:
             return session
 
     # --- the model client -----------------------------------------------------------------
-    def llm_started(self) -> tuple[LLMCall, RequestMetadata] | None:
-        """A ``create`` began: record it and return it with its metadata (None outside a run)."""
+    def llm_started(self, *, final: bool = False) -> tuple[LLMCall, RequestMetadata] | None:
+        """A ``create`` began (``final``: it cannot ask for tools, so it is the run's last):
+        record it and return it with its metadata (None outside a run)."""
         with self._lock:
             if self.session is None:
                 return None
-            meta = self.feed.metadata(self.session)
+            meta = self.feed.metadata(self.session, final=final)
             call = self.session.llm_started(self.clock())
             call.metadata = meta
             return call, meta
@@ -153,16 +160,24 @@ class AutoGenAttachment:
         return self.tracker.feed
 
     async def run_stream(self, task: Any = None, **kw: Any) -> AsyncIterator[Any]:
-        """``agent.run_stream(task=...)``, one SAGA session; yields every item unchanged."""
+        """``agent.run_stream(task=...)``, one SAGA session; yields every item unchanged.
+        The session ends (and the end hooks run) at the ``TaskResult``, before it is yielded."""
         self.tracker.begin()
         failed = True
         try:
             async for item in self.agent.run_stream(task=task, **kw):
                 self.tracker.observe(item)
+                if type(item).__name__ == "TaskResult":
+                    await self._end(failed=False)
                 yield item
             failed = False
         finally:
-            self.tracker.end(failed=failed)
+            await self._end(failed=failed)
+
+    async def _end(self, *, failed: bool) -> None:
+        session = self.tracker.end(failed=failed)
+        if session is not None:
+            await anotify_end(self.tracker.on_end, session)
 
     async def run(self, task: Any = None, **kw: Any) -> Any:
         """``agent.run(task=...)``, one SAGA session; returns the ``TaskResult``."""
@@ -182,6 +197,10 @@ def _wrapper_class() -> type[Any]:
     if _WRAPPER_CLASS is not None:
         return _WRAPPER_CLASS
     from autogen_core.models import ChatCompletionClient
+
+    def _last_call(kw: Mapping[str, Any]) -> bool:
+        """A call that cannot ask for a tool ends the agent's turn."""
+        return not kw.get("tools") or kw.get("tool_choice") == "none"
 
     def _tool_names(content: Any) -> list[str]:
         if isinstance(content, list):
@@ -205,7 +224,7 @@ def _wrapper_class() -> type[Any]:
 
         async def create(self, messages: Any, *, extra_create_args: Mapping[str, Any] = {},
                          **kw: Any) -> Any:
-            started = self.saga.llm_started()
+            started = self.saga.llm_started(final=_last_call(kw))
             args = self._args(started[1] if started else None, extra_create_args)
             result = await self.inner.create(messages, extra_create_args=args, **kw)
             if started is not None:
@@ -217,7 +236,7 @@ def _wrapper_class() -> type[Any]:
         async def create_stream(self, messages: Any, *,
                                 extra_create_args: Mapping[str, Any] = {},
                                 **kw: Any) -> AsyncIterator[Any]:
-            started = self.saga.llm_started()
+            started = self.saga.llm_started(final=_last_call(kw))
             args = self._args(started[1] if started else None, extra_create_args)
             async for chunk in self.inner.create_stream(messages, extra_create_args=args, **kw):
                 if started is not None and not isinstance(chunk, str):
@@ -270,11 +289,14 @@ def _agent_tool_names(agent: Any, tools: Iterable[Any] | None) -> tuple[str, ...
 def attach(agent: Any, feed: WorkflowFeed | None = None, *, agent_type: str | None = None,
            tools: Iterable[Any] | None = None, tenant_id: str = "default",
            clock: Callable[[], float] = time.monotonic,
-           send: MetadataSender | None = openai_extra_body_args) -> AutoGenAttachment:
+           send: MetadataSender | None = openai_extra_body_args,
+           on_end: EndHooks = None) -> AutoGenAttachment:
     """Attach SAGA to an AutoGen ``AssistantAgent``: wraps its model client in place and
     returns an attachment whose ``run``/``run_stream`` record one session per task.
 
     ``agent_type`` defaults to the agent's name; its tools become the `WorkflowHint`.
+    ``on_end`` (one callable or several, sync or async, e.g. ``engine.end_session``) is called
+    with the session id when a run ends without its last call having been sent as final.
     Raises `FrameworkNotInstalledError` when autogen-agentchat is missing.
     """
     require(FRAMEWORK)
@@ -286,7 +308,7 @@ def attach(agent: Any, feed: WorkflowFeed | None = None, *, agent_type: str | No
     tracker = AutoGenTracker(feed if feed is not None else WorkflowFeed(),
                              agent_type or str(getattr(agent, "name", "") or "autogen-agent"),
                              tenant_id=tenant_id, tools=_agent_tool_names(agent, tools),
-                             clock=clock)
+                             clock=clock, on_end=on_end)
     if not isinstance(getattr(client, "saga", None), AutoGenTracker):
         agent._model_client = _wrapper_class()(client, tracker, send)
     else:

@@ -8,7 +8,9 @@ usage, so tokens are estimated at ~4 characters a token), and ``ToolUsageStarted
 raised; CrewAI retries it, and each attempt is a tool call). Events carry the ``task_id`` of
 the crew task they belong to, which maps them to the kickoff whose crew holds that task, so
 concurrent kickoffs stay apart. At admission the crew's agents' tools and its task count
-become the `WorkflowHint`.
+become the `WorkflowHint`. CrewAI says a call was the last only once the kickoff completed (or
+failed): then the ``on_end`` hooks are told (``SagaEngine.end_session``...), which release the
+KV the engine pinned for a tool that will never run.
 
 The bus runs synchronous handlers on a thread pool (in no fixed order), so the adapter
 registers async handlers, which the bus runs one after another on its own event loop in
@@ -26,7 +28,7 @@ from typing import Any
 
 from saga.aeg.hints import WorkflowHint
 from saga.integrations.errors import IntegrationError
-from saga.integrations.feed import WorkflowFeed
+from saga.integrations.feed import EndHooks, WorkflowFeed, end_hooks, notify_end
 from saga.integrations.frameworks import require
 from saga.integrations.metadata import RequestMetadata
 from saga.integrations.session import LLMCall, SessionTrace, ToolCall, estimate_tokens
@@ -86,13 +88,15 @@ class CrewAITracker:
     """Kickoffs, LLM calls and tool calls into sessions (framework-free: plain values in)."""
 
     def __init__(self, feed: WorkflowFeed, *, agent_type: str | None = None,
-                 tenant_id: str = "default", crew_name: str | None = None) -> None:
+                 tenant_id: str = "default", crew_name: str | None = None,
+                 on_end: EndHooks = None) -> None:
         if not isinstance(feed, WorkflowFeed):
             raise IntegrationError(f"feed must be a WorkflowFeed, got {type(feed).__name__}")
         self.feed = feed
         self.agent_type = agent_type
         self.tenant_id = tenant_id
         self.crew_name = crew_name
+        self.on_end = end_hooks(on_end)
         self._runs: dict[int, _Run] = {}
         self._task_run: dict[str, int] = {}
         self._lock = threading.RLock()
@@ -119,7 +123,7 @@ class CrewAITracker:
             return session
 
     def kickoff_ended(self, crew: Any, t: float, *, failed: bool = False) -> None:
-        """The crew's task completed (or failed)."""
+        """The crew's task completed (or failed): close its session, tell the end hooks."""
         with self._lock:
             run = self._runs.pop(id(crew), None)
             if run is None:
@@ -129,6 +133,7 @@ class CrewAITracker:
             for call in run.tools:
                 run.session.tool_finished(call, t, error=True)
             self.feed.finish_session(run.session, t, failed=failed)
+        notify_end(self.on_end, run.session)
 
     def llm_started(self, task_id: str | None, messages: Any, t: float) -> None:
         """An LLM call began (its prompt is counted, ~4 characters a token)."""
@@ -235,11 +240,13 @@ class CrewAIAttachment:
 
 def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
            agent_type: str | None = None, tenant_id: str = "default",
-           bus: Any | None = None) -> CrewAIAttachment:
+           bus: Any | None = None, on_end: EndHooks = None) -> CrewAIAttachment:
     """Record crew kickoffs from CrewAI's event bus into ``feed``.
 
     With ``crew``, only kickoffs of crews of that name are recorded and its hint is admitted
-    now; ``agent_type`` defaults to the crew's name. Raises `FrameworkNotInstalledError` when
+    now; ``agent_type`` defaults to the crew's name. ``on_end`` (one callable or several, e.g.
+    ``engine.end_session``) is called with the session id when a kickoff completes or fails
+    (on the bus's thread, before `CrewAIAttachment.kickoff` returns). Raises `FrameworkNotInstalledError` when
     crewai is missing.
     """
     require(FRAMEWORK)
@@ -262,7 +269,7 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
         crew_name = getattr(crew, "name", None)
         feed.admit(crew_hint(crew, agent_type))
     tracker = CrewAITracker(feed, agent_type=agent_type, tenant_id=tenant_id,
-                            crew_name=crew_name)
+                            crew_name=crew_name, on_end=on_end)
     bus = bus if bus is not None else crewai_event_bus
     att = CrewAIAttachment(tracker, bus)
 

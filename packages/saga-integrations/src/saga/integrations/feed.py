@@ -9,10 +9,13 @@ call it from framework threads (CrewAI's event bus, LangChain's executors): a lo
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
+import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from saga.aeg.errors import AEGError
@@ -23,9 +26,84 @@ from saga.integrations.errors import IntegrationError
 from saga.integrations.metadata import RequestMetadata
 from saga.integrations.session import SessionTrace
 
-__all__ = ["SessionListener", "WorkflowFeed"]
+__all__ = [
+    "SessionEndHook",
+    "SessionListener",
+    "WorkflowFeed",
+    "anotify_end",
+    "end_hooks",
+    "notify_end",
+]
+
+log = logging.getLogger(__name__)
 
 SessionListener = Callable[[SessionTrace], None]
+
+SessionEndHook = Callable[[str], object]
+"""Told a session's id once its task ended, when its last call was not sent as ``final``:
+``SagaEngine.end_session`` (the engine releases the session's pinned KV at once),
+``AsyncSagaEngine.end_session`` or ``CoordinatorClient.end_session``. It may return an
+awaitable (an async hook), which is awaited, or run on the thread's event loop."""
+
+EndHooks = SessionEndHook | Sequence[SessionEndHook] | None
+_BACKGROUND: set[asyncio.Task[object]] = set()
+
+
+def end_hooks(hooks: EndHooks) -> tuple[SessionEndHook, ...]:
+    """``hooks`` as a tuple (one callable, several, or None), each checked to be callable."""
+    out = () if hooks is None else (hooks,) if callable(hooks) else tuple(hooks)
+    for h in out:
+        if not callable(h):
+            raise IntegrationError(f"on_end takes callables (session_id) -> None, got {h!r}")
+    return out
+
+
+def _fire(hooks: Sequence[SessionEndHook], session: SessionTrace) -> list[Awaitable[object]]:
+    """Call each hook unless the engine already knows (the last call was sent as final).
+    A failing hook is logged, never raised into the framework's run: the pin still expires
+    by its TTL."""
+    calls = session.llm_calls
+    if not hooks or (calls and calls[-1].metadata is not None and calls[-1].metadata.final):
+        return []
+    pending: list[Awaitable[object]] = []
+    for hook in hooks:
+        try:
+            result = hook(session.session_id)
+        except Exception:
+            log.warning("session-end hook %r failed for %s", hook, session.session_id,
+                        exc_info=True)
+            continue
+        if inspect.isawaitable(result):
+            pending.append(result)
+    return pending
+
+
+async def _guarded(aw: Awaitable[object], session_id: str) -> object:
+    try:
+        return await aw
+    except Exception:
+        log.warning("session-end hook failed for %s", session_id, exc_info=True)
+        return None
+
+
+def notify_end(hooks: Sequence[SessionEndHook], session: SessionTrace) -> None:
+    """Tell ``hooks`` that ``session`` ended, from synchronous code: an async hook runs as a
+    task of this thread's event loop when one runs, else to completion here."""
+    for aw in _fire(hooks, session):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(_guarded(aw, session.session_id))
+            continue
+        task = loop.create_task(_guarded(aw, session.session_id))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+async def anotify_end(hooks: Sequence[SessionEndHook], session: SessionTrace) -> None:
+    """Tell ``hooks`` that ``session`` ended, awaiting async hooks."""
+    for aw in _fire(hooks, session):
+        await _guarded(aw, session.session_id)
 
 DEFAULT_KEEP = 1000
 """Finished sessions kept for inspection (the counts in inference keep everything)."""

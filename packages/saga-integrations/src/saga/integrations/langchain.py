@@ -5,7 +5,9 @@ tree whose root is the graph (or chain) run, with chat-model runs and tool runs 
 root becomes a session; each chat-model run under it an LLM call (usage figures from the
 reply's ``usage_metadata`` when the model reports them, ~4-characters-a-token estimates when it
 does not), each tool run a tool call with its measured duration. When the root ends the task
-goes to pattern inference. Before each chat-model call the handler computes the call's SAGA
+goes to pattern inference and the ``on_end`` hooks are told (``SagaEngine.end_session``: the
+engine releases the KV it pinned for the tool the last call was expected to end in — LangChain
+only says a call was the last once the agent finishes). Before each chat-model call the handler computes the call's SAGA
 metadata (session, AEG node, predicted pending tool, last tool latency); a SAGA-aware chat
 model reads it with `request_metadata(run_manager)` and sends it as ``extra_args`` (vLLM
 engine) or ``extra_body={"vllm_xargs": ...}`` (vLLM's OpenAI server).
@@ -24,7 +26,7 @@ from uuid import UUID
 
 from saga.aeg.hints import WorkflowHint
 from saga.integrations.errors import IntegrationError
-from saga.integrations.feed import WorkflowFeed
+from saga.integrations.feed import EndHooks, WorkflowFeed, end_hooks, notify_end
 from saga.integrations.frameworks import require
 from saga.integrations.metadata import RequestMetadata
 from saga.integrations.session import LLMCall, SessionTrace, ToolCall, estimate_tokens
@@ -48,7 +50,8 @@ class LangChainTracker:
     def __init__(self, feed: WorkflowFeed, *, agent_type: str | None = None,
                  tenant_id: str = "default", tools: Sequence[str] = (),
                  clock: Callable[[], float] = time.monotonic,
-                 count_tokens: Callable[[str], int] = estimate_tokens) -> None:
+                 count_tokens: Callable[[str], int] = estimate_tokens,
+                 on_end: EndHooks = None) -> None:
         if not isinstance(feed, WorkflowFeed):
             raise IntegrationError(f"feed must be a WorkflowFeed, got {type(feed).__name__}")
         if agent_type is not None and (not isinstance(agent_type, str) or not agent_type):
@@ -60,6 +63,7 @@ class LangChainTracker:
         self.tools = tuple(tools)
         self.clock = clock
         self.count_tokens = count_tokens
+        self.on_end = end_hooks(on_end)
         self._lock = threading.RLock()
         self._root_of: dict[RunId, RunId] = {}
         self._sessions: dict[RunId, SessionTrace] = {}
@@ -86,7 +90,7 @@ class LangChainTracker:
         return session
 
     def _leave(self, run_id: RunId, *, error: bool) -> None:
-        """``run_id`` ended; the root's end closes its session."""
+        """``run_id`` ended; the root's end closes its session and tells the end hooks."""
         root = self._root_of.pop(run_id, None)
         if root is None or root != run_id:
             return
@@ -94,6 +98,7 @@ class LangChainTracker:
         for rid in [r for r, ro in self._root_of.items() if ro == root]:
             del self._root_of[rid]
         self.feed.finish_session(session, self.clock(), failed=error)
+        notify_end(self.on_end, session)
 
     def chain_started(self, run_id: RunId, parent_run_id: RunId | None,
                       name: str | None) -> None:
@@ -303,18 +308,22 @@ def agent_tools(agent: Any) -> list[Any]:
 def attach(feed: WorkflowFeed | None = None, *, agent_type: str | None = None,
            tools: Iterable[Any] = (), tenant_id: str = "default",
            clock: Callable[[], float] = time.monotonic,
-           count_tokens: Callable[[str], int] = estimate_tokens) -> Any:
+           count_tokens: Callable[[str], int] = estimate_tokens,
+           on_end: EndHooks = None) -> Any:
     """A LangChain callback handler feeding ``feed`` (a new `WorkflowFeed` if None).
 
     Pass it per call (``agent.invoke(x, config={"callbacks": [handler]})``) or to the model.
     ``tools`` (the agent's tools) become the agent type's `WorkflowHint` at its first session;
     ``agent_type`` defaults to the root run's name (``create_agent(..., name=...)``).
+    ``on_end`` (one callable or several, e.g. ``engine.end_session``) is called with the
+    session id when the agent's run ends, finished or failed.
     Raises `FrameworkNotInstalledError` when langchain-core is missing.
     """
     require(FRAMEWORK)
     tracker = LangChainTracker(feed if feed is not None else WorkflowFeed(),
                                agent_type=agent_type, tenant_id=tenant_id,
-                               tools=tool_names(tools), clock=clock, count_tokens=count_tokens)
+                               tools=tool_names(tools), clock=clock, count_tokens=count_tokens,
+                               on_end=on_end)
     return _handler_class()(tracker)
 
 

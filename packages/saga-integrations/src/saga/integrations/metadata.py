@@ -25,6 +25,36 @@ FLAT_PREFIX = "saga_"
 
 DEFAULT_TENANT = "default"
 
+NUMBER_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("tool_latency_s", 0.0, math.inf), ("deadline_s", -math.inf, math.inf),
+    ("reuse_prob", 0.0, 1.0))
+"""The numeric fields and their closed ranges; every value must also be finite."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut short for a message; a huge int (whose repr Python refuses past
+    4300 digits) is described by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _finite(name: str, value: object, low: float, high: float) -> float | None:
+    """``value`` as a finite float in ``[low, high]`` (None stays None), else a typed error."""
+    if value is None:
+        return None
+    x: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except OverflowError:  # an int past float's range
+            x = None
+    if x is None or not math.isfinite(x) or not low <= x <= high:
+        raise IntegrationError(f"RequestMetadata.{name} must be a finite number in "
+                               f"[{low}, {high}] or None, got {_show(value)}")
+    return x
+
 
 @dataclass(frozen=True)
 class RequestMetadata:
@@ -49,31 +79,29 @@ class RequestMetadata:
     prefetch: bool = False
 
     def __post_init__(self) -> None:
+        # The same rules as saga-vllm's parser (a cross-package property test holds the two to
+        # it): ids non-empty, optional names None or non-empty, numbers finite and in range.
         for name in ("session_id", "tenant_id"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise IntegrationError(f"RequestMetadata.{name} must be a non-empty str, "
-                                       f"got {value!r}")
+                                       f"got {_show(value)}")
         for name in ("agent_type", "aeg_node", "pending_tool"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise IntegrationError(f"RequestMetadata.{name} must be a non-empty str or "
-                                       f"None, got {value!r}")
+                                       f"None, got {_show(value)}")
         for name in ("final", "prefetch"):
             if not isinstance(getattr(self, name), bool):
                 raise IntegrationError(
-                    f"RequestMetadata.{name} must be a bool, got {getattr(self, name)!r}")
-        for name, low, high in (("tool_latency_s", 0.0, math.inf),
-                                ("deadline_s", -math.inf, math.inf),
-                                ("reuse_prob", 0.0, 1.0)):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(
-                    value) or not low <= value <= high:
-                raise IntegrationError(
-                    f"RequestMetadata.{name} must be a number in [{low}, {high}] or None, "
-                    f"got {value!r}")
+                    f"RequestMetadata.{name} must be a bool, got {_show(getattr(self, name))}")
+        if self.prefetch and (self.final or self.pending_tool is None):
+            raise IntegrationError(
+                "RequestMetadata.prefetch needs pending_tool (the tool the session waits on) "
+                "and cannot be final; set pending_tool or drop prefetch")
+        for name, low, high in NUMBER_RANGES:
+            # Normalised to float, as the engine parses it, so both sides compare equal.
+            object.__setattr__(self, name, _finite(name, getattr(self, name), low, high))
 
     def fields(self) -> dict[str, Any]:
         """The fields worth sending: None, false flags and the default tenant are left out

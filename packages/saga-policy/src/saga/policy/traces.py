@@ -1,6 +1,8 @@
 """Request traces for cache replay: schemas, parsing with line-numbered errors, bundled data.
 
-Parsing takes lines, not paths, so it stays free of I/O; the CLI opens the file.
+Parsing takes lines, not paths, so it stays free of I/O; the CLI opens the file (in binary
+mode, so a line that is not UTF-8 is one bad line, not a crash). Every malformed line raises
+`TraceFormatError` naming the line and the field; nothing else escapes a parser.
 """
 
 from __future__ import annotations
@@ -62,35 +64,98 @@ class Trace:
         return sum(len(r.block_hashes) for r in self.requests)
 
 
+MAX_TRACE_INT = 2**53
+"""Largest timestamp or token count a trace line may hold (exact as a float; 285,000 years
+in ms); larger values are typos or garbage, and would overflow float arithmetic."""
+
+MAX_BLOCK_ID = 2**63 - 1
+"""Block ids are int64 keys in the cache and in saga-kernels."""
+
+MAX_AGENT_TOKENS = 2**24
+"""Most tokens one agent call may hold (16.7M): the call's prompt is expanded into
+``input_tokens // block_tokens`` block ids, so a garbage count must not allocate billions."""
+
+TraceLine = str | bytes
+"""A line as read from a text file (``str``) or a binary one (``bytes``, decoded as UTF-8)."""
+
+
+def _load_json(line: TraceLine, lineno: int) -> dict[str, Any]:
+    """A line's JSON object; bad UTF-8, bad JSON and non-objects raise `TraceFormatError`."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TraceFormatError(
+                f"line {lineno}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                f"{exc.start + 1}); save the trace as UTF-8") from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TraceFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting 10^5 deep
+        raise TraceFormatError(f"line {lineno}: not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise TraceFormatError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _show(value: object) -> str:
+    """A value for an error message: short, and safe for huge ints (whose repr can fail)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _field(obj: Mapping[str, Any], name: str, kind: type, lineno: int) -> Any:
     if name not in obj:
         raise TraceFormatError(f"line {lineno}: missing field {name!r}")
     value = obj[name]
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TraceFormatError(f"line {lineno}: field {name!r} must be an integer, got {value!r}")
+        raise TraceFormatError(
+            f"line {lineno}: field {name!r} must be an integer, got {_show(value)}")
+    if kind is int and not 0 <= value <= MAX_TRACE_INT:
+        raise TraceFormatError(
+            f"line {lineno}: field {name!r} must be an integer >= 0 and <= 2^53, got "
+            f"{_show(value)}")
     if kind is list and not isinstance(value, list):
-        raise TraceFormatError(f"line {lineno}: field {name!r} must be a list, got {value!r}")
+        raise TraceFormatError(
+            f"line {lineno}: field {name!r} must be a list, got {_show(value)}")
     return value
 
 
-def parse_mooncake_line(line: str, lineno: int, index: int) -> TraceRequest:
-    """Parse one Mooncake JSONL record; raise `TraceFormatError` naming the line and field."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise TraceFormatError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+def _time(value: object, where: str, name: str) -> float | None:
+    """A timing field: None when null or absent (the caller's fallback applies), else a finite
+    number (JSON's NaN, Infinity and numbers past float's range are errors)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            x = float(value)
+        except OverflowError:
+            x = math.inf
+        if math.isfinite(x) and abs(x) <= MAX_TRACE_INT:
+            return x
+    raise TraceFormatError(
+        f"{where}: field {name!r} must be a finite number of seconds or null, got {_show(value)}")
+
+
+def parse_mooncake_line(line: TraceLine, lineno: int, index: int) -> TraceRequest:
+    """Parse one Mooncake JSONL record; raise `TraceFormatError` naming the line and field.
+
+    Every field is required (the format has no nulls): ``timestamp``, ``input_length`` and
+    ``output_length`` are integers in [0, 2^53], ``hash_ids`` int64 ids >= 0.
+    """
+    obj = _load_json(line, lineno)
     ts = _field(obj, "timestamp", int, lineno)
     n_in = _field(obj, "input_length", int, lineno)
     n_out = _field(obj, "output_length", int, lineno)
     hashes = _field(obj, "hash_ids", list, lineno)
-    if ts < 0 or n_in < 0 or n_out < 0:
+    if any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_BLOCK_ID
+           for h in hashes):
         raise TraceFormatError(
-            f"line {lineno}: timestamp, input_length and output_length must be >= 0")
-    if any(isinstance(h, bool) or not isinstance(h, int) for h in hashes):
-        raise TraceFormatError(f"line {lineno}: field 'hash_ids' must hold integers only")
-    expected = math.ceil(n_in / MOONCAKE_BLOCK_TOKENS)
+            f"line {lineno}: field 'hash_ids' must hold integers in [0, 2^63) only")
+    expected = -(-n_in // MOONCAKE_BLOCK_TOKENS)
     if len(hashes) != expected:
         raise TraceFormatError(
             f"line {lineno}: field 'hash_ids' has {len(hashes)} ids but input_length {n_in} "
@@ -100,13 +165,15 @@ def parse_mooncake_line(line: str, lineno: int, index: int) -> TraceRequest:
                         block_tokens=MOONCAKE_BLOCK_TOKENS)
 
 
-def parse_mooncake(lines: Iterable[str], *, name: str = "mooncake",
+def parse_mooncake(lines: Iterable[TraceLine], *, name: str = "mooncake",
                    skip_bad_lines: bool = False, limit: int | None = None) -> Trace:
     """Parse a Mooncake trace (JSONL, 512-token chained block ids) from its lines.
 
     A malformed line raises `TraceFormatError` with its 1-based line number, or with
     ``skip_bad_lines`` is recorded in ``Trace.skipped`` and left out. Blank lines are ignored.
-    Arrival times must not decrease (the trace is replayed in order).
+    Arrival times must not decrease (the trace is replayed in order). Lines may be ``str`` or
+    ``bytes`` (a file opened in binary mode: each line is decoded as UTF-8 on its own, so one
+    bad byte costs one line). The format has no nulls: every field is required.
     """
     requests: list[TraceRequest] = []
     skipped: list[tuple[int, str]] = []
@@ -150,11 +217,13 @@ class AgentStep:
 
 @dataclass(frozen=True)
 class AgentSession:
-    """A recorded agent task: its start time and alternating LLM/tool steps."""
+    """A recorded agent task: its start time and alternating LLM/tool steps.
+
+    ``t0`` None: the trace did not record the start (see :func:`agent_requests`)."""
 
     session_id: str
     agent_type: str
-    t0: float
+    t0: float | None
     steps: tuple[AgentStep, ...]
 
 
@@ -164,45 +233,74 @@ def _session_block_id(session_id: str, j: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def parse_agent_line(line: str, lineno: int) -> AgentSession:
-    """Parse one agent-trajectory record (see data/README.md); errors name the line and field."""
+def _name(value: object, where: str, name: str) -> str:
+    """A non-empty string field that is valid Unicode (JSON's ``"\\ud800"`` escapes are not)."""
+    if not isinstance(value, str) or not value:
+        raise TraceFormatError(f"{where}: field {name!r} must be a non-empty string")
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"line {lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(obj, dict):
-        raise TraceFormatError(f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
-    sid = obj.get("session_id")
-    if not isinstance(sid, str) or not sid:
-        raise TraceFormatError(f"line {lineno}: field 'session_id' must be a non-empty string")
-    t0 = obj.get("t0_unix")
-    if isinstance(t0, bool) or not isinstance(t0, int | float):
-        raise TraceFormatError(f"line {lineno}: field 't0_unix' must be a number")
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TraceFormatError(
+            f"{where}: field {name!r} holds an unpaired UTF-16 surrogate escape") from None
+    return value
+
+
+def _agent_step(st: object, where: str, prev_t: float) -> AgentStep:
+    """One step; an LLM call's ``t_start`` null or absent becomes ``prev_t`` (right after the
+    session's previous call, or at its start for the first call)."""
+    if not isinstance(st, dict) or st.get("kind") not in ("llm", "tool"):
+        raise TraceFormatError(f"{where}: field 'kind' must be 'llm' or 'tool'")
+    if st["kind"] == "tool":
+        return AgentStep("tool", tool=_name(st.get("name"), where, "name"))
+    n_in, n_out = st.get("input_tokens"), st.get("output_tokens")
+    for field_name, v in (("input_tokens", n_in), ("output_tokens", n_out)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_AGENT_TOKENS:
+            raise TraceFormatError(
+                f"{where}: fields 'input_tokens' and 'output_tokens' must be integers >= 0 and "
+                f"<= 2^24; {field_name} is {_show(v)}")
+    ts = _time(st.get("t_start"), where, "t_start")
+    if ts is not None and ts < 0:
+        raise TraceFormatError(f"{where}: field 't_start' must be a number >= 0, got {ts}")
+    if ts is not None and ts < prev_t:
+        raise TraceFormatError(
+            f"{where}: field 't_start' goes back in time ({ts} s after {prev_t} s)")
+    return AgentStep("llm", prev_t if ts is None else ts, int(n_in), int(n_out))  # type: ignore[arg-type]
+
+
+def parse_agent_line(line: TraceLine, lineno: int) -> AgentSession:
+    """Parse one agent-trajectory record (see data/README.md); errors name the line and field.
+
+    Timings may be null or absent (real trajectories lose them): ``t0_unix`` null leaves
+    ``t0`` None (placed by :func:`agent_requests`), an LLM step's ``t_start`` null places the
+    call right after the session's previous call (at the session's start for the first call).
+    Everything else is required; ``agent`` null or absent reads as ``"agent"``.
+    """
+    obj = _load_json(line, lineno)
+    sid = _name(obj.get("session_id"), f"line {lineno}", "session_id")
+    t0 = _time(obj.get("t0_unix"), f"line {lineno}", "t0_unix")
     raw_steps = _field(obj, "steps", list, lineno)
     steps: list[AgentStep] = []
+    prev_t = 0.0
     for k, st in enumerate(raw_steps):
-        where = f"line {lineno}: steps[{k}]"
-        if not isinstance(st, dict) or st.get("kind") not in ("llm", "tool"):
-            raise TraceFormatError(f"{where}: field 'kind' must be 'llm' or 'tool'")
-        if st["kind"] == "llm":
-            n_in, n_out, ts = st.get("input_tokens"), st.get("output_tokens"), st.get("t_start")
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                       for v in (n_in, n_out)):
-                raise TraceFormatError(
-                    f"{where}: fields 'input_tokens' and 'output_tokens' must be integers >= 0")
-            if isinstance(ts, bool) or not isinstance(ts, int | float) or ts < 0:
-                raise TraceFormatError(f"{where}: field 't_start' must be a number >= 0")
-            steps.append(AgentStep("llm", float(ts), int(n_in), int(n_out)))  # type: ignore[arg-type]
-        else:
-            name = st.get("name")
-            if not isinstance(name, str) or not name:
-                raise TraceFormatError(f"{where}: field 'name' must be a non-empty string")
-            steps.append(AgentStep("tool", tool=name))
+        step = _agent_step(st, f"line {lineno}: steps[{k}]", prev_t)
+        prev_t = step.t_start if step.t_start is not None else prev_t
+        steps.append(step)
     if not steps or steps[0].kind != "llm":
         raise TraceFormatError(f"line {lineno}: field 'steps' must start with an 'llm' step")
     agent = obj.get("agent")
-    return AgentSession(session_id=sid, agent_type=agent if isinstance(agent, str) else "agent",
-                        t0=float(t0), steps=tuple(steps))
+    if agent is not None:
+        agent = _name(agent, f"line {lineno}", "agent")
+    return AgentSession(session_id=sid, agent_type=agent or "agent", t0=t0, steps=tuple(steps))
+
+
+def _session_starts(sessions: Sequence[AgentSession]) -> list[float]:
+    """Each session's ``t0``; a missing one is the previous session's (sessions without one
+    before the first that has one take that first one; 0.0 when none has one)."""
+    first = next((s.t0 for s in sessions if s.t0 is not None), 0.0)
+    out: list[float] = []
+    for s in sessions:
+        out.append(s.t0 if s.t0 is not None else (out[-1] if out else first))
+    return out
 
 
 def agent_requests(sessions: Sequence[AgentSession], block_tokens: int) -> list[TraceRequest]:
@@ -210,15 +308,16 @@ def agent_requests(sessions: Sequence[AgentSession], block_tokens: int) -> list[
 
     A call's prompt is the session's history, so its blocks are the first ``input // block``
     blocks of one session-local chain; the partial tail is always prefilled (vLLM hashes full
-    blocks only). The tool step after a call is its pending tool.
+    blocks only). The tool step after a call is its pending tool. A session whose ``t0`` is
+    None starts with the session before it (see :func:`_session_starts`).
     """
     out: list[tuple[float, int, int, TraceRequest]] = []
-    for s_idx, sess in enumerate(sessions):
+    for s_idx, (sess, t0) in enumerate(zip(sessions, _session_starts(sessions), strict=True)):
         calls = [i for i, st in enumerate(sess.steps) if st.kind == "llm"]
         for c, i in enumerate(calls):
             st = sess.steps[i]
             nxt = sess.steps[i + 1] if i + 1 < len(sess.steps) else None
-            arrival = sess.t0 + (st.t_start or 0.0)
+            arrival = t0 + (st.t_start or 0.0)
             hashes = tuple(_session_block_id(sess.session_id, j)
                            for j in range(st.input_tokens // block_tokens))
             req = TraceRequest(index=0, arrival_s=arrival, input_tokens=st.input_tokens,
@@ -233,21 +332,36 @@ def agent_requests(sessions: Sequence[AgentSession], block_tokens: int) -> list[
             for k, (arrival, _, _, req) in enumerate(out)]
 
 
-def parse_agent(lines: Iterable[str], *, name: str = "agent", skip_bad_lines: bool = False,
+def parse_agent(lines: Iterable[TraceLine], *, name: str = "agent", skip_bad_lines: bool = False,
                 limit: int | None = None, block_tokens: int = AGENT_BLOCK_TOKENS) -> Trace:
     """Parse agent trajectories (one session per JSONL line) into a request trace.
 
     ``limit`` counts sessions. Arrival times are relative to the first call of the trace.
+    Missing timings have a fallback instead of an error (see :func:`parse_agent_line`): a
+    call without ``t_start`` comes right after the session's previous call, a session without
+    ``t0_unix`` starts with the session on the line before it. Session ids are unique.
+    Malformed lines raise `TraceFormatError` naming the line and field, or with
+    ``skip_bad_lines`` are counted in ``Trace.skipped`` and left out.
     """
+    if isinstance(block_tokens, bool) or not isinstance(block_tokens, int) or block_tokens < 1:
+        raise SagaConfigError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
     sessions: list[AgentSession] = []
     skipped: list[tuple[int, str]] = []
+    first_line: dict[str, int] = {}
     for lineno, raw in enumerate(lines, start=1):
         if limit is not None and len(sessions) >= limit:
             break
         if not raw.strip():
             continue
         try:
-            sessions.append(parse_agent_line(raw, lineno))
+            session = parse_agent_line(raw, lineno)
+            # Two lines of one id would merge two tasks into one prompt chain.
+            seen = first_line.setdefault(session.session_id, lineno)
+            if seen != lineno:
+                raise TraceFormatError(
+                    f"line {lineno}: field 'session_id' {session.session_id[:60]!r} is already "
+                    f"used on line {seen}; each line is one session, with its own id")
+            sessions.append(session)
         except TraceFormatError as exc:
             if not skip_bad_lines:
                 raise

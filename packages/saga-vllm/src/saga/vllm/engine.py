@@ -202,6 +202,18 @@ class _SessionState:
         prompt, params = _build_request(list(self._context), 1, meta)
         return f"{self.session_id}:{self.calls}:prefetch", prompt, params
 
+    def close(self) -> bool:
+        """Mark the task over without a final call (a running tool is abandoned); True when
+        the engine still has to be told (no final call ran and the session was not closed)."""
+        if self._in_flight:
+            raise SagaSessionError(
+                f"session {self.session_id}: a call is in flight; end the session after it "
+                "returns")
+        was_open = not self._finished
+        self._finished = True
+        self._tool = None
+        return was_open
+
     def end_call(self, result: CallResult | None, *, final: bool) -> None:
         """Record the call's outcome (None: it failed, the session may retry)."""
         self._in_flight = False
@@ -230,6 +242,14 @@ def _build_request(tokens: list[int], max_tokens: int, meta: SagaRequestMeta
         max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
         output_kind=RequestOutputKind.FINAL_ONLY, extra_args=saga_extra_args(meta))
     return prompt, params
+
+
+def _end_request(session_id: str, tenant: str) -> tuple[dict[str, Any], Any]:
+    """A one-token ``final`` call of ``session_id``: for an engine core in another process,
+    the only way to reach its scheduler; scheduling it releases the session's pin and its
+    finishing closes the session's bookkeeping."""
+    return _build_request([0], 1, SagaRequestMeta(session_id=session_id, tenant_id=tenant,
+                                                  final=True))
 
 
 def _result(output: Any, latency_s: float) -> CallResult:
@@ -278,6 +298,15 @@ class Session(_SessionState):
         return self.engine.run_batch(
             [Call(self, prompt_token_ids, max_tokens, pending_tool, final)])[0]
 
+    def end(self) -> bool:
+        """The task is over although no call was marked ``final`` (the framework said so only
+        after the last call): the engine releases the session's pin at once and forgets it.
+        Returns whether the engine was told (False: the final call already ended it)."""
+        if not self.close():
+            return False
+        self.engine.end_session(self.session_id, self.tenant)
+        return True
+
 
 @dataclass(frozen=True)
 class Call:
@@ -306,6 +335,8 @@ class SagaEngine:
             self.llm = llm_or_kwargs
         self.clock = clock
         self._pending: dict[str, tuple[Call, float]] = {}
+        self._end_requests: set[str] = set()
+        self._end_ids = itertools.count()
 
     def start_session(self, agent_type: str, tenant: str = "default",
                       deadline_s: float | None = None, *,
@@ -341,6 +372,8 @@ class SagaEngine:
         outputs = self.llm.llm_engine.step()
         now = self.clock()
         for out in outputs:
+            if out.finished:
+                self._end_requests.discard(out.request_id)
             if not out.finished or out.request_id not in self._pending:
                 continue
             call, submitted = self._pending.pop(out.request_id)
@@ -374,6 +407,25 @@ class SagaEngine:
             self.fail_pending()
             raise
         return [results[i] for i in ids]
+
+    def end_session(self, session_id: str, tenant: str = "default") -> bool:
+        """Tell the scheduler that ``session_id``'s task ended (see :meth:`Session.end`).
+
+        In-process, ``SagaScheduler.end_session`` runs at once (True when it released a pin).
+        With the engine core in another process a one-token ``final`` call of the session is
+        queued instead; its core schedules it by itself (False: nothing known yet).
+        """
+        sched = self.scheduler
+        end = getattr(sched, "end_session", None)
+        if callable(end):
+            return bool(end(session_id))
+        if sched is not None:
+            return False  # stock vLLM: nothing is pinned
+        rid = f"{session_id}:end#{next(self._end_ids)}"
+        prompt, params = _end_request(session_id, tenant)
+        self.llm.llm_engine.add_request(rid, prompt, params)
+        self._end_requests.add(rid)
+        return False
 
     # Introspection ----------------------------------------------------------------------
     @property
@@ -455,6 +507,17 @@ class AsyncSession(_SessionState):
         request_id, prompt, params = self.prefetch_request()
         self.engine.prefetches += 1
         return await self.engine._run(request_id, prompt, params)
+
+    async def end(self) -> bool:
+        """The task is over although no call was marked ``final``: see :meth:`Session.end`
+        (a planned prefetch is dropped)."""
+        task, self._prefetch_task = self._prefetch_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if not self.close():
+            return False
+        await self.engine.end_session(self.session_id, self.tenant)
+        return True
 
     async def call(self, prompt_token_ids: Sequence[int], max_tokens: int, *,
                    pending_tool: str | None = None, final: bool = False) -> CallResult:
@@ -597,6 +660,17 @@ class AsyncSagaEngine:
         if final is None:
             raise SagaSessionError(f"request {rid}: the engine returned no output")
         return _result(final, self.clock() - submitted)
+
+    async def end_session(self, session_id: str, tenant: str = "default") -> bool:
+        """Tell the scheduler ``session_id``'s task ended (see :meth:`SagaEngine.end_session`);
+        over ``AsyncLLM`` the one-token ``final`` call is awaited."""
+        if self._sync is not None:
+            return self._sync.end_session(session_id, tenant)
+        if self.async_llm is None:
+            raise SagaSessionError("the engine was shut down")
+        prompt, params = _end_request(session_id, tenant)
+        await self._run_async_llm(f"{session_id}:end#{next(self._ids)}", prompt, params)
+        return False
 
     async def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix block (between benchmark phases); True when it did."""

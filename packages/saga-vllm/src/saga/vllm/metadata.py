@@ -51,9 +51,9 @@ class SagaRequestMeta:
     prefetch: bool = False
 
     def __post_init__(self) -> None:
+        # The same rules as saga-integrations' RequestMetadata (a cross-package property test
+        # holds the two to it): ids non-empty, optional names None or non-empty, numbers finite.
         _check_str("session_id", self.session_id, optional=False)
-        if not self.session_id:
-            raise SagaMetadataError("saga.session_id must be a non-empty str, got ''")
         _check_str("tenant_id", self.tenant_id, optional=False)
         for name in ("agent_type", "aeg_node", "pending_tool"):
             _check_str(name, getattr(self, name), optional=True)
@@ -61,35 +61,60 @@ class SagaRequestMeta:
             flag = getattr(self, name)
             if not isinstance(flag, bool):
                 raise SagaMetadataError(
-                    f"saga.{name} must be a bool, got {type(flag).__name__} {flag!r}")
+                    f"saga.{name} must be a bool (true/false), got {type(flag).__name__} "
+                    f"{_show(flag)}")
         if self.prefetch and (self.final or self.pending_tool is None):
             raise SagaMetadataError(
                 "saga.prefetch needs saga.pending_tool (the tool the session waits on) and "
-                "cannot be final")
-        _check_float("tool_latency_s", self.tool_latency_s, low=0.0, high=math.inf)
-        _check_float("deadline_s", self.deadline_s, low=-math.inf, high=math.inf)
-        _check_float("reuse_prob", self.reuse_prob, low=0.0, high=1.0)
+                "cannot be final; set pending_tool or drop prefetch")
+        for name, low, high in NUMBER_RANGES:
+            # Normalised to float so that an int and its float parse (and compare) the same.
+            object.__setattr__(self, name, _check_float(name, getattr(self, name), low, high))
+
+
+NUMBER_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("tool_latency_s", 0.0, math.inf), ("deadline_s", -math.inf, math.inf),
+    ("reuse_prob", 0.0, 1.0))
+"""The numeric fields and their closed ranges; every value must also be finite."""
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters for an error message; a huge int (whose repr
+    Python refuses past 4300 digits) is described by its size instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_str(name: str, value: object, *, optional: bool) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str):
-        kind = "a str or None" if optional else "a str"
+    if not isinstance(value, str) or not value:
+        kind = "a non-empty str, or omitted" if optional else "a non-empty str"
         raise SagaMetadataError(
-            f"saga.{name} must be {kind}, got {type(value).__name__} {value!r}")
+            f"saga.{name} must be {kind}, got {type(value).__name__} {_show(value)}")
 
 
-def _check_float(name: str, value: object, *, low: float, high: float) -> None:
+def _check_float(name: str, value: object, low: float, high: float) -> float | None:
+    """``value`` as a finite float in ``[low, high]``, or None; else a typed error."""
     if value is None:
-        return
+        return None
     # bool is an int subclass; True as a latency is a caller bug, not 1 second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SagaMetadataError(
-            f"saga.{name} must be a number or None, got {type(value).__name__} {value!r}")
-    x = float(value)
-    if math.isnan(x) or not low <= x <= high:
-        raise SagaMetadataError(f"saga.{name} must be in [{low}, {high}], got {value!r}")
+            f"saga.{name} must be a number or omitted, got {type(value).__name__} "
+            f"{_show(value)}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int past float's range
+        raise SagaMetadataError(
+            f"saga.{name} must be in [{low}, {high}] (a finite number), got "
+            f"{_show(value)}") from None
+    if not math.isfinite(x) or not low <= x <= high:
+        raise SagaMetadataError(
+            f"saga.{name} must be in [{low}, {high}] (a finite number), got {x!r}")
+    return x
 
 
 _FIELDS = frozenset(f.name for f in fields(SagaRequestMeta))
@@ -110,10 +135,11 @@ def _flat_fields(extra_args: Mapping[str, Any]) -> dict[str, Any] | None:
     for name in ("final", "prefetch"):
         flag = flat.get(name)
         if isinstance(flag, int | str) and not isinstance(flag, bool):
-            word = str(flag).strip().lower()
+            word = flag.strip().lower() if isinstance(flag, str) else {1: "1", 0: "0"}.get(
+                flag, "")
             if word not in _BOOL_WORDS:
                 raise SagaMetadataError(
-                    f"saga_{name} must be true/false (or 1/0), got {flag!r}")
+                    f"saga_{name} must be true/false (or 1/0), got {_show(flag)}")
             flat[name] = _BOOL_WORDS[word]
     return flat
 
@@ -151,18 +177,15 @@ def _typed(raw: Any, label: str) -> SagaRequestMeta:
     if not isinstance(raw, Mapping):
         raise SagaMetadataError(
             f"extra_args['saga'] must be a dict of SAGA fields, got {type(raw).__name__}")
-    unknown = sorted(label + str(k) for k in raw if k not in _FIELDS)
+    unknown = sorted(label + (k[:40] if isinstance(k, str) else _show(k, 40))
+                     for k in raw if k not in _FIELDS)
     if unknown:
         raise SagaMetadataError(f"unknown SAGA field(s) {unknown}; known fields: "
                                 f"{sorted(label + f for f in _FIELDS)}")
     if "session_id" not in raw:
         raise SagaMetadataError(f"{label}session_id is required (a non-empty str)")
-    values = dict(raw)
-    for name in ("tool_latency_s", "deadline_s", "reuse_prob"):
-        _check_float(name, values.get(name), low=-math.inf, high=math.inf)
-        if values.get(name) is not None:
-            values[name] = float(values[name])
-    return SagaRequestMeta(**values)
+    # The constructor checks every field (types, ranges, finiteness) and names it.
+    return SagaRequestMeta(**dict(raw))
 
 
 def saga_vllm_xargs(meta: SagaRequestMeta) -> dict[str, Any]:

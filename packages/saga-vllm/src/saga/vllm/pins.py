@@ -36,6 +36,8 @@ class ReleaseReason(StrEnum):
     """The session pinned again (its newer call ended in a tool too)."""
     SHUTDOWN = "shutdown"
     """The scheduler released everything (reset or shutdown)."""
+    ENDED = "ended"
+    """The session's task ended (``SagaScheduler.end_session``): its tool will never run."""
 
 
 @dataclass
@@ -96,7 +98,22 @@ class PinTable:
         pin = self._by_session.pop(session_id, None)
         if pin is not None:
             self._blocks -= pin.num_blocks
+            if not self._by_session:
+                self._heap.clear()
+            elif len(self._heap) > 2 * len(self._by_session) + 64:
+                self._compact()
         return pin
+
+    def _compact(self) -> None:
+        """Drop the dead heap entries at once: pins leave mostly from the middle (their session
+        returned), and in a long-running engine their entries would pile up until they expire."""
+        self._heap = [(p.expires_at, p.seq, p.session_id) for p in self._by_session.values()]
+        heapq.heapify(self._heap)
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the expiry heap, dead ones included (bounded: see ``_compact``)."""
+        return len(self._heap)
 
     def _prune(self) -> None:
         while self._heap:

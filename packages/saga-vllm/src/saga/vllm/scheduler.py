@@ -33,6 +33,7 @@ Where each part hooks in (vLLM 0.32):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
+from saga.aeg.steps import ToolStep
 from saga.policy.afs import AFS
 from saga.policy.eviction.walru import UNKNOWN_REUSE
 from saga.policy.queueing import (
@@ -244,6 +246,15 @@ class SagaRequestQueue(RequestQueue):  # type: ignore[misc]
         yield from sorted(self._live.values(), key=lambda r: r.arrival_time)
 
     # -- saga hooks ------------------------------------------------------------------------------
+    def session_count(self) -> int:
+        """Sessions this queue tracks a waiting request of (zero when it is empty)."""
+        return len(set(self._session_of.values()) | set(self._by_session))
+
+    def active_task_count(self) -> int:
+        """Tasks holding a hybrid slot (zero for the other orders): a task that never ends
+        holds its slot for good, which is why tasks must be ended."""
+        return len(self._order.active_tasks) if isinstance(self._order, HybridQueue) else 0
+
     def on_task_done(self, session_id: str) -> None:
         """The session's task ended (its hybrid slot frees up)."""
         if self._order is not None:
@@ -287,6 +298,8 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
         self._session_steps: dict[str, int] = {}
         self._last_tool: dict[str, str] = {}
         self._afs_sessions: set[str] = set()
+        self._agent_of: dict[str, str] = {}  # session -> agent type (pattern inference)
+        self._ending: set[str] = set()  # ended sessions with a call still in flight
         self._afs_epoch_at = -math.inf
         self._preempted: dict[str, int] = {}  # request id -> tokens computed when preempted
         # The workflow model: AEGs per agent type, learned from the tasks this engine served.
@@ -367,7 +380,10 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
         self.hinter.observe_call(meta.session_id, int(request.num_prompt_tokens),
                                  int(request.num_output_tokens), meta.pending_tool)
         if meta.final:
+            self._agent_of.pop(meta.session_id, None)
             self.hinter.finish(meta.session_id, meta.agent_type)
+        else:
+            self._agent_of[meta.session_id] = meta.agent_type
 
     def _pressure(self) -> float:
         return min(max(float(self.block_pool.get_usage()), 0.0), 1.0)
@@ -527,6 +543,10 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
             return
         meta = self._meta.pop(request.request_id, None)
         self._preempted.pop(request.request_id, None)  # finished (or aborted) while preempted
+        if meta is not None and meta.session_id in self._ending and not meta.prefetch:
+            # The task ended while this call ran: it was the last one, whatever it said.
+            self._ending.discard(meta.session_id)
+            meta = dataclasses.replace(meta, final=True, pending_tool=None)
         step = meta is None or not meta.prefetch  # a prefetch is no step of the task
         if meta is not None and step:
             self._session_steps[meta.session_id] = self._session_steps.get(
@@ -542,7 +562,7 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
         if meta is not None and request.block_hashes:
             REUSE_HINTS.set(request.block_hashes, p_reuse)  # the DRAM tier's WA-LRU reads it
         if (self.saga_config.ttl and meta is not None and meta.pending_tool is not None
-                and request.status in _PINNABLE and self._request_blocks_can_be_freed(request)):
+                and not meta.final and request.status in _PINNABLE and self._request_blocks_can_be_freed(request)):
             self._pin(meta.session_id, meta.pending_tool,
                       self.kv_cache_manager.pop_blocks_for_free(request))
             return
@@ -607,6 +627,60 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
             self._release(pin, ReleaseReason.EXPIRED)
         self._sync_gauges()
         return len(expired)
+
+    def end_session(self, session_id: str) -> bool:
+        """The session's task is over (its agent framework said so after the last call was
+        sent): release its pin at once — the tool it was pinned for will never run — and drop
+        its per-session state, learning the task's workflow without that phantom tool. A call
+        of the session still in flight is treated as its final call. Returns whether a pin was
+        released. Idempotent; call it from the thread that steps the engine.
+        """
+        pin = self.pins.pop(session_id)
+        self._release(pin, ReleaseReason.ENDED)
+        self._sync_gauges()
+        if any(m is not None and m.session_id == session_id and not m.prefetch
+               for m in self._meta.values()):
+            self._ending.add(session_id)  # closed when that call finishes
+            return pin is not None
+        if self.saga_queue is not None:
+            self.saga_queue.on_task_done(session_id)
+        if self.afs is not None and session_id in self._afs_sessions:
+            self.afs.finish(session_id)
+            self._afs_sessions.discard(session_id)
+        self._session_steps.pop(session_id, None)
+        self._last_tool.pop(session_id, None)
+        agent_type = self._agent_of.pop(session_id, None)
+        if agent_type is not None:
+            # SessionHinter has no public way to drop a step: the pending tool the last call
+            # was expected to end in never ran, so it must not be learnt.
+            steps = self.hinter._steps.get(session_id)
+            if steps and isinstance(steps[-1], ToolStep):
+                steps.pop()
+            self.hinter.finish(session_id, agent_type)
+        return pin is not None
+
+    def session_tables(self) -> dict[str, int]:
+        """Sizes of every per-session and per-request structure of this scheduler: all zero
+        on an idle engine whose sessions ended (what a soak test checks for leaks)."""
+        queue = self.saga_queue
+        return {
+            "pins": len(self.pins),
+            "pin_heap": self.pins.heap_size,
+            "pinned_blocks": self.pins.pinned_blocks,
+            "requests": len(self.requests),
+            "request_meta": len(self._meta),
+            "preempted": len(self._preempted),
+            "session_steps": len(self._session_steps),
+            "last_tool": len(self._last_tool),
+            "agent_of": len(self._agent_of),
+            "ending": len(self._ending),
+            "afs_sessions": len(self._afs_sessions),
+            "hinter_sessions": len(self.hinter.active_sessions()),
+            "waiting": len(self.waiting),
+            "running": len(self.running),
+            "queue_sessions": queue.session_count() if queue is not None else 0,
+            "queue_active_tasks": queue.active_task_count() if queue is not None else 0,
+        }
 
     def release_all_pins(self, reason: ReleaseReason = ReleaseReason.SHUTDOWN) -> int:
         """Release every pin; returns how many."""

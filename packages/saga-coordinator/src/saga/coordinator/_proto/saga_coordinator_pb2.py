@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16saga_coordinator.proto\x12\x13saga.coordinator.v1\"\x9f\x01\n\x0cRouteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x12\n\ndeadline_s\x18\x05 \x01(\x01\x12\x13\n\x0bwork_tokens\x18\x06 \x01(\x01\x12\x14\n\x0c\x61void_worker\x18\x07 \x01(\t\"\x8d\x01\n\nRouteReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .saga.coordinator.v1.RouteReason\x12\x14\n\x0cpinned_for_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x63oordinator_id\x18\x05 \x01(\t\"A\n\nRouteBatch\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.saga.coordinator.v1.RouteRequest\"@\n\x0cRouteReplies\x12\x30\n\x07replies\x18\x01 \x03(\x0b\x32\x1f.saga.coordinator.v1.RouteReply\"^\n\x0cSessionClaim\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x14\n\x0cpinned_for_s\x18\x03 \x01(\x01\x12\x11\n\tkv_tokens\x18\x04 \x01(\r\"v\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x33\n\x08sessions\x18\x04 \x03(\x0b\x32!.saga.coordinator.v1.SessionClaim\"r\n\rRegisterReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x18\n\x10sessions_adopted\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"6\n\x0eWaitingSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08kv_bytes\x18\x02 \x01(\x01\"\x92\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x12\n\nidle_for_s\x18\x03 \x01(\x01\x12\x34\n\x07waiting\x18\x04 \x03(\x0b\x32#.saga.coordinator.v1.WaitingSession\x12\x13\n\x0bstep_time_s\x18\x05 \x01(\x01\":\n\nStealOrder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\"h\n\x0eHeartbeatReply\x12/\n\x06steals\x18\x01 \x03(\x0b\x32\x1f.saga.coordinator.v1.StealOrder\x12\r\n\x05order\x18\x02 \x03(\t\x12\x16\n\x0e\x63oordinator_id\x18\x03 \x01(\t\"&\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\",\n\x0f\x44\x65registerReply\x12\x19\n\x11sessions_released\x18\x01 \x01(\r\"\x96\x02\n\x0bObservation\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.saga.coordinator.v1.ObservationKind\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\x12\x0c\n\x04tool\x18\x07 \x01(\t\x12\x16\n\x0etool_latency_s\x18\x08 \x01(\x01\x12\x34\n\x0b\x63\x61\x63he_state\x18\t \x01(\x0e\x32\x1f.saga.coordinator.v1.CacheState\x12\x10\n\x08pressure\x18\n \x01(\x01\"j\n\x10ObservationBatch\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x36\n\x0cobservations\x18\x03 \x03(\x0b\x32 .saga.coordinator.v1.Observation\"A\n\x0eObservationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x03(\t\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x11\n\x0f\x45ndSessionReply\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x89\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x14\n\x0cpinned_for_s\x18\x05 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\r\x12\r\n\x05moves\x18\x07 \x01(\r\"\x0e\n\x0cStatsRequest\"\\\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04load\x18\x03 \x01(\x01\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x10\n\x08sessions\x18\x05 \x01(\r\"\xb7\x02\n\nStatsReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x30\n\x07workers\x18\x02 \x03(\x0b\x32\x1f.saga.coordinator.v1.WorkerInfo\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x0e\n\x06routes\x18\x04 \x01(\x04\x12\r\n\x05moves\x18\x05 \x01(\x04\x12\x0e\n\x06steals\x18\x06 \x01(\x04\x12\x12\n\nafs_epochs\x18\x07 \x01(\x04\x12\x14\n\x0cobservations\x18\x08 \x01(\x04\x12\x42\n\nafs_shares\x18\t \x03(\x0b\x32..saga.coordinator.v1.StatsReply.AfsSharesEntry\x1a\x30\n\x0e\x41\x66sSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\r\n\x0bPingRequest\"#\n\tPingReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t*c\n\x0bRouteReason\x12\x1c\n\x18ROUTE_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNEW_SESSION\x10\x01\x12\x08\n\x04HOME\x10\x02\x12\x0e\n\nOVERLOADED\x10\x03\x12\x0b\n\x07REHOMED\x10\x04*o\n\x0fObservationKind\x12 \n\x1cOBSERVATION_KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nCALL_START\x10\x01\x12\x0c\n\x08\x43\x41LL_END\x10\x02\x12\x0e\n\nTOOL_START\x10\x03\x12\x0c\n\x08TOOL_END\x10\x04*U\n\nCacheState\x12\x1b\n\x17\x43\x41\x43HE_STATE_UNSPECIFIED\x10\x00\x12\x07\n\x03HBM\x10\x01\x12\n\n\x06PINNED\x10\x02\x12\x08\n\x04\x44RAM\x10\x03\x12\x0b\n\x07\x45VICTED\x10\x04\x32\xe2\x06\n\x0b\x43oordinator\x12K\n\x05Route\x12!.saga.coordinator.v1.RouteRequest\x1a\x1f.saga.coordinator.v1.RouteReply\x12U\n\x0bRouteStream\x12\x1f.saga.coordinator.v1.RouteBatch\x1a!.saga.coordinator.v1.RouteReplies(\x01\x30\x01\x12T\n\x08Register\x12$.saga.coordinator.v1.RegisterRequest\x1a\".saga.coordinator.v1.RegisterReply\x12W\n\tHeartbeat\x12%.saga.coordinator.v1.HeartbeatRequest\x1a#.saga.coordinator.v1.HeartbeatReply\x12Z\n\nDeregister\x12&.saga.coordinator.v1.DeregisterRequest\x1a$.saga.coordinator.v1.DeregisterReply\x12Y\n\x07Observe\x12%.saga.coordinator.v1.ObservationBatch\x1a#.saga.coordinator.v1.ObservationAck(\x01\x30\x01\x12Z\n\nEndSession\x12&.saga.coordinator.v1.EndSessionRequest\x1a$.saga.coordinator.v1.EndSessionReply\x12V\n\nGetSession\x12&.saga.coordinator.v1.GetSessionRequest\x1a .saga.coordinator.v1.SessionInfo\x12K\n\x05Stats\x12!.saga.coordinator.v1.StatsRequest\x1a\x1f.saga.coordinator.v1.StatsReply\x12H\n\x04Ping\x12 .saga.coordinator.v1.PingRequest\x1a\x1e.saga.coordinator.v1.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16saga_coordinator.proto\x12\x13saga.coordinator.v1\"\x9f\x01\n\x0cRouteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nagent_type\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x12\n\ndeadline_s\x18\x05 \x01(\x01\x12\x13\n\x0bwork_tokens\x18\x06 \x01(\x01\x12\x14\n\x0c\x61void_worker\x18\x07 \x01(\t\"\x8d\x01\n\nRouteReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x30\n\x06reason\x18\x03 \x01(\x0e\x32 .saga.coordinator.v1.RouteReason\x12\x14\n\x0cpinned_for_s\x18\x04 \x01(\x01\x12\x16\n\x0e\x63oordinator_id\x18\x05 \x01(\t\"A\n\nRouteBatch\x12\x33\n\x08requests\x18\x01 \x03(\x0b\x32!.saga.coordinator.v1.RouteRequest\"@\n\x0cRouteReplies\x12\x30\n\x07replies\x18\x01 \x03(\x0b\x32\x1f.saga.coordinator.v1.RouteReply\"^\n\x0cSessionClaim\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x14\n\x0cpinned_for_s\x18\x03 \x01(\x01\x12\x11\n\tkv_tokens\x18\x04 \x01(\r\"v\n\x0fRegisterRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x33\n\x08sessions\x18\x04 \x03(\x0b\x32!.saga.coordinator.v1.SessionClaim\"r\n\rRegisterReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x18\n\x10sessions_adopted\x18\x03 \x01(\r\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"6\n\x0eWaitingSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08kv_bytes\x18\x02 \x01(\x01\"\x92\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04load\x18\x02 \x01(\x01\x12\x12\n\nidle_for_s\x18\x03 \x01(\x01\x12\x34\n\x07waiting\x18\x04 \x03(\x0b\x32#.saga.coordinator.v1.WaitingSession\x12\x13\n\x0bstep_time_s\x18\x05 \x01(\x01\":\n\nStealOrder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\"h\n\x0eHeartbeatReply\x12/\n\x06steals\x18\x01 \x03(\x0b\x32\x1f.saga.coordinator.v1.StealOrder\x12\r\n\x05order\x18\x02 \x03(\t\x12\x16\n\x0e\x63oordinator_id\x18\x03 \x01(\t\"&\n\x11\x44\x65registerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\",\n\x0f\x44\x65registerReply\x12\x19\n\x11sessions_released\x18\x01 \x01(\r\"\xa5\x02\n\x0bObservation\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.saga.coordinator.v1.ObservationKind\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\x12\x0c\n\x04tool\x18\x07 \x01(\t\x12\x16\n\x0etool_latency_s\x18\x08 \x01(\x01\x12\x34\n\x0b\x63\x61\x63he_state\x18\t \x01(\x0e\x32\x1f.saga.coordinator.v1.CacheState\x12\x10\n\x08pressure\x18\n \x01(\x01\x12\r\n\x05\x66inal\x18\x0b \x01(\x08\"j\n\x10ObservationBatch\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x36\n\x0cobservations\x18\x03 \x03(\x0b\x32 .saga.coordinator.v1.Observation\"A\n\x0eObservationAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x03(\t\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x11\n\x0f\x45ndSessionReply\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x89\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x14\n\x0cpinned_for_s\x18\x05 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\r\x12\r\n\x05moves\x18\x07 \x01(\r\"\x0e\n\x0cStatsRequest\"\\\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04load\x18\x03 \x01(\x01\x12\r\n\x05\x61live\x18\x04 \x01(\x08\x12\x10\n\x08sessions\x18\x05 \x01(\r\"\xe9\x02\n\nStatsReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x30\n\x07workers\x18\x02 \x03(\x0b\x32\x1f.saga.coordinator.v1.WorkerInfo\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\x0e\n\x06routes\x18\x04 \x01(\x04\x12\r\n\x05moves\x18\x05 \x01(\x04\x12\x0e\n\x06steals\x18\x06 \x01(\x04\x12\x12\n\nafs_epochs\x18\x07 \x01(\x04\x12\x14\n\x0cobservations\x18\x08 \x01(\x04\x12\x42\n\nafs_shares\x18\t \x03(\x0b\x32..saga.coordinator.v1.StatsReply.AfsSharesEntry\x12\x16\n\x0esessions_ended\x18\n \x01(\x04\x12\x18\n\x10sessions_expired\x18\x0b \x01(\x04\x1a\x30\n\x0e\x41\x66sSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\r\n\x0bPingRequest\"#\n\tPingReply\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t*c\n\x0bRouteReason\x12\x1c\n\x18ROUTE_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNEW_SESSION\x10\x01\x12\x08\n\x04HOME\x10\x02\x12\x0e\n\nOVERLOADED\x10\x03\x12\x0b\n\x07REHOMED\x10\x04*o\n\x0fObservationKind\x12 \n\x1cOBSERVATION_KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nCALL_START\x10\x01\x12\x0c\n\x08\x43\x41LL_END\x10\x02\x12\x0e\n\nTOOL_START\x10\x03\x12\x0c\n\x08TOOL_END\x10\x04*U\n\nCacheState\x12\x1b\n\x17\x43\x41\x43HE_STATE_UNSPECIFIED\x10\x00\x12\x07\n\x03HBM\x10\x01\x12\n\n\x06PINNED\x10\x02\x12\x08\n\x04\x44RAM\x10\x03\x12\x0b\n\x07\x45VICTED\x10\x04\x32\xe2\x06\n\x0b\x43oordinator\x12K\n\x05Route\x12!.saga.coordinator.v1.RouteRequest\x1a\x1f.saga.coordinator.v1.RouteReply\x12U\n\x0bRouteStream\x12\x1f.saga.coordinator.v1.RouteBatch\x1a!.saga.coordinator.v1.RouteReplies(\x01\x30\x01\x12T\n\x08Register\x12$.saga.coordinator.v1.RegisterRequest\x1a\".saga.coordinator.v1.RegisterReply\x12W\n\tHeartbeat\x12%.saga.coordinator.v1.HeartbeatRequest\x1a#.saga.coordinator.v1.HeartbeatReply\x12Z\n\nDeregister\x12&.saga.coordinator.v1.DeregisterRequest\x1a$.saga.coordinator.v1.DeregisterReply\x12Y\n\x07Observe\x12%.saga.coordinator.v1.ObservationBatch\x1a#.saga.coordinator.v1.ObservationAck(\x01\x30\x01\x12Z\n\nEndSession\x12&.saga.coordinator.v1.EndSessionRequest\x1a$.saga.coordinator.v1.EndSessionReply\x12V\n\nGetSession\x12&.saga.coordinator.v1.GetSessionRequest\x1a .saga.coordinator.v1.SessionInfo\x12K\n\x05Stats\x12!.saga.coordinator.v1.StatsRequest\x1a\x1f.saga.coordinator.v1.StatsReply\x12H\n\x04Ping\x12 .saga.coordinator.v1.PingRequest\x1a\x1e.saga.coordinator.v1.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATSREPLY_AFSSHARESENTRY']._loaded_options = None
   _globals['_STATSREPLY_AFSSHARESENTRY']._serialized_options = b'8\001'
-  _globals['_ROUTEREASON']._serialized_start=2448
-  _globals['_ROUTEREASON']._serialized_end=2547
-  _globals['_OBSERVATIONKIND']._serialized_start=2549
-  _globals['_OBSERVATIONKIND']._serialized_end=2660
-  _globals['_CACHESTATE']._serialized_start=2662
-  _globals['_CACHESTATE']._serialized_end=2747
+  _globals['_ROUTEREASON']._serialized_start=2513
+  _globals['_ROUTEREASON']._serialized_end=2612
+  _globals['_OBSERVATIONKIND']._serialized_start=2614
+  _globals['_OBSERVATIONKIND']._serialized_end=2725
+  _globals['_CACHESTATE']._serialized_start=2727
+  _globals['_CACHESTATE']._serialized_end=2812
   _globals['_ROUTEREQUEST']._serialized_start=48
   _globals['_ROUTEREQUEST']._serialized_end=207
   _globals['_ROUTEREPLY']._serialized_start=210
@@ -67,31 +67,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEREGISTERREPLY']._serialized_start=1229
   _globals['_DEREGISTERREPLY']._serialized_end=1273
   _globals['_OBSERVATION']._serialized_start=1276
-  _globals['_OBSERVATION']._serialized_end=1554
-  _globals['_OBSERVATIONBATCH']._serialized_start=1556
-  _globals['_OBSERVATIONBATCH']._serialized_end=1662
-  _globals['_OBSERVATIONACK']._serialized_start=1664
-  _globals['_OBSERVATIONACK']._serialized_end=1729
-  _globals['_ENDSESSIONREQUEST']._serialized_start=1731
-  _globals['_ENDSESSIONREQUEST']._serialized_end=1770
-  _globals['_ENDSESSIONREPLY']._serialized_start=1772
-  _globals['_ENDSESSIONREPLY']._serialized_end=1789
-  _globals['_GETSESSIONREQUEST']._serialized_start=1791
-  _globals['_GETSESSIONREQUEST']._serialized_end=1830
-  _globals['_SESSIONINFO']._serialized_start=1833
-  _globals['_SESSIONINFO']._serialized_end=1970
-  _globals['_STATSREQUEST']._serialized_start=1972
-  _globals['_STATSREQUEST']._serialized_end=1986
-  _globals['_WORKERINFO']._serialized_start=1988
-  _globals['_WORKERINFO']._serialized_end=2080
-  _globals['_STATSREPLY']._serialized_start=2083
-  _globals['_STATSREPLY']._serialized_end=2394
-  _globals['_STATSREPLY_AFSSHARESENTRY']._serialized_start=2346
-  _globals['_STATSREPLY_AFSSHARESENTRY']._serialized_end=2394
-  _globals['_PINGREQUEST']._serialized_start=2396
-  _globals['_PINGREQUEST']._serialized_end=2409
-  _globals['_PINGREPLY']._serialized_start=2411
-  _globals['_PINGREPLY']._serialized_end=2446
-  _globals['_COORDINATOR']._serialized_start=2750
-  _globals['_COORDINATOR']._serialized_end=3616
+  _globals['_OBSERVATION']._serialized_end=1569
+  _globals['_OBSERVATIONBATCH']._serialized_start=1571
+  _globals['_OBSERVATIONBATCH']._serialized_end=1677
+  _globals['_OBSERVATIONACK']._serialized_start=1679
+  _globals['_OBSERVATIONACK']._serialized_end=1744
+  _globals['_ENDSESSIONREQUEST']._serialized_start=1746
+  _globals['_ENDSESSIONREQUEST']._serialized_end=1785
+  _globals['_ENDSESSIONREPLY']._serialized_start=1787
+  _globals['_ENDSESSIONREPLY']._serialized_end=1804
+  _globals['_GETSESSIONREQUEST']._serialized_start=1806
+  _globals['_GETSESSIONREQUEST']._serialized_end=1845
+  _globals['_SESSIONINFO']._serialized_start=1848
+  _globals['_SESSIONINFO']._serialized_end=1985
+  _globals['_STATSREQUEST']._serialized_start=1987
+  _globals['_STATSREQUEST']._serialized_end=2001
+  _globals['_WORKERINFO']._serialized_start=2003
+  _globals['_WORKERINFO']._serialized_end=2095
+  _globals['_STATSREPLY']._serialized_start=2098
+  _globals['_STATSREPLY']._serialized_end=2459
+  _globals['_STATSREPLY_AFSSHARESENTRY']._serialized_start=2411
+  _globals['_STATSREPLY_AFSSHARESENTRY']._serialized_end=2459
+  _globals['_PINGREQUEST']._serialized_start=2461
+  _globals['_PINGREQUEST']._serialized_end=2474
+  _globals['_PINGREPLY']._serialized_start=2476
+  _globals['_PINGREPLY']._serialized_end=2511
+  _globals['_COORDINATOR']._serialized_start=2815
+  _globals['_COORDINATOR']._serialized_end=3681
 # @@protoc_insertion_point(module_scope)

@@ -181,7 +181,7 @@ class DeregisterReply(_message.Message):
     def __init__(self, sessions_released: _Optional[int] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("session_id", "kind", "node", "prompt_tokens", "output_tokens", "cached_tokens", "tool", "tool_latency_s", "cache_state", "pressure")
+    __slots__ = ("session_id", "kind", "node", "prompt_tokens", "output_tokens", "cached_tokens", "tool", "tool_latency_s", "cache_state", "pressure", "final")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class Observation(_message.Message):
     TOOL_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     CACHE_STATE_FIELD_NUMBER: _ClassVar[int]
     PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     kind: ObservationKind
     node: str
@@ -202,7 +203,8 @@ class Observation(_message.Message):
     tool_latency_s: float
     cache_state: CacheState
     pressure: float
-    def __init__(self, session_id: _Optional[str] = ..., kind: _Optional[_Union[ObservationKind, str]] = ..., node: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., tool: _Optional[str] = ..., tool_latency_s: _Optional[float] = ..., cache_state: _Optional[_Union[CacheState, str]] = ..., pressure: _Optional[float] = ...) -> None: ...
+    final: bool
+    def __init__(self, session_id: _Optional[str] = ..., kind: _Optional[_Union[ObservationKind, str]] = ..., node: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., tool: _Optional[str] = ..., tool_latency_s: _Optional[float] = ..., cache_state: _Optional[_Union[CacheState, str]] = ..., pressure: _Optional[float] = ..., final: bool = ...) -> None: ...
 
 class ObservationBatch(_message.Message):
     __slots__ = ("worker_id", "seq", "observations")
@@ -277,7 +279,7 @@ class WorkerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., node: _Optional[str] = ..., load: _Optional[float] = ..., alive: bool = ..., sessions: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("coordinator_id", "workers", "sessions", "routes", "moves", "steals", "afs_epochs", "observations", "afs_shares")
+    __slots__ = ("coordinator_id", "workers", "sessions", "routes", "moves", "steals", "afs_epochs", "observations", "afs_shares", "sessions_ended", "sessions_expired")
     class AfsSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +296,8 @@ class StatsReply(_message.Message):
     AFS_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     AFS_SHARES_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     sessions: int
@@ -303,7 +307,9 @@ class StatsReply(_message.Message):
     afs_epochs: int
     observations: int
     afs_shares: _containers.ScalarMap[str, float]
-    def __init__(self, coordinator_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., sessions: _Optional[int] = ..., routes: _Optional[int] = ..., moves: _Optional[int] = ..., steals: _Optional[int] = ..., afs_epochs: _Optional[int] = ..., observations: _Optional[int] = ..., afs_shares: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    sessions_ended: int
+    sessions_expired: int
+    def __init__(self, coordinator_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., sessions: _Optional[int] = ..., routes: _Optional[int] = ..., moves: _Optional[int] = ..., steals: _Optional[int] = ..., afs_epochs: _Optional[int] = ..., observations: _Optional[int] = ..., afs_shares: _Optional[_Mapping[str, float]] = ..., sessions_ended: _Optional[int] = ..., sessions_expired: _Optional[int] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ()

@@ -133,7 +133,8 @@ class CoordinatorServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def EndSession(self, request, context):
-        """A task finished: drop it from the session table and from AFS.
+        """A task finished: drop it from the session table and from AFS at once. (A session also
+        leaves after its final call's CALL_END plus a grace period, or after an idle timeout.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
