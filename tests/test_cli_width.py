@@ -63,6 +63,8 @@ def test_the_shared_console_follows_columns(monkeypatch: pytest.MonkeyPatch) -> 
     ("kernels", "bench", "--sizes", "1000,100000", "--python-max-n", "1000"),
     ("coordinator", "bench", "--calls", "200", "--concurrency", "1,4", "--stream-routes",
      "2000", "--max-seconds", "2"),
+    ("coordinator", "soak", "--sessions", "200", "--concurrency", "20", "--workers", "2",
+     "--max-seconds", "20"),
 ], ids=lambda a: "-".join(a[:2]))
 def test_cheap_command_fits(args: tuple[str, ...]) -> None:
     invoke(*args)

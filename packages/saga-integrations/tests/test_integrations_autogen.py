@@ -144,3 +144,33 @@ def test_pattern_inference_recovers_the_scripted_graph(clock: Any) -> None:
     assert dict(aeg.successors("llm@tool:book")) == {"end": 1.0}
     assert set(aeg.node_ids) == {"llm@start", "tool:lookup", "llm@tool:lookup", "tool:book",
                                  "llm@tool:book", "end"}
+
+
+def test_the_task_result_ends_the_session_and_tells_the_async_hook(clock: Any) -> None:
+    agent, _ = _agent(clock, _script([["lookup"], []]))
+    ended: list[tuple[str, bool]] = []
+    feed = WorkflowFeed()
+
+    async def hook(session_id: str) -> None:
+        ended.append((session_id, bool(feed.active_sessions)))
+
+    saga = attach(agent, feed, clock=clock, on_end=hook)
+
+    async def consume() -> None:
+        async for item in saga.run_stream("book"):
+            if isinstance(item, TaskResult):
+                assert ended  # told before the caller sees the result
+    asyncio.run(consume())
+    (s,) = feed.sessions
+    assert ended == [(s.session_id, False)]
+
+
+def test_a_call_that_cannot_ask_for_tools_is_sent_as_final(clock: Any) -> None:
+    client = ReplayChatCompletionClient([_final(0)],
+                                        model_info=MODEL_INFO)  # type: ignore[arg-type]
+    agent = AssistantAgent("chat", model_client=client)   # no tools: one call, the last
+    ended: list[str] = []
+    asyncio.run(attach(agent, WorkflowFeed(), clock=clock, on_end=ended.append).run("hi"))
+    (sent,) = [c["extra_create_args"]["extra_body"]["vllm_xargs"] for c in client.create_calls]
+    assert sent["saga_final"] is True and "saga_pending_tool" not in sent
+    assert ended == []  # the engine already knows: no end signal needed

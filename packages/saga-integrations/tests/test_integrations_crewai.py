@@ -167,3 +167,16 @@ def test_pattern_inference_recovers_the_crew_graph(saga: CrewAIAttachment) -> No
     assert dict(aeg.successors("llm@llm")) == {"end": 1.0}
     # CrewAI's tool timings train the latency model: search sleeps 3x longer than fetch.
     assert aeg.node("tool:search").latency.median() > aeg.node("tool:fetch").latency.median()
+
+
+def test_a_completed_or_failed_kickoff_tells_the_end_hooks() -> None:
+    ended: list[str] = []
+    att = attach(WorkflowFeed(), on_end=ended.append)
+    try:
+        att.kickoff(_crew([_act("search", "query", "q"), FINAL], [FINAL]))
+        with pytest.raises(IndexError):
+            att.kickoff(_crew([], []))
+        assert ended == [s.session_id for s in att.feed.sessions]
+        assert [s.outcome for s in att.feed.sessions] == ["finished", "failed"]
+    finally:
+        att.detach()

@@ -240,3 +240,43 @@ def test_agent_tools_reads_a_create_agent_graph_and_refuses_anything_else(clock:
     assert [t.name for t in agent_tools(agent)] == ["search", "edit", "run_tests"]
     with pytest.raises(IntegrationError, match="tools="):
         agent_tools(object())
+
+
+def test_the_run_end_tells_the_end_hooks_once_with_the_session(clock: Any) -> None:
+    agent, model = _agent(clock)
+    ended: list[str] = []
+    handler = attach(WorkflowFeed(), clock=clock, on_end=[ended.append])
+    _run(agent, model, handler, [["search"], []])
+    (s,) = handler.saga.feed.sessions
+    assert ended == [s.session_id]
+    # The last call could not know it was the last: it went out as a plain call.
+    assert not any(m.final for m in model.seen)
+
+
+def test_a_failing_end_hook_never_breaks_the_agent(clock: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    agent, model = _agent(clock)
+
+    def broken(session_id: str) -> None:
+        raise ConnectionError("engine gone")
+
+    handler = attach(WorkflowFeed(), clock=clock, on_end=broken)
+    out = _run(agent, model, handler, [[]])
+    assert out["messages"][-1].content == "all done"
+    assert "session-end hook" in caplog.text
+
+
+def test_an_async_end_hook_is_run_to_completion(clock: Any) -> None:
+    agent, model = _agent(clock)
+    ended: list[str] = []
+
+    async def hook(session_id: str) -> None:
+        ended.append(session_id)
+
+    _run(agent, model, attach(WorkflowFeed(), clock=clock, on_end=hook), [[]])
+    assert len(ended) == 1
+
+
+def test_on_end_must_be_callable(clock: Any) -> None:
+    with pytest.raises(IntegrationError, match="on_end takes callables"):
+        attach(WorkflowFeed(), on_end=["not callable"])  # type: ignore[list-item]

@@ -20,7 +20,10 @@ PACKAGE = Path(__file__).resolve().parents[1]
 def test_no_compiler_gives_a_pure_python_wheel(tmp_path: Path) -> None:
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-cc"),
            "CUDACXX": str(tmp_path / "no-nvcc")}
-    subprocess.run(["uv", "build", "--wheel", "--no-config", "-o", str(tmp_path), str(PACKAGE)],
+    # --offline: the build backend comes from uv's cache (the workspace's sync put it there);
+    # the test run has no network beyond loopback.
+    subprocess.run(["uv", "build", "--offline", "--wheel", "--no-config", "-o", str(tmp_path),
+                    str(PACKAGE)],
                    env=env, check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("saga_kernels-*.whl")
     assert wheel.name.endswith("-py3-none-any.whl")

@@ -24,7 +24,8 @@ def main() -> None:
     from vllm import LLM
     model_dir, marker = Path(sys.argv[1]), sys.argv[2]
     cfg = SagaSchedulerConfig(walru=True, ttl=True, marker_path=marker)
-    llm = LLM(**tiny_engine_kwargs(model_dir, kv_bytes_for_blocks(12), saga=cfg))
+    llm = LLM(**tiny_engine_kwargs(model_dir, kv_bytes_for_blocks(12), saga=cfg,
+                                  distributed_executor_backend="uni"))
     try:
         in_process = hasattr(llm.llm_engine.engine_core, "engine_core")
         prompt = list(range(1, 100))

@@ -113,6 +113,6 @@ def test_many_sessions_ended_either_way_leave_nothing(engine: SagaEngine, sched:
         s.tool_finished()
         if i % 2:
             s.end()
-    engine.run_batch([Call(s, tokens(10 + i, 40) + [1, 2], 2, final=True)
+    engine.run_batch([Call(s, [*tokens(10 + i, 40), 1, 2], 2, final=True)
                       for i, s in enumerate(sessions) if i % 2 == 0])
     assert_idle(sched)

@@ -16,8 +16,8 @@ from saga.cli.render import console, print_table, progress, write_json
 from saga.coordinator.bench import BenchConfig, BenchResult, run_bench
 from saga.coordinator.core import FINAL_GRACE_S, SESSION_IDLE_S
 from saga.coordinator.serve import TOKEN_ENV, serve
-from saga.coordinator.soak import SoakConfig, SoakReport, run_soak
 from saga.coordinator.server import ServerConfig
+from saga.coordinator.soak import SoakConfig, SoakReport, run_soak
 from saga.policy.errors import SagaConfigError
 
 app = typer.Typer(help="SAGA's global coordinator (gRPC).", no_args_is_help=True)

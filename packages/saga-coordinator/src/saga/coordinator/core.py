@@ -253,10 +253,9 @@ class CoordinatorCore:
             entry.worker_id, entry.node = dst, w.node
             entry.moves += 1
             entry.pinned_until = 0.0
-            src = self.workers.get(old) if old is not None else None
-            if src is not None:
+            if old is not None and old in self.workers:
                 # Its next heartbeat tells the old home to stop claiming the session.
-                src.steals_out.append(Steal(session_id, old, dst, 0.0, 0.0))
+                self.workers[old].steals_out.append(Steal(session_id, old, dst, 0.0, 0.0))
         entry.calls += 1
         self._touch(entry, now)
         if entry.final_at is not None:  # the task goes on after all

@@ -246,8 +246,8 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
     With ``crew``, only kickoffs of crews of that name are recorded and its hint is admitted
     now; ``agent_type`` defaults to the crew's name. ``on_end`` (one callable or several, e.g.
     ``engine.end_session``) is called with the session id when a kickoff completes or fails
-    (on the bus's thread, before `CrewAIAttachment.kickoff` returns). Raises `FrameworkNotInstalledError` when
-    crewai is missing.
+    (on the bus's thread, before `CrewAIAttachment.kickoff` returns). Raises
+    `FrameworkNotInstalledError` when crewai is missing.
     """
     require(FRAMEWORK)
     from crewai.events import (

@@ -7,10 +7,11 @@ reply's ``usage_metadata`` when the model reports them, ~4-characters-a-token es
 does not), each tool run a tool call with its measured duration. When the root ends the task
 goes to pattern inference and the ``on_end`` hooks are told (``SagaEngine.end_session``: the
 engine releases the KV it pinned for the tool the last call was expected to end in — LangChain
-only says a call was the last once the agent finishes). Before each chat-model call the handler computes the call's SAGA
-metadata (session, AEG node, predicted pending tool, last tool latency); a SAGA-aware chat
-model reads it with `request_metadata(run_manager)` and sends it as ``extra_args`` (vLLM
-engine) or ``extra_body={"vllm_xargs": ...}`` (vLLM's OpenAI server).
+only says a call was the last once the agent finishes). Before each chat-model call the
+handler computes the call's SAGA metadata (session, AEG node, predicted pending tool, last
+tool latency); a SAGA-aware chat model reads it with `request_metadata(run_manager)` and sends
+it as ``extra_args`` (vLLM engine) or ``extra_body={"vllm_xargs": ...}`` (vLLM's OpenAI
+server).
 
 `LangChainTracker` holds the logic and needs no LangChain; `attach()` wraps it in a real
 ``BaseCallbackHandler`` and is the only part that imports the framework.

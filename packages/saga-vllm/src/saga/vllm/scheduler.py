@@ -562,7 +562,8 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
         if meta is not None and request.block_hashes:
             REUSE_HINTS.set(request.block_hashes, p_reuse)  # the DRAM tier's WA-LRU reads it
         if (self.saga_config.ttl and meta is not None and meta.pending_tool is not None
-                and not meta.final and request.status in _PINNABLE and self._request_blocks_can_be_freed(request)):
+                and not meta.final and request.status in _PINNABLE
+                and self._request_blocks_can_be_freed(request)):
             self._pin(meta.session_id, meta.pending_tool,
                       self.kv_cache_manager.pop_blocks_for_free(request))
             return
