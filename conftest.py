@@ -8,6 +8,14 @@ child (Ray, vLLM, pytest-xdist workers) inherits it and no packet can leave the 
 ``SAGA_TEST_NETNS`` tells the tests where they run: ``private`` (the namespace above),
 ``unavailable: <why>`` (the machine refused one: no root and no user namespaces) or ``off``
 (set by hand: stay in the machine's namespace). Tests that start Ray skip unless ``private``.
+
+With pytest-xdist (``-n auto --dist loadfile`` in pyproject.toml) the run's test files are shared
+out to one worker per core, a file at a time (a file's engines and Ray session are built once).
+Two rules make that safe and short (:class:`_Scheduling`): every file that starts Ray runs in one
+worker, one after another (two Ray clusters in one namespace stall each other), and the longest
+files are handed out first, so no worker is left with a long file at the end: the Ray files,
+then the files that start real vLLM engines, then the rest in collection order. A file starts
+Ray when its name has ``ray`` or ``cluster`` in it; one that starts vLLM, ``vllm``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import fcntl
 import os
 import socket
 import struct
+from collections import OrderedDict
+from typing import Any
 
 NETNS_ENV = "SAGA_TEST_NETNS"
 _CLONE_NEWNET = 0x40000000
@@ -64,6 +74,50 @@ def enter_private_netns() -> str:
     if names != ["lo"]:
         return f"unavailable: the namespace has interfaces {names}, not only lo"
     return "private"
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _weight(scope: str) -> int:
+    """Hand-out order of a work unit: lower first."""
+    name = scope.rsplit("/", 1)[-1]
+    if scope == RAY_GROUP:
+        return 0
+    return 1 if "vllm" in name else 2
+
+
+RAY_GROUP = "<files that start Ray>"
+
+
+class _LongestFirst(OrderedDict[str, Any]):
+    """xdist's work queue, handing out the unit of lowest :func:`_weight` first (in collection
+    order among equals)."""
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        if last:
+            return super().popitem(last=True)
+        scope = min(self, key=_weight)
+        return scope, self.pop(scope)
+
+
+def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+        """``loadfile`` with the Ray files as one unit and the longest units first."""
+
+        def __init__(self, config: Any, log: Any = None) -> None:
+            super().__init__(config, log)
+            self.workqueue = _LongestFirst()
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = _file_of(nodeid)
+            name = path.rsplit("/", 1)[-1]
+            return RAY_GROUP if ("ray" in name or "cluster" in name) else path
+
+    return _Scheduling(config, log)
 
 
 def pytest_configure(config: object) -> None:

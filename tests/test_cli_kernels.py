@@ -26,7 +26,7 @@ def test_bench_prints_ratios_and_writes_json(tmp_path: Path) -> None:
     res = runner.invoke(app, ["kernels", "bench", "--sizes", "64,512", "--python-max-n", "100",
                               "--json", str(out)])
     assert res.exit_code == 0, res.output
-    assert "vs NumPy" in res.output and "memcpy" in res.output
+    assert "NumPy" in res.output and "×" in res.output and "memcpy" in res.output
     assert "skipped above N=100" in res.output  # the Python twin is skipped, and it says so
     data = json.loads(out.read_text())
     assert data["memcpy_gbps"] > 0

@@ -5,7 +5,9 @@
 processes, and table 3c (table 3 on the whole 16-instance reference cluster, 4 seeds);
 ``--nodes 8`` simulates every requested table on the reference cluster. ``saga bench
 validate`` runs the real CPU vLLM engine (``saga vllm compare``) and the simulator configured as
-that engine, and reports the simulator's error.
+that engine, and reports the simulator's error. ``--out DIR`` writes each run to ``DIR/runs/`` as
+it finishes and ``--resume`` reuses them after an interruption (``saga.bench.store``);
+``--smoke`` runs the pipeline on a handful of tasks in seconds.
 """
 
 from __future__ import annotations

@@ -90,7 +90,11 @@ def _with_columns(table: Table, cols: Sequence[int] | range, c: Console,
                 show_edge=table.show_edge, show_header=table.show_header,
                 show_lines=table.show_lines, header_style=table.header_style,
                 title_style=table.title_style, highlight=table.highlight,
-                caption=table.caption if n == total else None, row_styles=table.row_styles)
+                caption=table.caption if n == total else None, row_styles=table.row_styles,
+                caption_style=table.caption_style, caption_justify=table.caption_justify,
+                style=table.style, border_style=table.border_style, leading=table.leading,
+                collapse_padding=table.collapse_padding, safe_box=table.safe_box,
+                show_footer=table.show_footer, footer_style=table.footer_style)
     new.rows = [dataclasses.replace(r) for r in table.rows]
     for j, i in enumerate(cols):
         col = table.columns[i]
