@@ -16,6 +16,8 @@ from saga.cli.main import app
 from saga.coordinator.testing import ray_skip_reason
 
 runner = CliRunner(env={"COLUMNS": "250"})
+narrow = CliRunner(env={"COLUMNS": "80"})  # the run's report must read at 80 columns
+TABLE_LINE = tuple("┏┃┡│└┌├╭╰")
 
 pytest.importorskip("saga.vllm")
 
@@ -24,7 +26,7 @@ pytest.importorskip("saga.vllm")
 def test_cluster_up_local_runs_agents_on_vllm_workers_and_survives_a_kill(
         tmp_path: Path) -> None:
     out = tmp_path / "up.json"
-    res = runner.invoke(app, [
+    res = narrow.invoke(app, [
         "cluster", "up", "--local", "--workers", "2", "--tasks", "6", "--steps", "4",
         "--kill-after", "8", "--model-dir", str(tmp_path / "model"), "--json", str(out)])
     assert res.exit_code == 0, res.output
@@ -40,10 +42,13 @@ def test_cluster_up_local_runs_agents_on_vllm_workers_and_survives_a_kill(
     assert 0 < data["cached_tokens"] < data["prompt_tokens"]
     assert data["coordinator"]["observations"] > 0
     assert data["coordinator"]["sessions_left"] == 0
-    assert "6/6 tasks completed through the coordinator" in res.output
-    assert "real vLLM engines" in res.output
+    flat = " ".join(res.output.split())  # rich wraps long lines at 80 columns
+    assert "6/6 tasks completed through the coordinator" in flat
+    assert "real vLLM engines" in flat
     assert data["ray_node_address"] == "127.0.0.1"
-    assert "Ray node address: 127.0.0.1 (loopback only" in res.output
+    assert "Ray node address: 127.0.0.1 (loopback only" in flat
+    tables = [line for line in res.output.splitlines() if line.lstrip().startswith(TABLE_LINE)]
+    assert tables and all(len(line) <= 80 and "…" not in line for line in tables), tables
 
 
 def test_cluster_up_needs_exactly_one_of_local_or_address() -> None:

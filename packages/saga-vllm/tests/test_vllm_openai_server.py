@@ -4,7 +4,10 @@ Starts ``python -m vllm.entrypoints.openai.api_server`` with ``SagaScheduler`` o
 (engine core in its own process, as in production), then talks HTTP to it on loopback: a
 session that declares its pending tool keeps its prefix through other traffic while a plain
 request's is evicted, and malformed metadata is a 400 naming the ``vllm_xargs`` key — after
-which the server still serves.
+which the server still serves. The scheduler's marker file shows that ``SagaScheduler`` ran in
+the engine-core process (not the API server's) with the configuration sent through
+``--additional-config`` (the stats it writes at shutdown are checked in-process, in
+``test_vllm_marker.py``: vLLM's API server force-kills its engine core on SIGTERM).
 """
 
 from __future__ import annotations
@@ -40,8 +43,22 @@ def _free_port() -> int:
 class Server:
     """One running API server and a tiny JSON client for it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, model: str, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, model: str, log: Path,
+                 marker: Path) -> None:
         self.proc, self.port, self.model, self.log = proc, port, model, log
+        self.marker = marker
+
+    def marker_event(self) -> dict[str, Any]:
+        return dict(json.loads(self.marker.read_text()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         req = urllib.request.Request(
@@ -70,8 +87,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
-    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    saga = SagaSchedulerConfig(walru=True, ttl=True)
+    folder = tmp_path_factory.mktemp("vllm-server")
+    log, marker = folder / "server.log", folder / "saga-marker.json"
+    saga = SagaSchedulerConfig(walru=True, ttl=True, marker_path=str(marker))
     args = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
@@ -88,7 +106,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's engine core is its own process
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
-    srv = Server(proc, port, str(tiny_model_dir), log)
+    srv = Server(proc, port, str(tiny_model_dir), log, marker)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -104,12 +122,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 time.sleep(1.0)
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        srv.stop()
 
 
 def _tokens(seed: int, n: int) -> list[int]:
@@ -153,3 +166,11 @@ def test_malformed_vllm_xargs_is_a_400_naming_the_key(server: Server, xargs: dic
     status, _ = server.complete(_tokens(10, 64))   # the server keeps serving
     assert status == 200
     assert server.proc.poll() is None
+
+
+def test_saga_scheduler_runs_in_the_engine_core_process(server: Server) -> None:
+    started = server.marker_event()
+    assert started["event"] == "started"
+    assert started["class"] == "SagaScheduler"
+    assert started["pid"] not in (os.getpid(), server.proc.pid)  # the engine-core process
+    assert started["config"]["walru"] and started["config"]["ttl"]
