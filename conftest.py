@@ -110,6 +110,9 @@ def pytest_xdist_make_scheduler(config: Any, log: Any) -> Any:
 
         def __init__(self, config: Any, log: Any = None) -> None:
             super().__init__(config, log)
+            # Collection order among equals (xdist would sort units by their number of tests):
+            # test_vllm_0_offload_engine.py must be the first engine module of its worker.
+            config.option.loadscopereorder = False
             self.workqueue = _LongestFirst()
 
         def _split_scope(self, nodeid: str) -> str:
