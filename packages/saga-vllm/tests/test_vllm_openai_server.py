@@ -98,7 +98,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "--kv-cache-memory-bytes", str(kv_bytes_for_blocks(BLOCKS)),
         "--enable-prefix-caching", "--enable-prompt-tokens-details",
         "--compilation-config", json.dumps({"mode": 0}),
-        "--scheduler-cls", SCHEDULER_CLS, "--distributed-executor-backend", "uni",
+        "--scheduler-cls", SCHEDULER_CLS,
         "--additional-config", json.dumps({"saga": saga.to_dict()}),
         "--logits-processors", VALIDATOR_CLS,
     ]
