@@ -24,7 +24,7 @@ def _core(**kw: float) -> CoordinatorCore:
 
 def _empty(core: CoordinatorCore) -> bool:
     return not (core.sessions or core._finals or core._ended or len(core.router)
-                or core.afs._tasks)
+                or core.afs.tasks())
 
 
 def test_a_final_call_drops_the_session_after_the_grace_period() -> None:

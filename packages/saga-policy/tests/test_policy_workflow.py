@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from saga.aeg import PatternInference
+from saga.aeg.steps import tool_node_id
 from saga.policy.workflow import SessionHinter
 
 
@@ -45,3 +46,15 @@ def test_session_end_and_unseen_tool() -> None:
     assert 0.0 <= unseen.reuse_prob <= 1.0 and unseen.node.startswith("tool:")
     h.observe_call("live", 10, 1, "grep")
     assert list(h.active_sessions()) == ["live"]
+
+
+def test_a_task_ended_while_waiting_does_not_learn_the_tool_that_never_ran() -> None:
+    h = SessionHinter(PatternInference(theta_conf=0.7, cold_start_tasks=30))
+    for i in range(30):
+        h.observe_call(f"s{i}", 1000, 50, "grep")
+        h.observe_call(f"s{i}", 1600, 50, "plan")  # ended while waiting on "plan"
+        h.finish(f"s{i}", "coder", pending_tool_ran=False)
+    assert h.inference.aeg_source("coder") == "inferred"
+    assert h.hint("coder", "grep").reuse_prob == 1.0
+    assert tool_node_id("plan") not in h.inference.aeg_for("coder")
+    assert h.active_sessions() == []

@@ -453,7 +453,7 @@ class CoordinatorCore:
                        *(x.kv_bytes for x in w.waiting))
             if not all(math.isfinite(x) for x in numbers) or w.load < 0 or w.slots < 1:
                 bad.append(f"worker {w.worker_id!r}: load/time not finite or negative ({w})")
-        homes = dict(self.router._home)
+        homes = dict(self.router.homes())
         for sid, e in self.sessions.items():
             if not all(math.isfinite(x) for x in (e.pinned_until, e.last_seen)):
                 bad.append(f"session {sid!r}: pinned_until/last_seen not finite")
@@ -465,11 +465,11 @@ class CoordinatorCore:
         if set(homes) != set(self.sessions):
             bad.append(f"router knows sessions the table does not: "
                        f"{sorted(set(homes) ^ set(self.sessions))[:5]}")
-        tracked = set(self.afs._tasks)
+        tracked = set(self.afs.tasks())
         in_afs = {sid for sid, e in self.sessions.items() if e.in_afs}
         if tracked != in_afs:
             bad.append(f"AFS tasks != sessions in AFS: {sorted(tracked ^ in_afs)[:5]}")
-        for t in self.afs._tasks.values():
+        for t in self.afs.tasks().values():
             if not all(math.isfinite(x) for x in (t.work, t.service, t.deadline_s)):
                 bad.append(f"AFS task {t.task_id!r}: work/service/deadline not finite")
         if not all(math.isfinite(x) for x in self.shares().values()):

@@ -145,7 +145,7 @@ def coordinator_tables(server: CoordinatorServer, hosts: Mapping[str, WorkerHost
         "ended_ids": len(core._ended),
         "router_homes": len(core.router),
         "router_moves": len(core.router.moves),
-        "afs_tasks": len(core.afs._tasks),  # AFS exposes no count
+        "afs_tasks": len(core.afs.tasks()),
         "steal_orders": sum(len(w.steals_out) for w in core.workers.values()),
         "worker_waiting": sum(len(w.waiting) for w in core.workers.values()),
         "host_sessions": 0, "host_pending_tools": 0, "obs_queued": 0, "obs_rejected": 0,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -124,6 +125,10 @@ class AFS:
                 f"got work={work}, deadline_s={deadline_s}")
         self._tasks[task_id] = TaskState(task_id, tenant, work, deadline_s)
         self._queue.setdefault(tenant, 0.0)
+
+    def tasks(self) -> Mapping[str, TaskState]:
+        """Every tracked task's state (a read-only view)."""
+        return MappingProxyType(self._tasks)
 
     def task(self, task_id: str) -> TaskState:
         """The tracked state of a task."""

@@ -16,6 +16,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar, Literal, Protocol
 
 from saga.policy.errors import SagaConfigError, SagaError, UnknownSessionError
@@ -169,6 +170,10 @@ class AffinityRouter:
         """Drop a finished session from the table."""
         if self._home.pop(session_id, None) is None:
             raise UnknownSessionError(f"session {session_id!r} is not in the session table")
+
+    def homes(self) -> Mapping[str, str]:
+        """Every session's home worker (a read-only view)."""
+        return MappingProxyType(self._home)
 
     def __len__(self) -> int:
         return len(self._home)

@@ -62,9 +62,14 @@ class SessionHinter:
         steps = aeg.expected_steps_to_next_llm(node) if aeg.p_next_llm(node) > 0 else math.inf
         return ReuseHint(p, steps, node, source)
 
-    def finish(self, session_id: str, agent_type: str) -> None:
-        """The session's task is complete: let pattern inference learn from it."""
+    def finish(self, session_id: str, agent_type: str, *, pending_tool_ran: bool = True) -> None:
+        """The session's task is complete: let pattern inference learn from it.
+
+        ``pending_tool_ran=False``: the task ended while waiting on the tool its last call asked
+        for (an explicit session end), so that tool never ran and is not learnt."""
         steps = self._steps.pop(session_id, None)
+        if steps and not pending_tool_ran and isinstance(steps[-1], ToolStep):
+            steps.pop()
         if steps:
             self.inference.observe(agent_type, steps)
 

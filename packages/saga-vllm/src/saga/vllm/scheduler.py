@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
-from saga.aeg.steps import ToolStep
 from saga.policy.afs import AFS
 from saga.policy.eviction.walru import UNKNOWN_REUSE
 from saga.policy.queueing import (
@@ -652,12 +651,8 @@ class SagaScheduler(StepLogging, Scheduler):  # type: ignore[misc]
         self._last_tool.pop(session_id, None)
         agent_type = self._agent_of.pop(session_id, None)
         if agent_type is not None:
-            # SessionHinter has no public way to drop a step: the pending tool the last call
-            # was expected to end in never ran, so it must not be learnt.
-            steps = self.hinter._steps.get(session_id)
-            if steps and isinstance(steps[-1], ToolStep):
-                steps.pop()
-            self.hinter.finish(session_id, agent_type)
+            # The pending tool the last call was expected to end in never ran.
+            self.hinter.finish(session_id, agent_type, pending_tool_ran=False)
         return pin is not None
 
     def session_tables(self) -> dict[str, int]:
