@@ -25,6 +25,21 @@ def test_bench_one_table_writes_every_file(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "bench.json").read_text())["tables"] == ["6"]
 
 
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[1, 2]",
+                                     b'{"markdown": [3]}'])
+def test_an_unreadable_validation_file_keeps_the_results_and_says_so(tmp_path: Path,
+                                                                     content: bytes) -> None:
+    (tmp_path / "validation.json").write_bytes(content)
+    res = runner.invoke(app, ["bench", "--smoke", "--tables", "6", "--seeds", "1",
+                              "--workers", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    flat = " ".join(res.output.split())
+    assert "warning: ignoring" in flat and "validation.json" in flat
+    report = (tmp_path / "report.md").read_text()
+    assert "Table 6" in report and "saga bench validate" in report  # the placeholder section
+
+
 def test_bench_unknown_table_is_a_clear_error() -> None:
     res = runner.invoke(app, ["bench", "--tables", "3,12"])
     assert res.exit_code == 2

@@ -142,10 +142,22 @@ def bench(
 
 
 def _load_validation(out: Path) -> dict[str, Any] | None:
+    """``validation.json`` from ``saga bench validate --out``, or None. One that cannot be read
+    leaves the report without its validation section and says so: the bench's results are
+    kept either way."""
     p = out / "validation.json"
     if not p.is_file():
         return None
-    data: dict[str, Any] = json.loads(p.read_text())
+    try:
+        data = json.loads(p.read_bytes())
+        if not (isinstance(data, dict) and isinstance(data.get("markdown", []), list)
+                and all(isinstance(line, str) for line in data.get("markdown", []))):
+            raise ValueError("not the object `saga bench validate` writes")
+    except (ValueError, RecursionError) as exc:
+        console.print(f"[yellow]warning:[/] ignoring {escape(str(p))} ({escape(str(exc))}); "
+                      "run `saga bench validate --out` again to add the validation section",
+                      highlight=False)
+        return None
     return data
 
 
