@@ -310,3 +310,14 @@ def test_a_waiting_call_is_stolen_end_to_end() -> None:
             for h in hosts.values():
                 await h.stop()
     run(body)
+
+
+def test_a_worker_back_on_another_node_moves_its_sessions_node() -> None:
+    core = CoordinatorCore()
+    core.register("w0", "n1", 8, 0.0)
+    core.route("s1", "t", 0.1)
+    core.register("w0", "n2", 8, 1.0)  # restarted elsewhere, same id
+    d = core.route("s1", "t", 1.1)
+    assert (d.worker_id, d.node) == ("w0", "n2")
+    assert core.session("s1").node == "n2"
+    assert core.check_invariants() == []

@@ -154,6 +154,11 @@ class CoordinatorCore:
         """Add (or revive) a worker and home its claimed ``(session, tenant, pinned_for_s)``
         sessions on it; returns how many claims were adopted (a session already homed on another
         live worker keeps its home)."""
+        before = self.workers.get(worker_id)
+        if before is not None and before.node != node:  # the worker came back on another node
+            for s in self.sessions.values():
+                if s.worker_id == worker_id:
+                    s.node = node
         self.workers[worker_id] = WorkerEntry(worker_id, node, slots, last_seen=now)
         self._loads = None
         adopted = 0
