@@ -34,8 +34,8 @@ def test_an_unreadable_validation_file_keeps_the_results_and_says_so(tmp_path: P
                               "--workers", "1", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output
-    flat = " ".join(res.output.split())
-    assert "warning: ignoring" in flat and "validation.json" in flat
+    compact = "".join(res.output.split())  # rich wraps (and folds the long path) at any width
+    assert "warning:ignoring" in compact and "validation.json" in compact
     report = (tmp_path / "report.md").read_text()
     assert "Table 6" in report and "saga bench validate" in report  # the placeholder section
 
