@@ -29,7 +29,7 @@ def test_same_seed_same_numbers(one_node: SimConfig) -> None:
                                     "continuum", "autellix", "vllm_kvflow"])
 def test_every_call_completes_once_and_tokens_add_up(preset: str, one_node: SimConfig) -> None:
     w = _small(1, "mixed", 8)
-    sim = Simulation(PRESETS[preset], one_node)
+    sim = Simulation(PRESETS[preset].build(), one_node)
     r = sim.run(w)
     assert r.tasks == len(w.tasks)
     assert r.calls == w.calls
@@ -70,7 +70,7 @@ def test_with_ample_memory_and_no_contention_prefix_caching_presets_tie(
     base = tct["vllm_apc"]
     assert all(v == pytest.approx(base, rel=1e-9) for v in tct.values()), tct
     # Alone on the cluster with its prefix cached, a task runs at its ideal time.
-    sim = Simulation(PRESETS["saga"], one_node)
+    sim = Simulation(PRESETS["saga"].build(), one_node)
     r = sim.run(w)
     assert r.latency_vs_ideal == pytest.approx(1.0, rel=0.02)
 
@@ -111,11 +111,10 @@ def test_replayed_trace_and_tenants_workloads_build() -> None:
 
 def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
     """SAGA copies a moved session's KV to its new home; without that it is prefilled again."""
-    from saga.policy.presets import PolicySpec
-    from saga.policy.routing import AffinityRouter
+    from saga.policy.presets import policy
 
     restless = PRESETS["saga"].derive("saga_restless", "re-homes on any load",
-                                      router=PolicySpec(AffinityRouter, {"theta": 1e-6}))
+                                      router=policy("router", "affinity", theta=1e-6))
     w = _small(5, "swe", 10)
     moved = simulate(restless, w, one_node)
     rebuilt = simulate(dataclasses.replace(restless, rehome_kv=False), w, one_node)
@@ -127,7 +126,7 @@ def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
 def test_an_idle_instance_steals_a_call_stuck_behind_a_full_kv_pool(one_node: SimConfig) -> None:
     w = build_workload(WorkloadSpec("swe", 10, 1.0, 5, max_context=20_000))
     tight = dataclasses.replace(one_node, hbm_blocks=120)
-    sim = Simulation(PRESETS["saga"], tight)
+    sim = Simulation(PRESETS["saga"].build(), tight)
     r = sim.run(w)
     assert r.steals > 0 and r.tasks == len(w.tasks)
     for inst in sim.instances:
@@ -144,7 +143,7 @@ def test_a_pin_ends_when_its_session_returns(one_node: SimConfig) -> None:
     """TRT-LLM's fixed 300 s retention: once the session's next call is admitted its own blocks
     are no longer pinned (only the shared system prompt keeps its pin to expiry)."""
     w = Workload(WorkloadSpec("swe", 1, 1.0, 0), [_one_tool_task(0, 0.0)])
-    sim = Simulation(PRESETS["trt_llm_scaffolding"], one_node)
+    sim = Simulation(PRESETS["trt_llm_scaffolding"].build(), one_node)
     r = sim.run(w)
     assert r.ttl_accuracy == 1.0 and len(sim.pins) == 0
     cache = sim.instances[sim.states[0].home].cache
@@ -158,7 +157,7 @@ def test_pin_cap_releases_the_pin_expected_back_last(one_node: SimConfig) -> Non
     from saga.bench.sim.pins import PinBook
     from saga.policy.ttl import ToolCallTTL
 
-    sim = Simulation(PRESETS["saga"], dataclasses.replace(one_node, hbm_blocks=40,
+    sim = Simulation(PRESETS["saga"].build(), dataclasses.replace(one_node, hbm_blocks=40,
                                                           block_tokens=16))
     inst = sim.instances[0]
     ttl = ToolCallTTL.with_aeg_registry()

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from saga.policy import presets as presets_module
+from saga.policy import registry
 from saga.policy.afs import AFS
 from saga.policy.autellix import ATLAS, AutellixRouter
 from saga.policy.errors import SagaConfigError
@@ -19,7 +20,7 @@ from saga.policy.eviction import (
     RadixLRUPolicy,
     WALRUPolicy,
 )
-from saga.policy.presets import PRESETS, PolicySpec, Preset, get_preset
+from saga.policy.presets import PRESETS, PolicySpec, Preset, get_preset, policy
 from saga.policy.queueing import FCFSQueue, HybridQueue, ProgramFCFSQueue
 from saga.policy.routing import (
     AffinityRouter,
@@ -51,20 +52,22 @@ def test_get_preset_unknown_lists_valid_names() -> None:
 
 def test_saga_builds_its_policies() -> None:
     b = get_preset("saga").build()
-    assert isinstance(b.eviction, WALRUPolicy)
-    assert (b.eviction.alpha, b.eviction.beta, b.eviction.gamma) == (0.3, 0.5, 0.2)
+    e = b.engine()
+    assert isinstance(e.eviction, WALRUPolicy)
+    assert (e.eviction.alpha, e.eviction.beta, e.eviction.gamma) == (0.3, 0.5, 0.2)
     assert isinstance(b.ttl, ToolCallTTL)
     assert isinstance(b.router, AffinityRouter) and b.router.theta == 0.8
     assert isinstance(b.stealer, WorkStealer)
     assert (b.stealer.t_idle, b.stealer.r_max) == (0.1, 2.0)
-    assert isinstance(b.queue, HybridQueue)
-    assert isinstance(b.fairness, AFS)
+    assert isinstance(e.queue, HybridQueue)
+    assert isinstance(e.fairness, AFS)
     assert b.dram_tier and b.prefetch and b.prefix_caching and not b.migration
 
 
 def test_build_makes_fresh_objects() -> None:
     a, b = get_preset("saga").build(), get_preset("saga").build()
-    assert a.router is not b.router and a.queue is not b.queue and a.ttl is not b.ttl
+    assert a.router is not b.router and a.ttl is not b.ttl
+    assert a.engine().queue is not a.engine().queue
 
 
 ABLATION_FIELD = {
@@ -82,13 +85,13 @@ def test_ablation_differs_from_saga_in_one_field(name: str, changed: str) -> Non
 
 
 def test_ablation_builds() -> None:
-    assert isinstance(get_preset("saga_no_walru").build().eviction, PrefixLRUPolicy)
+    assert isinstance(get_preset("saga_no_walru").build().engine().eviction, PrefixLRUPolicy)
     assert get_preset("saga_no_ttl").build().ttl is None
     nopf = get_preset("saga_no_prefetch").build()
     assert nopf.dram_tier and not nopf.prefetch
     assert isinstance(get_preset("saga_no_affinity").build().router, LeastLoadedRouter)
     assert get_preset("saga_no_stealing").build().stealer is None
-    assert get_preset("saga_no_afs").build().fairness is None
+    assert get_preset("saga_no_afs").build().engine().fairness is None
 
 
 @pytest.mark.parametrize(
@@ -107,11 +110,12 @@ def test_ablation_builds() -> None:
 def test_peer_presets(name: str, eviction: type, router: type, queue: type,
                       ttl: type | None) -> None:
     b = get_preset(name).build()
-    assert type(b.eviction) is eviction
+    e = b.engine()
+    assert type(e.eviction) is eviction
     assert type(b.router) is router
-    assert type(b.queue) is queue
+    assert type(e.queue) is queue
     assert (b.ttl is None) if ttl is None else isinstance(b.ttl, ttl)
-    assert b.stealer is None and b.fairness is None
+    assert b.stealer is None and e.fairness is None
 
 
 def test_flags_of_peers() -> None:
@@ -126,14 +130,36 @@ def test_no_preset_uses_belady() -> None:
 
 
 def test_policy_spec_build_and_overrides() -> None:
-    spec = PolicySpec(AffinityRouter, {"theta": 0.7})
+    spec = policy("router", "affinity", theta=0.7)
+    assert spec == PolicySpec("router", "affinity", {"theta": 0.7})
+    assert spec.factory is AffinityRouter
     assert spec.build().theta == 0.7
     assert spec.build(theta=0.9).theta == 0.9
-    assert spec.describe() == "AffinityRouter(theta=0.7)"
+    assert spec.with_kwargs(theta=0.5).build().theta == 0.5
+    assert spec.describe() == "affinity(theta=0.7)"
     with pytest.raises(TypeError):
         spec.kwargs["theta"] = 1.0  # type: ignore[index]
-    with pytest.raises(SagaConfigError):
-        PolicySpec(42)  # type: ignore[arg-type]
+    with pytest.raises(SagaConfigError, match=r"unknown router policy 'nope'.*affinity"):
+        policy("router", "nope")
+    with pytest.raises(SagaConfigError, match=r"unknown policy layer 'routers'"):
+        policy("routers", "affinity")
+
+
+def test_a_preset_rejects_a_policy_of_the_wrong_layer() -> None:
+    with pytest.raises(SagaConfigError, match=r"its router is a queue policy"):
+        get_preset("saga").derive("bad", "", router=policy("queue", "fcfs"))
+
+
+def test_layers_names_every_layer_and_switch() -> None:
+    layers = get_preset("saga").layers()
+    assert set(registry.LAYERS) <= set(layers) and {"tier", "movement"} <= set(layers)
+    assert layers["eviction"] == {"name": "walru",
+                                  "kwargs": {"alpha": 0.3, "beta": 0.5, "gamma": 0.2}}
+    assert (layers["tier"], layers["movement"]) == ("dram_prefetch", "rehome")
+    assert get_preset("llumnix").layers()["movement"] == "migrate"
+    assert get_preset("vllm").layers()["tier"] == "hbm"
+    for layer in (*registry.LAYERS, *registry.SWITCH_LAYERS):
+        assert registry.names(layer)
 
 
 def test_prefetch_without_dram_is_rejected() -> None:

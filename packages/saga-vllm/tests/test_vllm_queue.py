@@ -13,9 +13,9 @@ from vllm.v1.core.kv_cache_utils import BlockHash, make_block_hash_with_group_id
 
 from saga.policy.afs import AFS
 from saga.policy.eviction.walru import walru_score
+from saga.policy.pins import Pin, PinTable
 from saga.policy.queueing import BFSQueue, DFSQueue, HybridQueue, QueuedRequest
 from saga.vllm.block_queue import WALRUFreeBlockQueue
-from saga.vllm.pins import Pin, PinTable
 from saga.vllm.scheduler import SagaRequestQueue
 
 

@@ -315,12 +315,8 @@ def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
 
     from saga.bench.sim import SimConfig
     from saga.bench.workload import Call, Task, Workload, WorkloadSpec
-    from saga.policy.eviction import WALRUPolicy
-    from saga.policy.presets import PRESETS, PolicySpec
-    from saga.policy.queueing import HybridQueue
+    from saga.policy.presets import PRESETS, policy
     from saga.policy.spec import ClusterSpec
-    from saga.policy.ttl import ToolCallTTL
-    from saga.vllm.scheduler import tool_latency_source
 
     cfg = measured.config
     stock = measured.run("stock")
@@ -350,16 +346,12 @@ def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
     sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=int(usable),
                         dram_blocks=0, pin_cap_fraction=sc.pin_cap_fraction)
 
-    def engine_ttl() -> ToolCallTTL:
-        return ToolCallTTL(source=tool_latency_source(sc.default_tool_p95_s),
-                           ttl_max=sc.ttl_max_s)
-
     saga_vllm = dataclasses.replace(
         PRESETS["saga"], name="saga-in-vllm", dram_tier=False, prefetch=False, fairness=None,
         stealing=None,
-        eviction=PolicySpec(WALRUPolicy, {"alpha": sc.alpha, "beta": sc.beta, "gamma": sc.gamma}),
-        ttl=PolicySpec(engine_ttl),
-        queue=PolicySpec(HybridQueue, {"max_active": sc.hybrid_max_active}))
+        eviction=policy("eviction", "walru", alpha=sc.alpha, beta=sc.beta, gamma=sc.gamma),
+        ttl=policy("ttl", "tool_call", ttl_max=sc.ttl_max_s, default_p95_s=sc.default_tool_p95_s),
+        queue=policy("queue", "hybrid", max_active=sc.hybrid_max_active))
     return workload, sim_cfg, {"stock": PRESETS["vllm_apc"], "saga": saga_vllm}
 
 

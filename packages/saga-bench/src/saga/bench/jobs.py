@@ -19,13 +19,10 @@ from saga.bench.costmodel import RooflineCost, ideal_call_s
 from saga.bench.sim import SimConfig, simulate
 from saga.bench.workload import Task, WorkloadSpec, build_workload
 from saga.policy.errors import SagaConfigError
-from saga.policy.eviction import WALRUPolicy
-from saga.policy.presets import PolicySpec, Preset, get_preset
-from saga.policy.queueing import BFSQueue, DFSQueue, HybridQueue, RequestQueue
-from saga.policy.routing import AffinityRouter
+from saga.policy.presets import Preset, get_preset, policy
 from saga.policy.spec import REFERENCE_CLUSTER
-from saga.policy.stealing import R_MAX, T_IDLE_S, WorkStealer
-from saga.policy.ttl import TTL_MAX_S, ToolCallTTL
+from saga.policy.stealing import R_MAX, T_IDLE_S
+from saga.policy.ttl import TTL_MAX_S
 
 Param = tuple[str, float | str]
 
@@ -53,33 +50,27 @@ class Variant:
 def _walru(p: Preset, v: Variant) -> Preset:
     kw = {"alpha": v.param("alpha", 0.3), "beta": v.param("beta", 0.5),
           "gamma": v.param("gamma", 0.2)}
-    return dataclasses.replace(p, eviction=PolicySpec(WALRUPolicy, kw))
+    return dataclasses.replace(p, eviction=policy("eviction", "walru", **kw))
 
 
 def _theta(p: Preset, v: Variant) -> Preset:
     kw = {"theta": v.param("theta", 0.8), "require_headroom": bool(v.param("headroom", 1.0))}
-    return dataclasses.replace(p, router=PolicySpec(AffinityRouter, kw))
+    return dataclasses.replace(p, router=policy("router", "affinity", **kw))
 
 
 def _stealing(p: Preset, v: Variant) -> Preset:
     kw = {"t_idle": v.param("t_idle", T_IDLE_S), "r_max": v.param("r_max", R_MAX)}
-    return dataclasses.replace(p, stealing=PolicySpec(WorkStealer, kw))
+    return dataclasses.replace(p, stealing=policy("stealing", "work_stealer", **kw))
 
 
 def _ttl_max(p: Preset, v: Variant) -> Preset:
-    return dataclasses.replace(p, ttl=PolicySpec(ToolCallTTL.with_aeg_registry,
-                                                 {"ttl_max": v.param("ttl_max", TTL_MAX_S)}))
-
-
-QUEUES: Mapping[str, type[RequestQueue]] = {"bfs": BFSQueue, "dfs": DFSQueue,
-                                            "hybrid": HybridQueue}
+    return dataclasses.replace(p, ttl=policy("ttl", "tool_call",
+                                             ttl_max=v.param("ttl_max", TTL_MAX_S)))
 
 
 def _queue(p: Preset, v: Variant) -> Preset:
-    name = str(dict(v.params)["queue"])
-    if name not in QUEUES:
-        raise SagaConfigError(f"queue must be one of {sorted(QUEUES)}, got {name!r}")
-    return dataclasses.replace(p, queue=PolicySpec(QUEUES[name]))
+    """Any registered queue by name (the registry rejects an unknown one, listing them)."""
+    return dataclasses.replace(p, queue=policy("queue", str(dict(v.params)["queue"])))
 
 
 def _no_change(p: Preset, v: Variant) -> Preset:
@@ -232,7 +223,6 @@ def run_job(job: Job) -> dict[str, Any]:
 __all__ = [
     "FULL",
     "PARAM_SETTERS",
-    "QUEUES",
     "QUICK",
     "SCALES",
     "SMOKE",

@@ -34,7 +34,7 @@ from typing import ClassVar
 
 from saga.policy.errors import SagaConfigError, UnknownSessionError
 from saga.policy.queueing import EmptyQueueError, QueuedRequest, RequestQueue, _LazyHeap
-from saga.policy.routing import LoadKind, RouteRequest, least_loaded
+from saga.policy.routing import LoadKind, RouteRequest, RouterEvents, least_loaded
 
 
 def plas_priority(call_services: Iterable[float]) -> float:
@@ -232,7 +232,7 @@ class ATLAS(_AttainedServiceQueue):
         super().on_task_done(session_id)
 
 
-class AutellixRouter:
+class AutellixRouter(RouterEvents):
     """Autellix's data-locality-aware load balancer.
 
     Calls of at most ``short_tokens`` prompt tokens go to the least loaded engine (their prefill
@@ -256,6 +256,11 @@ class AutellixRouter:
             dst = home
         self._engine[request.session_id] = dst
         return dst
+
+    def reassign(self, session_id: str, worker: str, now: float = 0.0) -> None:
+        """The program moved with its KV (work stealing): that engine is its engine now."""
+        if session_id in self._engine:
+            self._engine[session_id] = worker
 
     def forget(self, session_id: str) -> None:
         """Drop a finished program."""

@@ -1,8 +1,10 @@
 """Presets: named bundles of policies, one per system the paper compares, as data.
 
-A :class:`Preset` says which policy each layer uses (a :class:`PolicySpec`: a class or factory
-plus its keyword arguments) and which mechanisms are switched on; :meth:`Preset.build` makes fresh
-policy objects, so two simulations never share state. Presets are looked up by name in
+A :class:`Preset` names, for each layer of the serving stack, an entry of that layer's registry
+(:mod:`saga.policy.registry`) with its keyword arguments (a :class:`PolicySpec`), and which
+switches (DRAM tier, prefetch, KV movement) are on. :meth:`Preset.build` makes a
+:class:`PolicyBundle` of fresh objects, so two runs never share state; the simulator, the vLLM
+scheduler and the coordinator all take a bundle. Presets are looked up by name in
 :data:`PRESETS`; nothing branches on a preset's name. SAGA's ablations are ``saga`` with one field
 replaced (``dataclasses.replace``), so an ablation differs from SAGA in exactly one place.
 
@@ -17,52 +19,55 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from saga.policy import registry
 from saga.policy.afs import AFS
-from saga.policy.autellix import ATLAS, AutellixRouter
 from saga.policy.errors import SagaConfigError
-from saga.policy.eviction import (
-    EvictionPolicy,
-    KVFlowPolicy,
-    LRUPolicy,
-    PrefixLRUPolicy,
-    RadixLRUPolicy,
-    WALRUPolicy,
-)
-from saga.policy.queueing import FCFSQueue, HybridQueue, ProgramFCFSQueue, RequestQueue
-from saga.policy.routing import (
-    AffinityRouter,
-    CacheAwareRouter,
-    LeastLoadedRouter,
-    PrefixAffinityRouter,
-    Router,
-)
+from saga.policy.eviction import EvictionPolicy
+from saga.policy.queueing import RequestQueue
+from saga.policy.routing import Router
 from saga.policy.stealing import WorkStealer
-from saga.policy.ttl import ContinuumTTL, FixedTTL, ToolCallTTL, TTLPolicy
+from saga.policy.ttl import TTLPolicy
 
 T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True)
 class PolicySpec(Generic[T_co]):
-    """A policy described as data: ``factory(**kwargs)`` builds a fresh instance."""
+    """A policy described as data: the entry ``name`` of registry ``layer``, built with
+    ``kwargs`` (``factory(**kwargs)`` builds a fresh instance)."""
 
-    factory: Callable[..., T_co]
+    layer: str
+    name: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not callable(self.factory):
-            raise SagaConfigError(f"PolicySpec.factory must be callable, got {self.factory!r}")
+        registry.factory(self.layer, self.name)  # an unknown layer or name fails here
+        if not isinstance(self.kwargs, Mapping):
+            raise SagaConfigError(f"PolicySpec.kwargs must be a mapping, got {self.kwargs!r}")
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+
+    @property
+    def factory(self) -> Callable[..., T_co]:
+        """The registered factory."""
+        return registry.factory(self.layer, self.name)
 
     def build(self, **overrides: Any) -> T_co:
         """A new instance; ``overrides`` replace or add keyword arguments."""
         return self.factory(**{**self.kwargs, **overrides})
 
+    def with_kwargs(self, **changes: Any) -> PolicySpec[T_co]:
+        """The same policy with some keyword arguments changed."""
+        return PolicySpec(self.layer, self.name, {**self.kwargs, **changes})
+
     def describe(self) -> str:
-        """``Name(k=v, ...)`` for reports."""
-        name = getattr(self.factory, "__name__", repr(self.factory))
+        """``name(k=v, ...)`` for reports."""
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.kwargs.items()))
-        return f"{name}({args})"
+        return f"{self.name}({args})"
+
+
+def policy(layer: str, name: str, **kwargs: Any) -> PolicySpec[Any]:
+    """``PolicySpec(layer, name, kwargs)``: the registry entry ``name`` of ``layer``."""
+    return PolicySpec(layer, name, kwargs)
 
 
 Fairness = AFS
@@ -70,21 +75,65 @@ Fairness = AFS
 
 
 @dataclass(frozen=True)
-class PolicyBundle:
-    """Fresh policy objects for one run of one preset."""
+class EnginePolicies:
+    """The policies one serving engine owns: its eviction order, waiting queue and fairness."""
 
-    preset: str
     eviction: EvictionPolicy
-    prefix_caching: bool
-    ttl: TTLPolicy | None
-    dram_tier: bool
-    prefetch: bool
-    router: Router
-    stealer: WorkStealer | None
     queue: RequestQueue
     fairness: Fairness | None
-    migration: bool
-    rehome_kv: bool
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """Fresh policy objects for one deployment of one preset.
+
+    The router, the stealer and the TTL policy (with the tool-latency model it learns) are the
+    deployment's; each engine gets its own eviction policy, queue and fairness from
+    :meth:`engine`. The switches are the preset's.
+    """
+
+    preset: Preset
+    router: Router
+    stealer: WorkStealer | None
+    ttl: TTLPolicy | None
+
+    @property
+    def name(self) -> str:
+        """The preset's name."""
+        return self.preset.name
+
+    @property
+    def prefix_caching(self) -> bool:
+        """Cached blocks are reused across requests."""
+        return self.preset.prefix_caching
+
+    @property
+    def dram_tier(self) -> bool:
+        """Evicted KV is swapped to host DRAM."""
+        return self.preset.dram_tier
+
+    @property
+    def prefetch(self) -> bool:
+        """Swapped KV is brought back before the session's next call."""
+        return self.preset.prefetch
+
+    @property
+    def migration(self) -> bool:
+        """Waiting calls live-migrate with their KV to balance load."""
+        return self.preset.migration
+
+    @property
+    def rehome_kv(self) -> bool:
+        """A re-homed session's KV follows it."""
+        return self.preset.rehome_kv
+
+    def engine(self, **fairness_overrides: Any) -> EnginePolicies:
+        """Fresh engine-local policies; ``fairness_overrides`` (e.g. ``capacity_per_s``) go to
+        the fairness layer's constructor when the preset has one."""
+        p = self.preset
+        return EnginePolicies(
+            eviction=p.eviction.build(), queue=p.queue.build(),
+            fairness=None if p.fairness is None else p.fairness.build(**fairness_overrides))
 
 
 @dataclass(frozen=True)
@@ -95,12 +144,13 @@ class Preset:
       across requests at all (vLLM without APC frees a request's blocks when it finishes).
     - ``ttl``: pin a session's KV through its tool call (``None``: released at once).
     - ``dram_tier``: evicted KV is swapped to host DRAM instead of dropped; ``prefetch``: swapped
-      KV is brought back on a side stream before the session's next call.
+      KV is brought back on a side stream before the session's next call (the ``tier`` layer).
     - ``router``, ``stealing`` (``None``: off), ``queue`` (waiting order), ``fairness``
-      (``None``: off), ``migration``: Llumnix-style live KV migration between instances.
-    - ``rehome_kv``: when the router moves a session to a new home, its cached KV is copied
-      there (NVLink within a node, InfiniBand across nodes; SAGA's ``kv_migrate``) instead of
-      being prefilled again on the new instance.
+      (``None``: off).
+    - ``migration``: Llumnix-style live KV migration between instances; ``rehome_kv``: when the
+      router moves a session to a new home, its cached KV is copied there (NVLink within a
+      node, InfiniBand across nodes; SAGA's ``kv_migrate``) instead of being prefilled again on
+      the new instance (the ``movement`` layer).
     """
 
     name: str
@@ -118,35 +168,54 @@ class Preset:
     rehome_kv: bool = False
 
     def __post_init__(self) -> None:
+        for layer in registry.LAYERS:
+            spec = getattr(self, layer)
+            if spec is not None and spec.layer != layer:
+                raise SagaConfigError(
+                    f"preset {self.name!r}: its {layer} is a {spec.layer} policy "
+                    f"({spec.name!r}); use policy({layer!r}, ...)")
         if self.prefetch and not self.dram_tier:
             raise SagaConfigError(
                 f"preset {self.name!r}: prefetch needs dram_tier=True (nothing to prefetch from)")
+        registry.movement_name(self.rehome_kv, self.migration)
+
+    @property
+    def tier(self) -> str:
+        """The ``tier`` registry entry these switches are."""
+        return registry.tier_name(self.dram_tier, self.prefetch)
+
+    @property
+    def movement(self) -> str:
+        """The ``movement`` registry entry these switches are."""
+        return registry.movement_name(self.rehome_kv, self.migration)
+
+    def layers(self) -> dict[str, Any]:
+        """Every layer and switch as plain data (what ``saga show presets --json`` prints)."""
+        def spec(s: PolicySpec[Any] | None) -> dict[str, Any] | None:
+            return None if s is None else {"name": s.name, "kwargs": dict(s.kwargs)}
+        return {
+            "eviction": spec(self.eviction), "prefix_caching": self.prefix_caching,
+            "ttl": spec(self.ttl), "tier": self.tier, "dram_tier": self.dram_tier,
+            "prefetch": self.prefetch, "router": spec(self.router),
+            "stealing": spec(self.stealing), "queue": spec(self.queue),
+            "fairness": spec(self.fairness), "movement": self.movement,
+            "rehome_kv": self.rehome_kv, "migration": self.migration}
 
     def build(self) -> PolicyBundle:
-        """Construct fresh policy objects for one run."""
+        """Construct fresh deployment-wide policy objects for one run."""
         return PolicyBundle(
-            preset=self.name,
-            eviction=self.eviction.build(),
-            prefix_caching=self.prefix_caching,
-            ttl=None if self.ttl is None else self.ttl.build(),
-            dram_tier=self.dram_tier,
-            prefetch=self.prefetch,
-            router=self.router.build(),
+            preset=self, router=self.router.build(),
             stealer=None if self.stealing is None else self.stealing.build(),
-            queue=self.queue.build(),
-            fairness=None if self.fairness is None else self.fairness.build(),
-            migration=self.migration,
-            rehome_kv=self.rehome_kv,
-        )
+            ttl=None if self.ttl is None else self.ttl.build())
 
     def derive(self, name: str, description: str, **changes: Any) -> Preset:
         """This preset with a new name and some fields replaced (an ablation)."""
         return replace(self, name=name, description=description, **changes)
 
 
-_FCFS: PolicySpec[RequestQueue] = PolicySpec(FCFSQueue)
-_LEAST_LOADED: PolicySpec[Router] = PolicySpec(LeastLoadedRouter)
-_PREFIX_AFFINITY: PolicySpec[Router] = PolicySpec(PrefixAffinityRouter)
+_FCFS: PolicySpec[RequestQueue] = policy("queue", "fcfs")
+_LEAST_LOADED: PolicySpec[Router] = policy("router", "least_loaded")
+_PREFIX_AFFINITY: PolicySpec[Router] = policy("router", "prefix_affinity")
 
 VLLM = Preset(
     name="vllm",
@@ -154,7 +223,7 @@ VLLM = Preset(
         "vLLM without prefix caching: a request's KV blocks are freed when it finishes, so every "
         "call of an agent re-prefills its whole context; LRU block reuse inside the pool, FCFS "
         "waiting queue, least-loaded routing across instances."),
-    eviction=PolicySpec(LRUPolicy), prefix_caching=False, router=_LEAST_LOADED, queue=_FCFS)
+    eviction=policy("eviction", "lru"), prefix_caching=False, router=_LEAST_LOADED, queue=_FCFS)
 
 VLLM_APC = Preset(
     name="vllm_apc",
@@ -162,7 +231,7 @@ VLLM_APC = Preset(
         "vLLM v1 with automatic prefix caching: hashed full blocks stay cached after a request "
         "and are evicted LRU from the free-block queue, tail blocks first; FCFS; routed by "
         "llm-d's prefix-cache-aware scorer (prefix hit 3 : queue 2) to keep prefixes local."),
-    eviction=PolicySpec(PrefixLRUPolicy), router=_PREFIX_AFFINITY, queue=_FCFS)
+    eviction=policy("eviction", "prefix_lru"), router=_PREFIX_AFFINITY, queue=_FCFS)
 
 SGLANG = Preset(
     name="sglang",
@@ -170,7 +239,7 @@ SGLANG = Preset(
         "SGLang: RadixAttention keeps prefixes in a radix tree and evicts LRU leaves; "
         "sgl-router's cache-aware policy (approximate per-worker radix trees, shortest queue "
         "when imbalanced beyond 64 requests and 1.5x); FCFS, SGLang's default schedule policy."),
-    eviction=PolicySpec(RadixLRUPolicy), router=PolicySpec(CacheAwareRouter), queue=_FCFS)
+    eviction=policy("eviction", "radix_lru"), router=policy("router", "cache_aware"), queue=_FCFS)
 
 LLUMNIX = Preset(
     name="llumnix",
@@ -178,7 +247,7 @@ LLUMNIX = Preset(
         "Llumnix: vLLM instances (with prefix caching) under a global scheduler that dispatches "
         "to the least loaded instance and live-migrates running requests' KV between instances "
         "to rebalance load and defragment memory."),
-    eviction=PolicySpec(PrefixLRUPolicy), router=_LEAST_LOADED, queue=_FCFS, migration=True)
+    eviction=policy("eviction", "prefix_lru"), router=_LEAST_LOADED, queue=_FCFS, migration=True)
 
 TRT_LLM_SCAFFOLDING = Preset(
     name="trt_llm_scaffolding",
@@ -187,7 +256,7 @@ TRT_LLM_SCAFFOLDING = Preset(
         "block reuse (radix-ordered, LRU) plus a retention setting keep the request's own KV "
         "across its steps (modelled as a fixed pin of TTL_max through each tool call, the most "
         "generous retention a user could configure); FCFS, least-loaded routing."),
-    eviction=PolicySpec(RadixLRUPolicy), ttl=PolicySpec(FixedTTL), router=_LEAST_LOADED,
+    eviction=policy("eviction", "radix_lru"), ttl=policy("ttl", "fixed"), router=_LEAST_LOADED,
     queue=_FCFS)
 
 VLLM_KVFLOW = Preset(
@@ -196,7 +265,7 @@ VLLM_KVFLOW = Preset(
         "KVFlow on vLLM: evicts the blocks of the agent furthest from running in its step graph "
         "(steps-to-execution) and prefetches the next agents' KV from CPU memory back to the GPU "
         "before they run; FCFS; prefix-affinity routing as for vllm_apc."),
-    eviction=PolicySpec(KVFlowPolicy), dram_tier=True, prefetch=True, router=_PREFIX_AFFINITY,
+    eviction=policy("eviction", "kvflow"), dram_tier=True, prefetch=True, router=_PREFIX_AFFINITY,
     queue=_FCFS)
 
 CONTINUUM = Preset(
@@ -205,8 +274,8 @@ CONTINUUM = Preset(
         "Continuum: pins a tool-calling request's KV with a TTL from a cost/benefit of reload "
         "cost and queueing delay against the tool's latency distribution, with program-level "
         "FCFS and CPU offloading of evicted KV; prefix caching on; prefix-affinity routing."),
-    eviction=PolicySpec(PrefixLRUPolicy), ttl=PolicySpec(ContinuumTTL.with_aeg_registry),
-    dram_tier=True, router=_PREFIX_AFFINITY, queue=PolicySpec(ProgramFCFSQueue))
+    eviction=policy("eviction", "prefix_lru"), ttl=policy("ttl", "continuum"),
+    dram_tier=True, router=_PREFIX_AFFINITY, queue=policy("queue", "program_fcfs"))
 
 AUTELLIX = Preset(
     name="autellix",
@@ -214,8 +283,8 @@ AUTELLIX = Preset(
         "Autellix: program-level least-attained-service scheduling (ATLAS, which reduces to PLAS "
         "for single-threaded programs) over multi-level queues with anti-starvation, and its "
         "locality-aware load balancer; vLLM's prefix caching underneath."),
-    eviction=PolicySpec(PrefixLRUPolicy), router=PolicySpec(AutellixRouter),
-    queue=PolicySpec(ATLAS))
+    eviction=policy("eviction", "prefix_lru"), router=policy("router", "autellix"),
+    queue=policy("queue", "atlas"))
 
 SAGA = Preset(
     name="saga",
@@ -224,15 +293,15 @@ SAGA = Preset(
         "latency, DRAM tier with prefetch, session affinity with load headroom (a re-homed "
         "session's KV follows it) plus work stealing, hybrid BFS/DFS queueing and AFS "
         "task-level fairness."),
-    eviction=PolicySpec(WALRUPolicy, {"alpha": 0.3, "beta": 0.5, "gamma": 0.2}),
-    ttl=PolicySpec(ToolCallTTL.with_aeg_registry), dram_tier=True, prefetch=True,
-    router=PolicySpec(AffinityRouter, {"theta": 0.8}),
-    stealing=PolicySpec(WorkStealer, {"t_idle": 0.1, "r_max": 2.0}),
-    queue=PolicySpec(HybridQueue), fairness=PolicySpec(AFS), rehome_kv=True)
+    eviction=policy("eviction", "walru", alpha=0.3, beta=0.5, gamma=0.2),
+    ttl=policy("ttl", "tool_call"), dram_tier=True, prefetch=True,
+    router=policy("router", "affinity", theta=0.8),
+    stealing=policy("stealing", "work_stealer", t_idle=0.1, r_max=2.0),
+    queue=policy("queue", "hybrid"), fairness=policy("fairness", "afs"), rehome_kv=True)
 
 _ABLATIONS = (
     SAGA.derive("saga_no_walru", "SAGA with vLLM's prefix LRU instead of WA-LRU.",
-                eviction=PolicySpec(PrefixLRUPolicy)),
+                eviction=policy("eviction", "prefix_lru")),
     SAGA.derive("saga_no_ttl", "SAGA without tool-call TTL pins.", ttl=None),
     SAGA.derive("saga_no_prefetch", "SAGA with the DRAM tier but no prefetch.", prefetch=False),
     SAGA.derive("saga_no_affinity", "SAGA with least-loaded routing instead of affinity.",
@@ -259,9 +328,11 @@ def get_preset(name: str) -> Preset:
 
 __all__ = [
     "PRESETS",
+    "EnginePolicies",
     "Fairness",
     "PolicyBundle",
     "PolicySpec",
     "Preset",
     "get_preset",
+    "policy",
 ]

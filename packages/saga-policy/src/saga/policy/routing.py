@@ -50,11 +50,36 @@ class RouteRequest:
 
 
 class Router(Protocol):
-    """Picks the worker that serves a request."""
+    """Picks the worker that serves a request.
+
+    Besides ``route``, every router takes the events a deployment tells it, so no caller needs
+    to know which router it holds: ``forget`` (the session's task ended), ``reassign`` (stealing
+    moved the session to ``worker``) and ``forget_worker`` (a worker left or restarted). A router
+    that keeps no such state ignores them (:class:`RouterEvents`).
+    """
 
     load_kind: ClassVar[LoadKind]
 
     def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str: ...
+
+    def forget(self, session_id: str) -> None: ...
+
+    def reassign(self, session_id: str, worker: str, now: float = 0.0) -> None: ...
+
+    def forget_worker(self, worker: str) -> None: ...
+
+
+class RouterEvents:
+    """No-op handlers of the deployment's events, for routers that keep no state on them."""
+
+    def forget(self, session_id: str) -> None:
+        """Nothing kept per session."""
+
+    def reassign(self, session_id: str, worker: str, now: float = 0.0) -> None:
+        """Nothing kept per session."""
+
+    def forget_worker(self, worker: str) -> None:
+        """Nothing kept per worker."""
 
 
 def _check_loads(loads: Mapping[str, float]) -> None:
@@ -105,7 +130,7 @@ class Move:
     now: float
 
 
-class LeastLoadedRouter:
+class LeastLoadedRouter(RouterEvents):
     """Stock routing: every request to the least loaded worker (vLLM behind a load balancer)."""
 
     load_kind: ClassVar[LoadKind] = "utilisation"
@@ -115,7 +140,7 @@ class LeastLoadedRouter:
         return least_loaded(loads)
 
 
-class AffinityRouter:
+class AffinityRouter(RouterEvents):
     """SAGA's session affinity with load headroom, composed with :func:`route`.
 
     A session is homed on the worker that served its first call and stays there while that
@@ -246,7 +271,7 @@ class _PrefixIndex:
         return matched
 
 
-class PrefixAffinityRouter:
+class PrefixAffinityRouter(RouterEvents):
     """Prefix-cache-aware routing as llm-d's inference scheduler does it for vLLM with APC.
 
     Each worker is scored ``prefix_weight * hit + queue_weight * q`` where ``hit`` is the share of
@@ -307,7 +332,7 @@ class PrefixAffinityRouter:
         return self._index.match_blocks(request.block_hashes, [worker])[worker]
 
 
-class CacheAwareRouter:
+class CacheAwareRouter(RouterEvents):
     """SGLang's cache-aware router (sgl-router ``cache_aware`` policy).
 
     The router keeps an approximate radix tree per worker of the prompts it sent there. If the
@@ -387,6 +412,7 @@ __all__ = [
     "PrefixAffinityRouter",
     "RouteRequest",
     "Router",
+    "RouterEvents",
     "Steal",
     "UnknownWorkerError",
     "WorkStealer",

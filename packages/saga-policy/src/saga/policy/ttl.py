@@ -69,18 +69,37 @@ class LatencySource(Protocol):
     def observe(self, tool: str, seconds: float) -> None: ...
 
 
-def aeg_latency_source() -> LatencySource:
-    """A fresh ``saga.aeg`` per-tool log-normal registry (vague prior until tools are observed)."""
-    from saga.aeg.latency import ToolLatencyModel
+def aeg_latency_source(default_p95_s: float | None = None) -> LatencySource:
+    """A fresh ``saga.aeg`` per-tool log-normal registry (vague prior until tools are observed).
 
-    return ToolLatencyModel()
+    ``default_p95_s`` shifts the prior of a tool never observed so that its p95 is that many
+    seconds (the vague prior's shape kept); None keeps saga-aeg's own prior.
+    """
+    from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
+
+    if default_p95_s is None:
+        return ToolLatencyModel()
+    if not (default_p95_s > 0 and math.isfinite(default_p95_s)):
+        raise SagaConfigError(f"default_p95_s must be a finite number > 0, got {default_p95_s}")
+    unit = LogNormalLatency(mu=0.0, sigma=1.0)
+    mu = math.log(default_p95_s) - math.log(unit.p95())
+    return ToolLatencyModel(default_prior=LogNormalLatency(mu=mu, sigma=1.0))
 
 
 class TTLPolicy(Protocol):
-    """What the cache asks when a session enters a tool call: how long to pin its KV."""
+    """What the cache asks when a session enters a tool call: how long to pin its KV.
+
+    ``observe`` feeds a measured tool duration (a policy without a latency model ignores it);
+    ``return_eta`` is the median seconds until a session pinned for ``tool``, ``elapsed_s`` into
+    it, comes back (None when the policy has no latency model): what the pin cap ranks by.
+    """
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
             reload_s: float = 0.0) -> float: ...
+
+    def observe(self, tool: str, seconds: float) -> None: ...
+
+    def return_eta(self, tool: str, elapsed_s: float) -> float | None: ...
 
 
 def _check_ttl_max(ttl_max: float) -> None:
@@ -175,6 +194,13 @@ class _PerTool(Generic[_M]):
             raise SagaConfigError("observe() needs a latency source (pass source=...)")
         self.source.observe(tool, seconds)
 
+    def return_eta(self, tool: str, elapsed_s: float) -> float | None:
+        """``pin_return_eta`` of the tool's model (None if the model has no quantiles)."""
+        model = self._lookup(tool)
+        if isinstance(model, HasQuantile):
+            return pin_return_eta(model, elapsed_s)
+        return None
+
     def _lookup(self, tool: str) -> _M | LatencyModel:
         found = self._models.get(tool)
         if found is not None:
@@ -204,9 +230,11 @@ class ToolCallTTL(_PerTool[HasP95]):
         self.ttl_max = ttl_max
 
     @classmethod
-    def with_aeg_registry(cls, ttl_max: float = TTL_MAX_S) -> ToolCallTTL:
-        """A policy backed by a fresh ``saga.aeg`` log-normal registry (what presets build)."""
-        return cls(source=aeg_latency_source(), ttl_max=ttl_max)
+    def with_aeg_registry(cls, ttl_max: float = TTL_MAX_S,
+                          default_p95_s: float | None = None) -> ToolCallTTL:
+        """A policy backed by a fresh ``saga.aeg`` log-normal registry (what presets build);
+        ``default_p95_s``: see :func:`aeg_latency_source`."""
+        return cls(source=aeg_latency_source(default_p95_s), ttl_max=ttl_max)
 
     def model(self, tool: str) -> HasP95:
         """The latency model of ``tool``."""
@@ -250,9 +278,11 @@ class ContinuumTTL(_PerTool[HasCDF]):
         self.cost_per_s = cost_per_s
 
     @classmethod
-    def with_aeg_registry(cls, ttl_max: float = TTL_MAX_S) -> ContinuumTTL:
-        """A policy backed by a fresh ``saga.aeg`` log-normal registry (what presets build)."""
-        return cls(source=aeg_latency_source(), ttl_max=ttl_max)
+    def with_aeg_registry(cls, ttl_max: float = TTL_MAX_S,
+                          default_p95_s: float | None = None) -> ContinuumTTL:
+        """A policy backed by a fresh ``saga.aeg`` log-normal registry (what presets build);
+        ``default_p95_s``: see :func:`aeg_latency_source`."""
+        return cls(source=aeg_latency_source(default_p95_s), ttl_max=ttl_max)
 
     def model(self, tool: str) -> HasCDF:
         """The latency model of ``tool``."""
@@ -284,6 +314,19 @@ class FixedTTL:
             reload_s: float = 0.0) -> float:
         """Always ``seconds``."""
         return self.seconds
+
+    @classmethod
+    def retention(cls, ttl_max: float = TTL_MAX_S, default_p95_s: float | None = None) -> FixedTTL:
+        """Pin every tool call for ``ttl_max`` (the retention knobs every TTL policy takes;
+        a fixed pin has no latency model, so ``default_p95_s`` is ignored)."""
+        return cls(seconds=ttl_max)
+
+    def observe(self, tool: str, seconds: float) -> None:
+        """A fixed pin learns nothing from tool durations."""
+
+    def return_eta(self, tool: str, elapsed_s: float) -> float | None:
+        """No latency model: None."""
+        return None
 
 
 __all__ = [

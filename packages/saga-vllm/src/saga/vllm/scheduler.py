@@ -46,6 +46,7 @@ from typing import Any
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
 from saga.policy.afs import AFS
 from saga.policy.eviction.walru import UNKNOWN_REUSE
+from saga.policy.pins import Pin, PinTable, ReleaseReason
 from saga.policy.queueing import (
     BFSQueue,
     DFSQueue,
@@ -62,7 +63,6 @@ from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaMetadataError, SagaRequestMeta, parse_saga_meta
 from saga.vllm.metrics import SagaMetrics, publish
 from saga.vllm.offload import REUSE_HINTS
-from saga.vllm.pins import Pin, PinTable, ReleaseReason
 from saga.vllm.steps import StepLog, StepLogging, step_log_for
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler

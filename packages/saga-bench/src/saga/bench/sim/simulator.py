@@ -37,16 +37,13 @@ from saga.bench.sim.entities import Request, TaskState
 from saga.bench.sim.instance import Instance
 from saga.bench.sim.pins import PinBook
 from saga.bench.workload import Task, Workload
-from saga.policy.autellix import AutellixRouter
 from saga.policy.cache import CacheManager
 from saga.policy.errors import SagaConfigError
-from saga.policy.eviction import KVFlowPolicy, WALRUPolicy
-from saga.policy.presets import Preset
+from saga.policy.presets import PolicyBundle, Preset
 from saga.policy.queueing import QueuedRequest
-from saga.policy.routing import AffinityRouter, RouteRequest
+from saga.policy.routing import RouteRequest
 from saga.policy.spec import LLAMA3_70B, REFERENCE_CLUSTER, ClusterSpec, ModelSpec
 from saga.policy.stealing import WaitingSession, WorkerState, kv_transfer_time
-from saga.policy.ttl import ContinuumTTL, ToolCallTTL
 from saga.policy.workflow import ReuseHint, SessionHinter
 
 ARRIVE, ENQUEUE, STEP, STEAL, MIGRATE = range(5)
@@ -125,11 +122,17 @@ class _Counters:
 
 
 class Simulation:
-    """One run of one preset over one workload (build a new one per run)."""
+    """One run of one preset over one workload (build a new one per run).
 
-    def __init__(self, preset: Preset, config: SimConfig | None = None,
+    ``bundle`` holds the preset's fresh policy objects (``Preset.build``): the router, stealer
+    and TTL policy are the deployment's, and every instance gets its own eviction policy, queue
+    and fairness from ``PolicyBundle.engine``.
+    """
+
+    def __init__(self, bundle: PolicyBundle, config: SimConfig | None = None,
                  cost: StepCost | None = None) -> None:
-        self.preset = preset
+        self.bundle = bundle
+        self.preset = bundle.preset
         self.config = cfg = config or SimConfig()
         self.cost: StepCost = (cost if cost is not None
                                else RooflineCost(model=cfg.model, cluster=cfg.cluster))
@@ -142,24 +145,15 @@ class Simulation:
             cfg.cluster.dram_kv_bytes_per_node() // (b * kv_token)
             // cfg.cluster.instances_per_node)
         capacity = 1.0 / max(self.cost.prefill_token_s(), 1e-12)
-        self.instances = [
-            Instance(
-                index=i, node=i // cfg.cluster.instances_per_node,
-                cache=CacheManager(hbm, preset.eviction.build(),
-                                   dram_blocks=dram if preset.dram_tier else 0,
-                                   block_tokens=b, block_bytes=b * kv_token,
-                                   swap=cfg.cluster.pcie),
-                queue=preset.queue.build(), cost=self.cost, block_tokens=b,
-                fairness=None if preset.fairness is None else preset.fairness.build(
-                    capacity_per_s=capacity))
-            for i in range(cfg.cluster.instances)]
+        self.instances = [self._instance(i, hbm, dram, capacity)
+                          for i in range(cfg.cluster.instances)]
         self.names = [f"w{i}" for i in range(len(self.instances))]
         self.by_name = dict(zip(self.names, self.instances, strict=True))
-        self.router = preset.router.build()
-        self.ttl = None if preset.ttl is None else preset.ttl.build()
+        self.router = bundle.router
+        self.ttl = bundle.ttl
         self.pins = PinBook(cfg.pin_cap_fraction, self.ttl)
-        self.stealer = None if preset.stealing is None else preset.stealing.build()
-        self.reads_hints = isinstance(self.instances[0].cache.policy, WALRUPolicy | KVFlowPolicy)
+        self.stealer = bundle.stealer
+        self.reads_hints = self.instances[0].cache.policy.reads_hints
         self.hinter = SessionHinter(PatternInference(theta_conf=cfg.theta_conf))
         self._hint_memo: dict[tuple[str, str | None, int], ReuseHint] = {}
         self._heap: list[tuple[float, int, int, Any]] = []
@@ -171,6 +165,17 @@ class Simulation:
         self.states: list[TaskState] = []
         self._open = 0
         self.events = 0
+
+    def _instance(self, i: int, hbm: int, dram: int, capacity: float) -> Instance:
+        """Instance ``i`` with its own engine policies from the bundle."""
+        cfg, b = self.config, self.block_tokens
+        own = self.bundle.engine(capacity_per_s=capacity)
+        cache = CacheManager(hbm, own.eviction, dram_blocks=dram if self.preset.dram_tier else 0,
+                             block_tokens=b, block_bytes=b * cfg.model.kv_bytes_per_token,
+                             swap=cfg.cluster.pcie)
+        return Instance(index=i, node=i // cfg.cluster.instances_per_node, cache=cache,
+                        queue=own.queue, cost=self.cost, block_tokens=b,
+                        fairness=own.fairness)
 
     # ------------------------------------------------------------------ loop
 
@@ -234,7 +239,7 @@ class Simulation:
         task = st.task
         k = st.next_call
         call = task.calls[k]
-        if k > 0 and self.ttl is not None and isinstance(self.ttl, ToolCallTTL | ContinuumTTL):
+        if k > 0 and self.ttl is not None:
             prev = task.calls[k - 1]
             if prev.tool is not None and prev.tool_s > 0:
                 self.ttl.observe(prev.tool, prev.tool_s)
@@ -375,8 +380,7 @@ class Simulation:
             if i.fairness is not None:
                 with contextlib.suppress(KeyError):
                     i.fairness.finish(task.task_id)
-        if isinstance(self.router, AffinityRouter | AutellixRouter):
-            self.router.forget(task.task_id)
+        self.router.forget(task.task_id)
 
     def _on_steal(self, now: float, payload: tuple[int, float]) -> None:
         idx, since = payload
@@ -392,8 +396,7 @@ class Simulation:
             for req in src.remove_waiting(s.session_id):
                 self._move_kv(req, src, dst, now)
                 self.push(now + s.transfer_s, ENQUEUE, (req, dst.index))
-            if isinstance(self.router, AffinityRouter):
-                self.router.reassign(s.session_id, s.dst, now)
+            self.router.reassign(s.session_id, s.dst, now)
             self.n.steals += 1
             dst.idle_since = None
             self._kick(src, now)
@@ -484,8 +487,8 @@ class Simulation:
 
 def simulate(preset: Preset, workload: Workload, config: SimConfig | None = None,
              cost: StepCost | None = None) -> RunResult:
-    """Run ``workload`` under ``preset`` on a fresh simulated deployment."""
-    return Simulation(preset, config, cost).run(workload)
+    """Run ``workload`` under ``preset`` (a fresh bundle of its policies) on a new deployment."""
+    return Simulation(preset.build(), config, cost).run(workload)
 
 
 __all__ = ["RunResult", "SimConfig", "Simulation", "simulate"]

@@ -32,6 +32,9 @@ class EvictionPolicy(ABC):
     name: ClassVar[str]
     leaves_only: ClassVar[bool] = False
     needs_next_use: ClassVar[bool] = False
+    reads_hints: ClassVar[bool] = False
+    """Whether the order reads per-block workflow hints (reuse probability, steps to
+    execution): a deployment feeds hints only to policies that read them."""
 
     @abstractmethod
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:

@@ -129,6 +129,7 @@ class WALRUPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "walru"
     leaves_only: ClassVar[bool] = True
+    reads_hints: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_walru_weights(self.alpha, self.beta, self.gamma)

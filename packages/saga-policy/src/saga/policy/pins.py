@@ -1,24 +1,28 @@
-"""Tool-call pins: a session's KV blocks held referenced while its tool runs.
+"""Tool-call pins: a session's KV blocks held through its tool call, and the cap rule.
 
-A pin owns the references a finished request held on its blocks (taken from vLLM with
-``KVCacheManager.pop_blocks_for_free``), so vLLM cannot evict them; releasing a pin hands the
-blocks back with ``BlockPool.free_blocks``. This module is only the bookkeeping — which sessions
-are pinned, until when, how many blocks — so that it can be tested without an engine; the
-scheduler decides when to release (expiry, the session's next call, the cap, pressure).
+A pin holds a session's blocks while its tool runs: in vLLM the references a finished request
+held (``KVCacheManager.pop_blocks_for_free``), in the simulator the block hashes it pinned in its
+``CacheManager``. This module is the bookkeeping both use — which sessions are pinned, until
+when, how many blocks — and the one rule for the cap (:func:`cap_victims`); the caller decides
+when to release (expiry, the session's next call, the cap, pressure) and gives the blocks back.
 
 Pins are kept in a heap by expiry with lazy deletion, so the earliest-expiring pin (the first to
-give up under pressure, and the next to expire) is found in O(log n). Over the cap the scheduler
-ranks pins by predicted return time instead (``saga.policy.ttl.pin_return_eta``).
+give up under pressure, and the next to expire) is found in O(log n). Over the cap pins are ranked
+by predicted return time instead (``TTLPolicy.return_eta``).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from saga.policy.errors import SagaConfigError
+from saga.policy.ttl import TTLPolicy
 
 
 class ReleaseReason(StrEnum):
@@ -42,7 +46,9 @@ class ReleaseReason(StrEnum):
 
 @dataclass
 class Pin:
-    """One session's pinned blocks (vLLM ``KVCacheBlock`` objects, allocation order)."""
+    """One session's pinned blocks, in allocation order (vLLM ``KVCacheBlock`` objects, or the
+    simulator's block hashes). ``blocks[own_from:]`` are the session's own and go back with the
+    pin; earlier ones (a prompt shared by an agent type) keep their pin until it expires."""
 
     session_id: str
     tool: str
@@ -50,6 +56,12 @@ class Pin:
     pinned_at: float
     expires_at: float
     seq: int = field(default=0, compare=False)
+    own_from: int = 0
+
+    @property
+    def own(self) -> list[Any]:
+        """The session's own blocks (released with the pin)."""
+        return self.blocks[self.own_from:]
 
     @property
     def num_blocks(self) -> int:
@@ -145,4 +157,37 @@ class PinTable:
             out.append(popped)
 
 
-__all__ = ["Pin", "PinTable", "ReleaseReason"]
+def return_eta(ttl: TTLPolicy | None, pin: Pin, now: float) -> float:
+    """Seconds until ``pin``'s session is expected back: the TTL policy's ``return_eta`` of
+    its tool; with no latency model, the pin's remaining time (the longest pin gives way)."""
+    eta = None if ttl is None else ttl.return_eta(pin.tool, max(now - pin.pinned_at, 0.0))
+    return pin.expires_at - now if eta is None else eta
+
+
+def cap_victims(pins: Iterable[Pin], cap_blocks: int, now: float,
+                eta: Callable[[Pin], float]) -> list[Pin]:
+    """The pins to release so that the live ones (not expired at ``now``) hold at most
+    ``cap_blocks``: over the cap, the pin whose session is expected back last (``eta``; the
+    newer pin on ties) gives way, repeatedly — Bélády's rule on predicted return times, so a new
+    pin that would displace sessions about to return is refused instead."""
+    live = [p for p in pins if p.expires_at > now]
+    total = sum(p.num_blocks for p in live)
+    out: list[Pin] = []
+    while total > cap_blocks and live:
+        victim = max(live, key=lambda p: (eta(p), p.seq))
+        live.remove(victim)
+        total -= victim.num_blocks
+        out.append(victim)
+    return out
+
+
+def cap_blocks(cap_fraction: float | None, pool_blocks: int) -> int | None:
+    """The most blocks pins may hold in a pool of ``pool_blocks`` (None: no cap)."""
+    if cap_fraction is None:
+        return None
+    if not 0.0 <= cap_fraction <= 1.0:
+        raise SagaConfigError(f"pin cap_fraction must be in [0, 1] or None, got {cap_fraction}")
+    return math.floor(cap_fraction * pool_blocks)
+
+
+__all__ = ["Pin", "PinTable", "ReleaseReason", "cap_blocks", "cap_victims", "return_eta"]
