@@ -51,23 +51,6 @@ def test_bench_rates_table() -> None:
     assert res.exit_code == 0 and "prefill_tokens_per_s" in res.output and "NO" not in res.output
 
 
-def test_step_samples_are_busy_periods() -> None:
-    """A step's time is its schedule-to-next-schedule period, steps before idle are left out."""
-    from types import SimpleNamespace
-
-    from saga.cli.bench import step_samples
-
-    def rec(t: float, p: int, d: int, busy: bool) -> SimpleNamespace:
-        return SimpleNamespace(start_s=t, prefill_tokens=p, prefill_context=32, decode_seqs=d,
-                               decode_context=64 * d, busy_after=busy)
-
-    steps = [rec(0.0, 100, 0, True), rec(0.5, 0, 2, False), rec(3.0, 0, 1, True),
-             rec(3.25, 0, 1, True)]
-    samples = step_samples(steps)
-    assert [(s.prefill_tokens, s.decode_seqs, s.seconds) for s in samples] == [
-        (100, 0, 0.5), (0, 1, 0.25)]
-
-
 def test_validation_glue_on_the_real_engine(tmp_path: Path) -> None:
     """The real CPU engine on a tiny workload: the simulator gets its sessions and speed."""
     pytest.importorskip("vllm")

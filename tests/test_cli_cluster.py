@@ -51,11 +51,13 @@ def test_cluster_up_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
         time.sleep(2)       # the raylet registers just after the GCS opens its port
         res = runner.invoke(app, [
             "cluster", "up", "--address", f"127.0.0.1:{port}", "--engine", "sim",
-            "--workers", "2", "--tasks", "6", "--steps", "3", "--json", str(out)])
+            "--workers", "2", "--tasks", "6", "--steps", "3", "--preset", "sglang",
+            "--json", str(out)])
         assert res.exit_code == 0, res.output
         data = json.loads(out.read_text())
         assert data["engine"] == "sim" and data["completed"] == 6 and data["calls"] == 18
         assert sorted(data["per_worker"]) == ["w0", "w1"]
+        assert data["coordinator"]["preset"] == "sglang"  # the coordinator ran that bundle
         assert "simulated engines" in res.output
         # The cluster outlives the run: `up` left the head it joined running.
         assert head.poll() is None

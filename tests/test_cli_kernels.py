@@ -19,6 +19,9 @@ def test_show_native_lists_every_kernel_with_where_it_runs() -> None:
     for name in (*HOST_KERNELS, *CUDA_KERNELS):
         assert name in res.output
     assert "native" in res.output or "twin" in res.output
+    text = "".join(res.output.split())
+    assert "prefix_overlap│host,experimental│" in text and "walru_select│host│" in text
+    assert "experimental:nocallerinSAGAyet" in text
 
 
 def test_bench_prints_ratios_and_writes_json(tmp_path: Path) -> None:
@@ -34,6 +37,11 @@ def test_bench_prints_ratios_and_writes_json(tmp_path: Path) -> None:
     assert {r["kernel"] for r in rows} >= {"walru_select", "next_use", "prefix_overlap"}
     assert all(r["numpy"]["seconds"] > 0 for r in rows)
     assert all(r["python"]["seconds"] is None for r in rows if r["n"] > 100)
+    assert {r["kernel"] for r in rows if r["experimental"]} == {"prefix_overlap",
+                                                                 "session_table.get_many"}
+    text = "".join(res.output.split())
+    assert "prefix_overlap*" in text and "walru_select│" in text
+    assert "experimental:nocallerinSAGAyet" in text
 
 
 def test_bench_rejects_bad_options() -> None:

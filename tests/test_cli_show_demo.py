@@ -22,7 +22,55 @@ def test_show_presets_lists_every_preset() -> None:
     assert len(PRESETS) == 15
     for name in PRESETS:
         assert name in res.output
-    assert "WALRUPolicy(alpha=0.3, beta=0.5, gamma=0.2)" in res.output
+    assert "walru(alpha=0.3, beta=0.5, gamma=0.2)" in res.output
+
+
+def test_show_presets_table_has_every_layer_and_switch_of_every_preset() -> None:
+    res = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["show", "presets"])
+    assert res.exit_code == 0, res.output
+    # Width-proof: a folded cell continues on a line whose other cells are empty, so with all
+    # whitespace and column rules removed each preset reads as its name, then layer, value, ...
+    text = "".join(res.output.replace("│", " ").split())
+    for name, preset in PRESETS.items():
+        layers = preset.layers()
+        assert list(layers) == ["eviction", "prefix_caching", "ttl", "tier", "dram_tier",
+                                "prefetch", "router", "stealing", "queue", "fairness",
+                                "movement", "rehome_kv", "migration"]
+        rows = []
+        for layer, value in layers.items():
+            if value is None:
+                shown = "off"
+            elif isinstance(value, bool):
+                shown = "yes" if value else "no"
+            elif isinstance(value, dict):
+                shown = getattr(preset, layer).describe()
+            else:
+                shown = value
+            rows.append(layer + "".join(shown.split()))
+        assert f"{name}{''.join(rows)}├" in text or f"{name}{''.join(rows)}└" in text, name
+
+
+def test_show_presets_json_lists_every_layer_of_every_preset() -> None:
+    res = runner.invoke(app, ["show", "presets", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert set(data) == set(PRESETS)
+    object_layers = ("eviction", "ttl", "router", "stealing", "queue", "fairness")
+    switches = ("prefix_caching", "dram_tier", "prefetch", "rehome_kv", "migration")
+    for name, preset in PRESETS.items():
+        row = data[name]
+        assert row["description"] == preset.description
+        assert set(row) == {"description", *object_layers, *switches, "tier", "movement"}
+        for layer in object_layers:
+            spec = getattr(preset, layer)
+            expected = None if spec is None else {"name": spec.name, "kwargs": dict(spec.kwargs)}
+            assert row[layer] == expected, (name, layer)
+        for switch in switches:
+            assert row[switch] is getattr(preset, switch), (name, switch)
+        assert row["tier"] == preset.tier and row["movement"] == preset.movement
+    assert data["saga"]["eviction"] == {"name": "walru",
+                                        "kwargs": {"alpha": 0.3, "beta": 0.5, "gamma": 0.2}}
+    assert data["llumnix"]["movement"] == "migrate" and data["vllm"]["ttl"] is None
 
 
 def test_show_spec_prints_computed_kv_per_token() -> None:

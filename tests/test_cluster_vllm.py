@@ -31,7 +31,7 @@ def test_cluster_up_local_runs_agents_on_vllm_workers_and_survives_a_kill(
         "--kill-after", "8", "--model-dir", str(tmp_path / "model"), "--json", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["engine"] == "vllm"
+    assert data["engine"] == "vllm" and data["model"] == "tiny"
     assert data["completed"] == 6 and data["calls"] == 24
     assert data["killed"] == ["w1"]
     # Sessions homed on the killed worker moved to the survivor.
@@ -56,6 +56,8 @@ def test_cluster_up_needs_exactly_one_of_local_or_address() -> None:
     assert res.exit_code == 2 and "--local or --address" in res.output
     res = runner.invoke(app, ["cluster", "up", "--local", "--engine", "tpu"])
     assert res.exit_code == 2 and "--engine" in res.output
+    res = runner.invoke(app, ["cluster", "up", "--local", "--engine", "sim", "--preset", "nope"])
+    assert res.exit_code == 2 and "unknownpreset'nope'" in "".join(res.output.split())
 
 
 def test_cluster_plan_places_every_instance_of_the_reference_cluster(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEngine]:
     model = build_tiny_llama(Path(tmp_path_factory.getbasetemp()) / "tiny-llama")
     with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = SagaEngine(tiny_engine_kwargs(model, kv_bytes_for_blocks(POOL_BLOCKS),
-                                            saga=SagaSchedulerConfig(ttl=True)))
+                                            saga=SagaSchedulerConfig(ttl="tool_call")))
     yield eng
     eng.shutdown()
 

@@ -1,15 +1,17 @@
-"""Fuzzed SAGA request metadata: saga-vllm's decoder and saga-integrations' encoder.
+"""Fuzzed SAGA request metadata: saga-integrations encodes, saga-vllm decodes, one schema rules.
 
 Random field dicts (wrong types, huge ints, NaN/inf, nulls, empty strings, unknown keys, every
-``prefetch``/``final``/``pending_tool`` combination) must either parse or raise the package's
-typed error naming the field; the two packages must accept exactly the same field dicts; and
-whatever they accept must survive the wire: encode → JSON → vLLM's ``vllm_xargs`` type → decode.
+``prefetch``/``final``/``pending_tool`` combination) must either parse or raise the typed
+`MetadataError` naming the field; what is accepted must match the documented rules (an oracle
+written from `RequestMetadata`'s docstring, not from its code); and whatever an adapter builds
+must survive the wire: encode → JSON → vLLM's ``vllm_xargs`` type → decode → the equal object.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from typing import Any
 
@@ -18,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saga.integrations import RequestMetadata
-from saga.integrations.errors import IntegrationError
-from saga.policy.errors import SagaError
+from saga.aeg.errors import SagaError
+from saga.aeg.metadata import MetadataError
+from saga.integrations.metadata import RequestMetadata
 from saga.vllm.metadata import (
     SagaMetadataError,
     SagaRequestMeta,
@@ -56,6 +58,15 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "reuse_prob": st.none() | st.floats(-0.5, 1.5) | numbers,
     "prefetch": st.booleans(),
 }
+RANGES = {"tool_latency_s": (0.0, math.inf), "deadline_s": (-math.inf, math.inf),
+          "reuse_prob": (0.0, 1.0)}
+
+
+def test_the_fuzzer_draws_every_field_and_both_packages_share_one_class() -> None:
+    """A new field fails here until the fuzzer draws it; and there is one schema, not two."""
+    assert set(PLAUSIBLE) == set(FIELDS) and "prefetch" in FIELDS
+    assert RequestMetadata is SagaRequestMeta and SagaMetadataError is MetadataError
+    assert issubclass(MetadataError, SagaError) and issubclass(MetadataError, ValueError)
 
 
 @st.composite
@@ -71,19 +82,37 @@ def field_dicts(draw: st.DrawFn, *, unknown: bool = False) -> dict[str, Any]:
     return out
 
 
-def _vllm_parse(d: dict[str, Any]) -> SagaRequestMeta | SagaMetadataError:
+def _finite_in(value: Any, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
     try:
-        meta = parse_saga_meta({"saga": d})
-    except SagaMetadataError as exc:
-        return exc
-    assert meta is not None
-    return meta
+        x = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(x) and low <= x <= high
 
 
-def _adapter_build(d: dict[str, Any]) -> RequestMetadata | IntegrationError:
+def _valid(d: dict[str, Any]) -> bool:
+    """The documented rules (RequestMetadata's docstring), for the nested form."""
+    if set(d) - set(FIELDS):
+        return False
+    if not all(isinstance(d.get(k, "x"), str) and d.get(k, "x") for k in ("session_id",
+                                                                              "tenant_id")):
+        return False
+    if not all(d.get(k) is None or isinstance(d[k], str) for k in ("agent_type", "aeg_node",
+                                                                     "pending_tool")):
+        return False
+    if not all(isinstance(d.get(k, False), bool) for k in ("final", "prefetch")):
+        return False
+    if d.get("prefetch") and (not d.get("pending_tool") or d.get("final")):
+        return False
+    return all(d.get(k) is None or _finite_in(d[k], *r) for k, r in RANGES.items())
+
+
+def _parse(args: dict[str, Any]) -> SagaRequestMeta | MetadataError | None:
     try:
-        return RequestMetadata(**d)
-    except IntegrationError as exc:
+        return parse_saga_meta(args)
+    except MetadataError as exc:
         return exc
 
 
@@ -94,54 +123,35 @@ def _named_fields(message: str, pattern: str) -> set[str]:
 @FUZZ
 @given(extra=st.dictionaries(st.text(max_size=10) | st.sampled_from(["saga", "saga_final"]),
                              anything, max_size=4), saga=anything | field_dicts(unknown=True))
-def test_vllm_decoder_raises_only_typed_errors(extra: dict[str, Any], saga: Any) -> None:
-    """Any ``extra_args`` parses or raises SagaMetadataError (a SagaError), nothing else."""
+def test_the_decoder_raises_only_typed_errors(extra: dict[str, Any], saga: Any) -> None:
+    """Any ``extra_args`` parses or raises MetadataError (a SagaError), nothing else."""
     for args in (extra, {**extra, "saga": saga}):
-        try:
-            meta = parse_saga_meta(args)
-        except SagaMetadataError as exc:
-            assert isinstance(exc, SagaError) and str(exc)
-            continue
-        assert meta is None or isinstance(meta, SagaRequestMeta)
+        got = _parse(args)
+        assert got is None or isinstance(got, SagaRequestMeta) or (
+            isinstance(got, SagaError) and str(got))
 
 
 @FUZZ
 @given(d=field_dicts(unknown=True))
-def test_vllm_errors_name_the_field_in_both_forms(d: dict[str, Any]) -> None:
-    nested = _vllm_parse(d)
-    flat_args = {"saga_" + k: v for k, v in d.items()}
-    try:
-        flat: SagaRequestMeta | SagaMetadataError = parse_saga_meta(flat_args)  # type: ignore[assignment]
-    except SagaMetadataError as exc:
-        flat = exc
-    if isinstance(nested, SagaMetadataError):
+def test_the_decoder_follows_the_documented_rules(d: dict[str, Any]) -> None:
+    """Accepts exactly what the rules allow; a refusal names a field the caller gave (or the
+    missing ``session_id``), in the nested form's spelling and in the flat form's."""
+    nested = _parse({"saga": d})
+    assert isinstance(nested, SagaRequestMeta) == _valid(d), (d, nested)
+    flat = _parse({"saga_" + k: v for k, v in d.items()})
+    if isinstance(nested, MetadataError):
         assert _named_fields(str(nested), r"saga\.(\w+)") & (set(d) | {"session_id"}), nested
+        assert nested.field is None or nested.field in d
     else:
-        # Flat flags also take "true"/1, so the flat form accepts at least what nested does.
-        assert flat == nested
-    if isinstance(flat, SagaMetadataError):
-        # The flat form names the keys as the caller wrote them.
+        assert flat == nested  # the flat form also takes "true"/1 flags: at least as much
+    if isinstance(flat, MetadataError):
         assert _named_fields(str(flat), r"saga_(\w+)") & (set(d) | {"session_id"}), flat
-    elif isinstance(nested, SagaMetadataError):
+    elif isinstance(nested, MetadataError):
         # Only a flag given as a form word or 1/0 ("true", 0) separates the two forms.
         words = {"true": True, "false": False, "1": True, "0": False, 1: True, 0: False}
         flags = {k: words[v.strip().lower() if isinstance(v, str) else v]
                  for k, v in d.items() if k in ("final", "prefetch") and type(v) is not bool}
-        assert flags and _vllm_parse({**d, **flags}) == flat
-
-
-@FUZZ
-@given(d=field_dicts())
-def test_both_packages_accept_and_reject_the_same_fields(d: dict[str, Any]) -> None:
-    """The cross-check: saga-integrations builds exactly what saga-vllm accepts."""
-    engine, adapter = _vllm_parse(d), _adapter_build(d)
-    assert isinstance(engine, SagaMetadataError) == isinstance(adapter, IntegrationError), (
-        d, engine, adapter)
-    if isinstance(adapter, IntegrationError):
-        assert _named_fields(str(adapter), r"RequestMetadata\.(\w+)") & set(d), adapter
-    else:
-        assert isinstance(engine, SagaRequestMeta)
-        assert dataclasses.asdict(adapter) == dataclasses.asdict(engine)
+        assert flags and _parse({"saga": {**d, **flags}}) == flat
 
 
 def _over_the_wire(xargs: dict[str, Any]) -> dict[str, Any]:
@@ -152,37 +162,61 @@ def _over_the_wire(xargs: dict[str, Any]) -> dict[str, Any]:
 
 @FUZZ
 @given(d=field_dicts())
-def test_what_the_adapter_accepts_round_trips(d: dict[str, Any]) -> None:
-    """encode → vllm_xargs → JSON → vLLM's field type → decode equals the original."""
-    ours = _adapter_build(d)
-    if isinstance(ours, IntegrationError):
+def test_what_the_adapter_encodes_the_engine_parses_to_the_equal_object(
+        d: dict[str, Any]) -> None:
+    """saga-integrations builds and encodes; saga-vllm decodes every form to the equal
+    object: nested extra_args, vllm_xargs over JSON and vLLM's field type, and plain JSON."""
+    try:
+        ours = RequestMetadata(**d)
+    except MetadataError as exc:
+        assert not _valid(d) and exc.field in d, (d, exc)
         return
-    expected = SagaRequestMeta(**dataclasses.asdict(ours))
-    assert parse_saga_meta(ours.extra_args({"other": 1})) == expected
-    assert parse_saga_meta(_over_the_wire(ours.vllm_xargs())) == expected
-    assert parse_saga_meta(_over_the_wire(saga_vllm_xargs(expected))) == expected
-    assert parse_saga_meta(saga_extra_args(expected)) == expected
-    assert ours.vllm_xargs() == saga_vllm_xargs(expected)
+    assert _valid(d), d
+    assert parse_saga_meta(ours.extra_args({"other": 1})) == ours
+    assert parse_saga_meta(_over_the_wire(ours.vllm_xargs())) == ours
+    assert parse_saga_meta(_over_the_wire(ours.openai_extra_body()["vllm_xargs"])) == ours
+    assert RequestMetadata.from_dict(json.loads(json.dumps(ours.to_dict()))) == ours
+    assert ours.vllm_xargs() == saga_vllm_xargs(ours)
+    assert ours.extra_args() == saga_extra_args(ours)
+    # Nothing is lost: every field the caller gave survives, normalised as documented.
+    for name in FIELDS:
+        given_value = d.get(name)
+        got = getattr(ours, name)
+        if name in RANGES and given_value is not None:
+            assert got == float(given_value)
+        elif name in ("agent_type", "aeg_node", "pending_tool"):
+            assert got == (given_value or None)
+        elif name in d:
+            assert got == given_value
 
 
 @settings(max_examples=100, deadline=None)
 @given(prefetch=st.booleans(), final=st.booleans(), tool=st.none() | st.just("") | names)
-def test_prefetch_combinations_agree(prefetch: bool, final: bool, tool: str | None) -> None:
+def test_prefetch_needs_a_pending_tool_and_is_never_final(prefetch: bool, final: bool,
+                                                          tool: str | None) -> None:
     d = {"session_id": "s", "prefetch": prefetch, "final": final, "pending_tool": tool}
-    valid = tool != "" and not (prefetch and (final or tool is None))
-    assert isinstance(_vllm_parse(d), SagaRequestMeta) == valid
-    assert isinstance(_adapter_build(d), RequestMetadata) == valid
+    valid = not (prefetch and (final or not tool))
+    assert isinstance(_parse({"saga": d}), SagaRequestMeta) == valid
+    assert isinstance(_parse({"saga_" + k: v for k, v in d.items() if v is not None}),
+                      SagaRequestMeta) == valid
+    if not valid:
+        with pytest.raises(MetadataError, match=r"saga\.prefetch") as err:
+            RequestMetadata(**d)  # type: ignore[arg-type]
+        assert err.value.field == "prefetch"
 
 
 def test_known_defects_stay_fixed() -> None:
     """Inputs that once escaped as OverflowError/ValueError or were accepted on one side only."""
     for bad in ({"tool_latency_s": 10**400}, {"deadline_s": float("inf")},
                 {"tool_latency_s": float("inf")}, {"final": 10**5000}, {"tenant_id": ""},
-                {"agent_type": ""}, {"prefetch": True}):
+                {"pending_tool": 3}, {"prefetch": True}):
         d = {"session_id": "s", **bad}
         field = next(iter(bad))
-        for err in (_vllm_parse(d), _adapter_build(d)):
-            assert isinstance(err, SagaMetadataError | IntegrationError), (d, err)
-            assert field in str(err)
-    with pytest.raises(SagaMetadataError, match="saga_final"):
+        err = _parse({"saga": d})
+        assert isinstance(err, MetadataError) and err.field == field, (d, err)
+        assert f"saga.{field}" in str(err)
+    with pytest.raises(MetadataError, match="saga_final"):
         parse_saga_meta({"saga_session_id": "s", "saga_final": 10**5000})
+    # An empty hint is no hint, in both forms (vllm_xargs cannot carry null).
+    assert parse_saga_meta({"saga": {"session_id": "s", "agent_type": ""}}) == \
+        parse_saga_meta({"saga_session_id": "s", "saga_agent_type": ""}) == RequestMetadata("s")

@@ -24,12 +24,12 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
 from pydantic import ConfigDict, Field
 
-from saga.cli.cluster import VllmEngine
 from saga.coordinator.soak import SoakConfig, run_soak
 from saga.integrations import WorkflowFeed
 from saga.integrations.langchain import attach, request_metadata
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.testing import build_tiny_llama, kv_bytes_for_blocks, tiny_engine_kwargs
+from saga.vllm.worker import VllmEngine
 
 BLOCKS = 256
 
@@ -39,7 +39,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmEngine]:
     gc.collect()  # let earlier modules' engines go before this one starts
     model = build_tiny_llama(Path(tmp_path_factory.getbasetemp()) / "tiny-llama")
     eng = VllmEngine(tiny_engine_kwargs(model, kv_bytes_for_blocks(BLOCKS),
-                                        saga=SagaSchedulerConfig.all_on(), max_num_seqs=16))
+                                        saga=SagaSchedulerConfig.from_preset("saga_no_afs"),
+                                        max_num_seqs=16))
     yield eng
     eng.shutdown()
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORTS: dict[str, list[str]] = {
     "saga_aeg": ["saga.aeg"],
     "saga_policy": ["saga.policy", "saga.policy.traces"],
-    "saga_kernels": ["saga.kernels", "saga.kernels.cuda", "saga.kernels.bench"],
+    "saga_kernels": ["saga.kernels", "saga.kernels.experimental.cuda", "saga.kernels.bench"],
     "saga_vllm": ["saga.vllm"],
     "saga_integrations": ["saga.integrations", "saga.integrations.langchain",
                           "saga.integrations.autogen", "saga.integrations.crewai"],

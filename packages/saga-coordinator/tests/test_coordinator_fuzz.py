@@ -99,6 +99,14 @@ def _still_serving(live: LiveServer) -> None:
     assert code == grpc.StatusCode.OK, details
     assert pb.RouteReply.FromString(out[0]).worker_id
     assert live.on_loop(live.server.core.check_invariants) == []
+    assert live.on_loop(lambda: _router_agrees(live.server.core)) == []
+
+
+def _router_agrees(core: Any) -> list[str]:
+    """SAGA's affinity router keeps a home per session: it must be the table's worker (the
+    table is the coordinator's record; a router that drifts from it routes from stale homes)."""
+    homes, table = dict(core.router.homes()), {s: e.worker_id for s, e in core.sessions.items()}
+    return sorted(s for s in homes.keys() | table.keys() if homes.get(s) != table.get(s))[:5]
 
 
 def _check_answer(method: str, code: grpc.StatusCode, details: str, out: list[bytes]) -> None:

@@ -23,7 +23,7 @@ def _core(**kw: float) -> CoordinatorCore:
 
 
 def _empty(core: CoordinatorCore) -> bool:
-    return not (core.sessions or core._finals or core._ended or len(core.router)
+    return not (core.sessions or core._finals or core._ended or core.router.homes()
                 or core.afs.tasks())
 
 

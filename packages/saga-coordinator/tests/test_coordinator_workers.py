@@ -18,6 +18,7 @@ from saga.coordinator.engine import CallMoved, EngineCall, SimulatedEngine
 from saga.coordinator.server import CoordinatorServer, ServerConfig, bearer
 from saga.coordinator.testing import TOKEN, coordinator, run
 from saga.coordinator.worker import WorkerHost
+from saga.policy.presets import get_preset
 from saga.policy.stealing import WorkStealer
 
 
@@ -139,7 +140,12 @@ def test_a_slow_observation_stream_does_not_stall_others() -> None:
 def test_idle_worker_steals_from_an_overloaded_peer() -> None:
     # T_idle of 1 s (the spec's 0.1 s scaled up) so a loaded test machine cannot make the
     # "not idle long enough yet" step pass the threshold by running late.
-    core = CoordinatorCore(stealer=WorkStealer(t_idle=1.0))
+    saga = get_preset("saga")
+    assert saga.stealing is not None
+    core = CoordinatorCore(bundle=saga.derive(
+        "saga_t_idle_1s", "SAGA with T_idle = 1 s.",
+        stealing=saga.stealing.with_kwargs(t_idle=1.0)).build())
+    assert isinstance(core.stealer, WorkStealer) and core.stealer.t_idle == 1.0
 
     async def body() -> None:
         async with coordinator(core, epoch_s=0.02) as (server, client):

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from saga.aeg.errors import SagaError
 from saga.aeg.inference import PatternInference
 from saga.aeg.steps import LLMStep, ToolStep
 from saga.integrations import (
@@ -23,6 +24,7 @@ from saga.integrations import (
     require,
 )
 from saga.integrations import frameworks as fw
+from saga.integrations.metadata import MetadataError
 
 
 def test_metadata_leaves_out_what_the_engine_assumes() -> None:
@@ -40,15 +42,23 @@ def test_metadata_leaves_out_what_the_engine_assumes() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"session_id": ""}, "session_id"),
     ({"session_id": "s", "tenant_id": ""}, "tenant_id"),
-    ({"session_id": "s", "pending_tool": ""}, "pending_tool"),
+    ({"session_id": "s", "pending_tool": 7}, "pending_tool"),
     ({"session_id": "s", "final": 1}, "final"),
     ({"session_id": "s", "tool_latency_s": -1.0}, "tool_latency_s"),
     ({"session_id": "s", "reuse_prob": 1.5}, "reuse_prob"),
     ({"session_id": "s", "tool_latency_s": True}, "tool_latency_s"),
+    ({"session_id": "s", "prefetch": True}, "prefetch"),
 ])
 def test_bad_metadata_names_the_field(kwargs: dict[str, object], field: str) -> None:
-    with pytest.raises(IntegrationError, match=field):
+    with pytest.raises(MetadataError, match=field) as err:
         RequestMetadata(**kwargs)  # type: ignore[arg-type]
+    assert err.value.field == field and isinstance(err.value, SagaError)
+
+
+def test_a_blank_hint_is_no_hint() -> None:
+    """Hints may be sent as "" by clients that always send every key; they mean None."""
+    m = RequestMetadata("s", agent_type="", aeg_node="", pending_tool="")
+    assert m == RequestMetadata("s") and m.agent_type is m.aeg_node is m.pending_tool is None
 
 
 def test_session_steps_nodes_and_latency() -> None:

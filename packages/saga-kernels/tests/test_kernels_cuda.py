@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from saga.kernels import _native, cuda, prefix_overlap_numpy, walru_select_numpy
+from saga.kernels import _native, walru_select_numpy
 from saga.kernels._arrays import csr
+from saga.kernels.experimental import cuda, prefix_overlap_numpy
 
 READY, WHY = cuda.cuda_ready()
 needs_gpu = pytest.mark.skipif(not READY, reason=WHY)

@@ -29,12 +29,15 @@ def test_no_compiler_gives_a_pure_python_wheel(tmp_path: Path) -> None:
     assert wheel.name.endswith("-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "saga/kernels/walru.py" in names and not any(n.endswith(".so") for n in names)
+    assert "saga/kernels/experimental/prefix.py" in names
     # Import from the wheel alone (-S: no .pth, so not this checkout's editable install).
     code = ("from saga.kernels import native_status, walru_select; "
             "rows = native_status(); assert {r.backend for r in rows} == {'twin'}, rows; "
             "assert 'no compiled module' in rows[0].detail, rows[0]; "
             "print(walru_select([1.0, 2.0], [0.5, 0.5], [1.0, 1.0], [0, 0], 3.0, 1, "
-            "0.3, 0.5, 0.2).order.tolist())")
+            "0.3, 0.5, 0.2).order.tolist()); "
+            "from saga.kernels.experimental import prefix_overlap; "
+            "assert prefix_overlap([1, 2], [1, 3], [0, 2]).tolist() == [1]")
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     path = os.pathsep.join([str(unpacked), sysconfig.get_paths()["purelib"]])

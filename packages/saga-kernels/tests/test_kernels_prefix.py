@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saga.kernels import _native, prefix_overlap, prefix_overlap_numpy, prefix_overlap_python
+from saga.kernels import _native
 from saga.kernels._arrays import csr
+from saga.kernels.experimental import (
+    prefix_overlap,
+    prefix_overlap_numpy,
+    prefix_overlap_python,
+)
 
 needs_native = pytest.mark.skipif(not _native.HAVE_EXT, reason=_native.EXT_REASON)
 blocks = st.lists(st.integers(0, 3), max_size=10)

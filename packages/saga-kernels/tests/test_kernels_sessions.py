@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saga.kernels import PySessionTable, _native, session_table
-from saga.kernels.sessions import get_many_sorted
+from saga.kernels import _native
+from saga.kernels.experimental import PySessionTable, get_many_sorted, session_table
 
 needs_native = pytest.mark.skipif(not _native.HAVE_EXT, reason=_native.EXT_REASON)
 ops = st.lists(st.tuples(st.sampled_from(["set", "remove", "expire", "get"]),

@@ -12,7 +12,7 @@ import pytest
 
 from saga.kernels import native_status
 from saga.kernels._native import HAVE_EXT
-from saga.kernels.status import CUDA_KERNELS, HOST_KERNELS
+from saga.kernels.status import CUDA_KERNELS, EXPERIMENTAL, HOST_KERNELS
 
 
 def _status_in_subprocess(env: dict[str, str]) -> list[dict[str, str]]:
@@ -30,8 +30,24 @@ def test_one_row_per_kernel() -> None:
     assert all(r.backend in ("native", "cuda", "twin") and r.detail for r in rows)
 
 
+def test_kernels_without_a_caller_are_the_experimental_ones() -> None:
+    """The experimental flag matches where the wrappers live: saga.kernels.experimental."""
+    import saga.kernels as kernels
+    import saga.kernels.experimental as experimental
+    from saga.kernels.experimental import cuda
+
+    flagged = {r.name for r in native_status() if r.experimental}
+    assert flagged == set(EXPERIMENTAL) == {"prefix_overlap", "session_table", *CUDA_KERNELS}
+    for name in ("prefix_overlap", "session_table"):
+        assert name in experimental.__all__ and name not in kernels.__all__
+    assert all(callable(getattr(cuda, n)) for n in CUDA_KERNELS)
+
+
 @pytest.mark.skipif(shutil.which("c++") is None or shutil.which("cmake") is None,
                     reason="no C++ compiler or CMake here: the pure-Python package is expected")
+@pytest.mark.skipif(os.environ.get("SAGA_NATIVE", "").strip().lower() in ("0", "off", "false",
+                                                                          "no"),
+                    reason="SAGA_NATIVE turns the native kernels off for this run")
 def test_a_machine_with_a_compiler_gets_the_native_kernels() -> None:
     assert HAVE_EXT, native_status()[0].detail
     assert {r.backend for r in native_status() if r.kind == "host"} == {"native"}

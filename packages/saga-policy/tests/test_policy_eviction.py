@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saga.policy import registry
 from saga.policy.block_table import BlockTable, Tier
 from saga.policy.cache import CacheManager
 from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import (
-    EVICTION_POLICIES,
     BeladyPolicy,
     EvictionPolicy,
     KVFlowPolicy,
@@ -171,10 +171,11 @@ def test_next_use_positions_by_hand() -> None:
 
 
 def test_registry_names_every_policy() -> None:
-    assert set(EVICTION_POLICIES) == {"lru", "prefix_lru", "radix_lru", "walru", "kvflow",
-                                      "belady"}
-    for name, cls in EVICTION_POLICIES.items():
-        policy = cls()
+    assert set(registry.replay_eviction_names()) == {"lru", "prefix_lru", "radix_lru", "walru",
+                                                     "kvflow", "belady"}
+    assert "belady" not in registry.names("eviction")  # an oracle is no preset's policy
+    for name in registry.replay_eviction_names():
+        policy = registry.replay_eviction(name)
         assert isinstance(policy, EvictionPolicy) and policy.name == name
     assert BeladyPolicy.needs_next_use and not LRUPolicy.needs_next_use
     assert not PrefixLRUPolicy.leaves_only and RadixLRUPolicy.leaves_only

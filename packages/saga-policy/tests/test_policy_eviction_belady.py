@@ -7,15 +7,15 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saga.policy import registry
 from saga.policy.cache import CacheManager
 from saga.policy.eviction import (
-    EVICTION_POLICIES,
     BeladyPolicy,
     EvictionPolicy,
     next_use_positions,
 )
 
-ONLINE = [name for name in EVICTION_POLICIES if name != "belady"]
+ONLINE = registry.names("eviction")
 
 
 def misses(policy: EvictionPolicy, trace: list[list[int]], capacity: int) -> int:
@@ -38,13 +38,13 @@ def test_no_online_policy_beats_belady(trace: list[int], capacity: int) -> None:
     best = misses(BeladyPolicy(), reqs, capacity)
     assert best >= len(set(trace))  # every first use is a miss
     for name in ONLINE:
-        assert misses(EVICTION_POLICIES[name](), reqs, capacity) >= best, name
+        assert misses(registry.replay_eviction(name), reqs, capacity) >= best, name
 
 
 def test_every_policy_handles_heavy_eviction_on_a_large_pool() -> None:
     """Sanity bound only: 16,384 HBM blocks, 200 allocations of 64 new blocks on a full pool."""
-    for name, cls in EVICTION_POLICIES.items():
-        cache = CacheManager(16_384, cls(), dram_blocks=2_048)
+    for name in registry.replay_eviction_names():
+        cache = CacheManager(16_384, registry.replay_eviction(name), dram_blocks=2_048)
         for i in range(256):  # fill the pool
             seq = [i * 64 + j for j in range(64)]
             cache.allocate(seq, float(i))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 
 import pytest
 
@@ -160,6 +161,25 @@ def test_layers_names_every_layer_and_switch() -> None:
     assert get_preset("vllm").layers()["tier"] == "hbm"
     for layer in (*registry.LAYERS, *registry.SWITCH_LAYERS):
         assert registry.names(layer)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_preset_round_trips_through_its_layers(name: str) -> None:
+    p = PRESETS[name]
+    back = Preset.from_layers(p.name, json.loads(json.dumps(p.layers())), p.description)
+    assert back == p
+
+
+def test_from_layers_names_what_is_wrong() -> None:
+    layers = get_preset("saga").layers()
+    with pytest.raises(SagaConfigError, match=r"unknown layer\(s\) \['routing'\]"):
+        Preset.from_layers("x", {**layers, "routing": None})
+    with pytest.raises(SagaConfigError, match=r"layer 'router' is required"):
+        Preset.from_layers("x", {**layers, "router": None})
+    with pytest.raises(SagaConfigError, match=r"unknown tier policy 'ssd'"):
+        Preset.from_layers("x", {**layers, "tier": "ssd"})
+    with pytest.raises(SagaConfigError, match=r"unknown queue policy 'lifo'"):
+        Preset.from_layers("x", {**layers, "queue": {"name": "lifo"}})
 
 
 def test_prefetch_without_dram_is_rejected() -> None:

@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from saga.vllm.config import SagaSchedulerConfig
+from saga.vllm.metadata import SagaRequestMeta, saga_extra_args
 from saga.vllm.offload import REUSE_PARAM, WALRUCachePolicy, offload_engine_kwargs, offload_manager
-from saga.vllm.testing import kv_bytes_for_blocks, kv_bytes_per_block, tiny_engine_kwargs
+from saga.vllm.testing import (
+    engine_scheduler,
+    kv_bytes_for_blocks,
+    kv_bytes_per_block,
+    tiny_engine_kwargs,
+)
 
 BLOCKS = 40
 MAX_LEN = BLOCKS * 32
@@ -56,19 +63,23 @@ def tier(tiny_model_dir: Path, stock_run: tuple[Any, Any]) -> Iterator[Any]:
     from vllm.distributed.kv_transfer.kv_transfer_state import ensure_kv_transfer_shutdown
 
     kw = offload_engine_kwargs(200 * kv_bytes_per_block())
+    # SAGA's scheduler with the stock preset: vLLM's behaviour, plus the engine's hint table.
     llm = LLM(**tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS),
-                                   max_model_len=MAX_LEN, **kw))
+                                   max_model_len=MAX_LEN, saga=SagaSchedulerConfig(), **kw))
     yield llm
     del llm
     gc.collect()
     ensure_kv_transfer_shutdown()  # later test modules start engines without a connector
 
 
-def generate(llm: Any, tokens: list[int], kv_params: dict[str, Any] | None = None) -> Any:
+def generate(llm: Any, tokens: list[int], kv_params: dict[str, Any] | None = None,
+             meta: SagaRequestMeta | None = None) -> Any:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     extra = {"kv_transfer_params": kv_params} if kv_params is not None else None
+    if meta is not None:
+        extra = {**(extra or {}), **saga_extra_args(meta)}
     params = SamplingParams(max_tokens=4, temperature=0.0, detokenize=False, ignore_eos=True,
                             extra_args=extra)
     return llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
@@ -85,6 +96,17 @@ def test_evicted_session_comes_back_from_dram_as_a_hit(tier: Any,
     assert list(first.outputs[0].token_ids) == list(stock_run[0].outputs[0].token_ids)
     assert stock_run[1].num_cached_tokens <= 64  # the pool kept at most a block or two
     assert again.num_cached_tokens >= len(SESSION) - 32  # loaded back, not recomputed
+
+
+def test_the_policy_reads_its_engines_hint_table(tier: Any) -> None:
+    """The scheduler's own table (not a process-wide one) feeds this engine's DRAM tier."""
+    policy = offload_manager(tier)._policy
+    sched = engine_scheduler(tier)
+    assert policy.hints is sched.reuse_hints and sched.offload_policies == [policy]
+    tokens = np.random.default_rng(5).integers(1, 1000, 256).tolist()
+    generate(tier, tokens, meta=SagaRequestMeta("hinted", reuse_prob=0.125))
+    generate(tier, FILLER)
+    assert np.count_nonzero(policy._reuse == 0.125) >= 256 // 32
 
 
 def test_request_reuse_probability_reaches_the_policy(tier: Any) -> None:

@@ -14,8 +14,8 @@ from saga.vllm.compare import (
     CompareResult,
     EngineRun,
     SessionRecord,
-    _summarise,
 )
+from saga.vllm.compare_results import summarise
 from saga.vllm.workload import WorkloadConfig, build_workload
 
 
@@ -26,7 +26,7 @@ def _run(name: str, cached: list[int], tcts: list[float]) -> EngineRun:
         calls = (CallRecord(f"s{i}", 0, 100, cached[2 * i], 10, 0.1, 0),
                  CallRecord(f"s{i}", 1, 200, cached[2 * i + 1], 10, 0.3, 120))
         sessions.append(SessionRecord(f"s{i}", "swe-bench", 0.0, tct, calls))
-    return _summarise(name, 1.0, 10.0, sessions, None)
+    return summarise(name, 1.0, 10.0, sessions, None)
 
 
 def test_engine_run_metrics_by_hand() -> None:
@@ -56,7 +56,7 @@ def test_ratios_and_json() -> None:
     assert set(d["runs"]) == {"stock", "saga"}
     assert d["runs"]["saga"]["recomputed_tokens"] == 408
     assert len(d["runs"]["saga"]["sessions"]) == 2
-    assert d["settings"]["saga_config"]["walru"] is True
+    assert d["settings"]["saga_config"]["preset"] == "saga_no_afs"
     only = CompareResult(cfg, build_workload(cfg.workload), (stock,))
     assert only.ratios() == {}
     zero = _run("saga", [100, 200, 100, 200], [1.0, 1.0])

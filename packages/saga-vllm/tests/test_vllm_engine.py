@@ -47,7 +47,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEngine]:
     model = build_tiny_llama(Path(tmp_path_factory.getbasetemp()) / "tiny-llama")
     with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = SagaEngine(tiny_engine_kwargs(model, kv_bytes_for_blocks(96),
-                                            saga=SagaSchedulerConfig.all_on()))
+                                            saga=SagaSchedulerConfig.from_preset("saga_no_afs")))
     yield eng
     eng.shutdown()
 

@@ -31,7 +31,8 @@ def engine(model: Path) -> Iterator[AsyncSagaEngine]:
     with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = AsyncSagaEngine.from_engine_args(
             tiny_engine_kwargs(model, kv_bytes_for_blocks(96),
-                               saga=SagaSchedulerConfig.all_on()), in_process=True)
+                               saga=SagaSchedulerConfig.from_preset("saga_no_afs")),
+            in_process=True)
     yield eng
     eng.shutdown()
 

@@ -17,7 +17,7 @@ def test_marker_records_the_start_and_the_final_stats(tiny_model_dir: Path,
     from vllm import LLM
 
     marker = tmp_path / "saga-marker.json"
-    cfg = SagaSchedulerConfig(walru=True, ttl=True, marker_path=str(marker))
+    cfg = SagaSchedulerConfig.from_preset("saga_no_afs", marker_path=str(marker))
     llm = LLM(**tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(12), saga=cfg))
     try:
         started = json.loads(marker.read_text())
@@ -31,7 +31,8 @@ def test_marker_records_the_start_and_the_final_stats(tiny_model_dir: Path,
         llm.llm_engine.engine_core.shutdown()
     final = json.loads(marker.read_text())
     assert final["event"] == "shutdown"
-    assert final["config"]["walru"] and final["config"]["ttl"]
+    assert final["config"]["preset"] == "saga_no_afs"
+    assert final["stats"]["eviction_enacted"] == "walru_score"
     assert final["stats"]["pins_created"] == 1
     assert final["stats"]["pin_releases"] == {"returned": 1}
     assert final["stats"]["prefix_hit_tokens"] == 96

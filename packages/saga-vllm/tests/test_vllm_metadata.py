@@ -1,13 +1,10 @@
-"""SAGA request metadata and scheduler config: parsing, round trips, errors that name fields."""
+"""SAGA request metadata: parsing, round trips, errors that name fields (the scheduler config
+is tested in test_vllm_config.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from saga.policy.errors import SagaConfigError
-from saga.vllm.config import ENV_VAR, SagaSchedulerConfig
 from saga.vllm.metadata import (
     SagaMetadataError,
     SagaRequestMeta,
@@ -65,43 +62,3 @@ def test_saga_value_must_be_a_dict() -> None:
     with pytest.raises(SagaMetadataError, match="must be a dict"):
         parse_saga_meta({"saga": "session-1"})
     assert issubclass(SagaMetadataError, ValueError)
-
-
-def test_config_defaults_are_stock() -> None:
-    cfg = SagaSchedulerConfig()
-    assert cfg.stock
-    assert not SagaSchedulerConfig.all_on().stock
-    assert SagaSchedulerConfig.from_dict(cfg.to_dict()) == cfg
-
-
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"queue": "lifo"}, "queue"),
-    ({"pin_cap_fraction": 1.5}, "pin_cap_fraction"),
-    ({"ttl_max_s": -1.0}, "ttl_max_s"),
-    ({"alpha": -0.1}, "alpha"),
-    ({"walru": 1}, "walru"),
-    ({"pending_tool_reuse": 2.0}, "pending_tool_reuse"),
-])
-def test_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
-    with pytest.raises(SagaConfigError, match=field):
-        SagaSchedulerConfig(**kwargs)  # type: ignore[arg-type]
-
-
-def test_config_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    class VllmConfig:
-        def __init__(self) -> None:
-            self.additional_config: dict[str, object] = {}
-
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    assert SagaSchedulerConfig.resolve(VllmConfig()) == SagaSchedulerConfig()
-    monkeypatch.setenv(ENV_VAR, json.dumps({"walru": True}))
-    assert SagaSchedulerConfig.resolve(VllmConfig()).walru
-    vc = VllmConfig()
-    vc.additional_config = {"saga": {"ttl": True}}
-    got = SagaSchedulerConfig.resolve(vc)
-    assert got.ttl and not got.walru  # additional_config wins over the env var
-    with pytest.raises(SagaConfigError, match="colour"):
-        SagaSchedulerConfig.from_dict({"colour": "red"})
-    monkeypatch.setenv(ENV_VAR, "{not json")
-    with pytest.raises(SagaConfigError, match=ENV_VAR):
-        SagaSchedulerConfig.resolve(None)

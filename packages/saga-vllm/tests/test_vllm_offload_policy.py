@@ -19,6 +19,7 @@ from saga.vllm.offload import (
     SAGA_WALRU,
     OffloadReuseHints,
     WALRUCachePolicy,
+    bind_reuse_hints,
     offload_engine_kwargs,
 )
 
@@ -156,6 +157,32 @@ def test_hinted_low_reuse_goes_first_even_when_recent() -> None:
     hints.set([b"1", b"2", b"3"], 1.0)  # A waits on a tool
     assert store(mgr, [7, 8], ctx("c", {7: 32, 8: 64})) == keys([6, 5])
     assert mgr.lookup(keys([1])[0], ctx()) == LookupResult.HIT
+
+
+def test_each_engine_reads_only_its_own_table() -> None:
+    """Two engines' DRAM tiers in one process: each policy reads the table its engine bound,
+    and a policy vLLM built alone starts with a private one (no process-wide table). The real
+    engine's binding through its connector is in test_vllm_0_offload_engine.py."""
+    first, second = walru_manager(4), walru_manager(4)
+    assert first._policy.hints is not second._policy.hints
+    for mgr in (first, second):
+        store(mgr, [1, 2])
+    mine, theirs = OffloadReuseHints(), OffloadReuseHints()
+    mine.set([b"1"], 0.25)  # known before binding: resident chunks take it at once
+    for mgr, table in ((first, mine), (second, theirs)):
+        policy = mgr._policy
+        assert isinstance(policy, WALRUCachePolicy)
+        policy.bind_hints(table)  # what SagaScheduler does through its connector
+    mine.set([b"2"], 0.75)
+
+    def reuse(mgr: CPUOffloadingManager, i: int) -> float:
+        policy = mgr._policy
+        assert isinstance(policy, WALRUCachePolicy)
+        return float(policy._reuse[policy._slot[keys([i])[0]]])
+
+    assert (reuse(first, 1), reuse(first, 2)) == (0.25, 0.75)
+    assert np.isnan(reuse(second, 1)) and np.isnan(reuse(second, 2))
+    assert bind_reuse_hints(None, mine) == []  # an engine without a KV connector
 
 
 def test_request_reuse_param_and_table_priority() -> None:

@@ -89,7 +89,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     port = _free_port()
     folder = tmp_path_factory.mktemp("vllm-server")
     log, marker = folder / "server.log", folder / "saga-marker.json"
-    saga = SagaSchedulerConfig(walru=True, ttl=True, marker_path=str(marker))
+    saga = SagaSchedulerConfig.from_preset("saga_no_afs", marker_path=str(marker))
     args = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
@@ -173,4 +173,5 @@ def test_saga_scheduler_runs_in_the_engine_core_process(server: Server) -> None:
     assert started["event"] == "started"
     assert started["class"] == "SagaScheduler"
     assert started["pid"] not in (os.getpid(), server.proc.pid)  # the engine-core process
-    assert started["config"]["walru"] and started["config"]["ttl"]
+    assert started["config"]["preset"] == "saga_no_afs"
+    assert started["stats"]["preset"] == "saga_no_afs"

@@ -33,13 +33,16 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     kv = kv_bytes_for_blocks(BLOCKS)
     out = {
         "stock": LLM(**tiny_engine_kwargs(tiny_model_dir, kv)),
-        "ttl": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig(ttl=True))),
-        "all": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig.all_on(
-            hybrid_max_active=3))),
-        "afs": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig(
-            walru=True, ttl=True, afs=True))),
+        # vLLM's scheduler with tool-call TTL pins only.
+        "ttl": LLM(**tiny_engine_kwargs(tiny_model_dir, kv,
+                                        saga=SagaSchedulerConfig(ttl="tool_call"))),
+        "all": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig.from_preset(
+            "saga_no_afs", policy_kwargs={"queue": {"max_active": 3}}))),
+        # SAGA's whole engine: WA-LRU, pins, the hybrid queue and AFS across tenants.
+        "afs": LLM(**tiny_engine_kwargs(tiny_model_dir, kv,
+                                        saga=SagaSchedulerConfig.from_preset("saga"))),
         "async": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, async_scheduling=True,
-                                          saga=SagaSchedulerConfig.all_on())),
+                                          saga=SagaSchedulerConfig.from_preset("saga_no_afs"))),
     }
     yield out
 

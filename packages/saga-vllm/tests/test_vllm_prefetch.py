@@ -27,7 +27,7 @@ def engine(tiny_model_dir: Path) -> Iterator[AsyncSagaEngine]:
     with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
         eng = AsyncSagaEngine.from_engine_args(
             tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS),
-                               saga=SagaSchedulerConfig(walru=True)),
+                               saga=SagaSchedulerConfig(eviction="walru")),
             in_process=True, prefetch_quantile=0.5)
     yield eng
     eng.shutdown()

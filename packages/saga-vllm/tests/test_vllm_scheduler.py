@@ -38,7 +38,7 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
         "stock": LLM(**tiny_engine_kwargs(tiny_model_dir, kv)),
         "off": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig())),
         "walru": LLM(**tiny_engine_kwargs(tiny_model_dir, kv,
-                                          saga=SagaSchedulerConfig(walru=True))),
+                                          saga=SagaSchedulerConfig(eviction="walru"))),
         # No front-end validator: malformed metadata reaches the scheduler itself.
         "bare": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig(),
                                          logits_processors=None)),

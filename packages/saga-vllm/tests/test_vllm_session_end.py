@@ -22,8 +22,9 @@ BLOCKS = 24
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> Iterator[SagaEngine]:
-    eng = SagaEngine(tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS),
-                                        saga=SagaSchedulerConfig.all_on(hybrid_max_active=2)))
+    saga = SagaSchedulerConfig.from_preset("saga_no_afs",
+                                           policy_kwargs={"queue": {"max_active": 2}})
+    eng = SagaEngine(tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS), saga=saga))
     yield eng
     eng.shutdown()
 

@@ -31,8 +31,8 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     kv = kv_bytes_for_blocks(BLOCKS)
     out = {
         "stock": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, record_steps=64)),
-        "saga": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig.all_on(),
-                                         record_steps=64)),
+        "saga": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, record_steps=64,
+                                         saga=SagaSchedulerConfig.from_preset("saga_no_afs"))),
     }
     yield out
     for llm in out.values():
@@ -74,7 +74,7 @@ def test_engine_without_the_option_keeps_no_log(tiny_model_dir: Path) -> None:
     kw = tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS))
     assert "scheduler_cls" not in kw and "additional_config" not in kw
     saga = tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(BLOCKS),
-                              saga=SagaSchedulerConfig.all_on())
+                              saga=SagaSchedulerConfig.from_preset("saga_no_afs"))
     assert set(saga["additional_config"]) == {"saga"}
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaRequestMeta
-from saga.vllm.offload import REUSE_HINTS
 from saga.vllm.testing import engine_scheduler, kv_bytes_for_blocks, run_prompts, tiny_engine_kwargs
 
 
@@ -19,7 +18,7 @@ def llm(tiny_model_dir: Path) -> Iterator[Any]:
     from vllm import LLM
 
     yield LLM(**tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(16),
-                                   saga=SagaSchedulerConfig(walru=True)))
+                                   saga=SagaSchedulerConfig(eviction="walru")))
 
 
 def _task(llm: Any, sid: str, token: int) -> None:
@@ -46,6 +45,29 @@ def test_learned_aeg_drives_reuse_predictions(llm: Any) -> None:
 
 
 def test_finished_calls_feed_the_dram_tier_hint_table(llm: Any) -> None:
-    before = len(REUSE_HINTS)
+    hints = engine_scheduler(llm).reuse_hints
+    before = len(hints)
     _task(llm, "hinted", token=500)
-    assert len(REUSE_HINTS) > before
+    assert len(hints) > before
+
+
+@pytest.fixture(scope="module")
+def other(tiny_model_dir: Path) -> Iterator[Any]:
+    """A second engine in the same process, alive as long as the first."""
+    from vllm import LLM
+
+    yield LLM(**tiny_engine_kwargs(tiny_model_dir, kv_bytes_for_blocks(8),
+                                   saga=SagaSchedulerConfig(eviction="walru")))
+
+
+def test_each_engine_has_its_own_hint_table(llm: Any, other: Any) -> None:
+    """Two engines in one process: hints one scheduler records never reach the other's
+    table (their DRAM-tier policies read their own engine's)."""
+    mine, theirs = engine_scheduler(llm).reuse_hints, engine_scheduler(other).reuse_hints
+    assert mine is not theirs
+    before_theirs = len(theirs)
+    _task(llm, "only-mine", token=700)
+    assert len(theirs) == before_theirs
+    seen_by_mine = len(mine)
+    run_prompts(other, [[900] * 40], metas=[SagaRequestMeta("theirs", pending_tool="grep")])
+    assert len(theirs) > before_theirs and len(mine) == seen_by_mine

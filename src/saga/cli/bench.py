@@ -12,11 +12,9 @@ it finishes and ``--resume`` reuses them after an interruption (``saga.bench.sto
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -178,181 +176,34 @@ __all__ = ["app", "rich_table", "run_and_show", "validation_table"]
 
 
 # ---------------------------------------------------------------------------- validation
-# Glue between saga-vllm (the real engine) and saga-bench (the simulator): it lives here, in
-# the meta-package, because neither package may import the other.
-
-
-def _error(sim: float, measured: float) -> float:
-    return (sim - measured) / measured if measured else (0.0 if sim == 0 else float("inf"))
-
-
-def step_samples(steps: Sequence[Any]) -> list[Any]:
-    """``StepSample`` per measured engine step (``saga.vllm.steps.StepRecord``) that the next
-    step followed while requests remained: its time is the engine's period, from its
-    ``schedule`` to the next one's (model, scheduler and front-end work between them), the
-    quantity the simulator's step time stands for. Steps before an idle gap are left out."""
-    from saga.bench.costmodel import StepSample
-
-    out = []
-    for cur, nxt in itertools.pairwise(steps):
-        if cur.busy_after:
-            out.append(StepSample(cur.prefill_tokens, cur.prefill_context, cur.decode_seqs,
-                                  cur.decode_context, nxt.start_s - cur.start_s))
-    return out
+# The real engine's run comes from saga-vllm (``CompareResult.measurement()``, plain data) and
+# the simulated side from saga-bench (``saga.bench.validate``); neither package imports the
+# other, so the command wires them here.
 
 
 def validate_against_engine(sessions: int = 8, seed: int = 0, max_steps: int = 10,
                             on_call: Any = None, kv_blocks: int | None = None,
-                            measured: Any = None) -> dict[str, Any]:
-    """Run ``saga vllm compare`` and the simulator configured as that engine; compare them.
-
-    The simulator gets the engine's KV pool (blocks of 32 tokens), batch limits, the same
-    sessions (arrival, calls, tools, the output lengths the engine produced) and a step-time
-    model fitted to each engine run's own measured steps (``saga.vllm.steps``). ``kv_blocks``
-    overrides compare's default pool (smaller: more cache pressure). ``measured``: a
-    ``CompareResult`` already run with its step log on (``record_steps``) to validate against
-    instead of running one (the other arguments are then unused).
-    """
-    import dataclasses
-
-    from saga.bench.costmodel import fit_linear_cost
-    from saga.bench.sim import simulate
+                            measured: Any = None, model: str = "tiny") -> dict[str, Any]:
+    """Run ``saga vllm compare`` (steps recorded) and the simulator configured as that
+    engine; compare them (:func:`saga.bench.validate.validate`). ``kv_blocks`` overrides
+    compare's default pool (smaller: more cache pressure); ``model``: tiny, small or a local
+    model directory. ``measured``: a ``CompareResult`` already run with its step log on to
+    validate against instead of running one (the other arguments are then unused)."""
+    from saga.bench.validate import validate
     from saga.vllm.compare import DEFAULT_KV_BLOCKS, CompareConfig, run_compare
     from saga.vllm.workload import WorkloadConfig
 
+    load_before = os.getloadavg()[0]
     if measured is None:
         cfg = CompareConfig(workload=WorkloadConfig(sessions=sessions, seed=seed,
-                                                    max_steps=max_steps),
+                                                    max_steps=max_steps), model=model,
                             kv_blocks=kv_blocks or DEFAULT_KV_BLOCKS, record_steps=1_000_000)
-        load_before = os.getloadavg()[0]
         measured = run_compare(cfg, on_call=on_call)
-        load_after = os.getloadavg()[0]
-    else:
-        cfg = measured.config
-        load_before = load_after = os.getloadavg()[0]
-    stock, saga = measured.run("stock"), measured.run("saga")
-    assert stock is not None and saga is not None
-    fit_max = (cfg.kv_blocks - 1) * cfg.block_size
-    max_tokens = min(fit_max, cfg.workload.max_context + 64)
-    # Each engine's own measured speed: on a shared machine the two runs see different load.
-    fits = {run.name: fit_linear_cost(step_samples(run.steps), max_batched_tokens=max_tokens,
-                                      max_num_seqs=max(8, cfg.workload.sessions))
-            for run in (stock, saga)}
-    workload, sim_cfg, presets = sim_setup(measured)
-    sims = {name: simulate(presets[name], workload, sim_cfg, fits[name].cost)
-            for name in ("stock", "saga")}
-    # Tool sleeps are inputs to both sides; TCT minus them is the engine's share of a task.
-    plans = measured.workload.sessions
-    tool_s = sum(p.tool_s for p in plans) / len(plans)
-    rows = []
-    for name, run in (("stock", stock), ("saga", saga)):
-        sim, fit = sims[name], fits[name]
-        llm_measured, llm_sim = run.tct_mean_s - tool_s, sim.tct_mean_s - tool_s
-        # What the engine itself took: the task's calls from submission to last token.
-        calls_s = sum(c.latency_s for t in run.sessions for c in t.calls) / len(run.sessions)
-        rows.append({
-            "engine": name,
-            "steps": len(run.steps),
-            "step fit R²": round(fit.r2, 3),
-            "step fit median error": f"{100 * fit.median_rel_error:.0f} %",
-            "measured TCT (s)": round(run.tct_mean_s, 3),
-            "simulated TCT (s)": round(sim.tct_mean_s, 3),
-            "TCT error": f"{100 * _error(sim.tct_mean_s, run.tct_mean_s):+.1f} %",
-            "measured TCT − tools (s)": round(llm_measured, 3),
-            "simulated TCT − tools (s)": round(llm_sim, 3),
-            "TCT − tools error": f"{100 * _error(llm_sim, llm_measured):+.1f} %",
-            "measured call time (s)": round(calls_s, 3),
-            "call time error": f"{100 * _error(llm_sim, calls_s):+.1f} %",
-            "measured recomputed tokens": run.recomputed_tokens,
-            "simulated recomputed tokens": sim.recomputed_tokens,
-            "recomputed error":
-                f"{100 * _error(sim.recomputed_tokens, run.recomputed_tokens):+.1f} %",
-        })
-    cols = list(rows[0])
-    models = "; ".join(
-        f"{k}: {1e3 * f.cost.fixed_s:.2f} ms + {1e6 * f.cost.per_prefill_token_s:.1f} µs/prefill "
-        f"token + {1e3 * f.cost.per_decode_seq_s:.2f} ms/decode seq + "
-        f"{1e9 * f.cost.per_context_token_s:.0f} ns/context token" for k, f in fits.items())
-    md = ["Simulated vs measured on the CPU vLLM engine of `saga vllm compare` "
-          f"({cfg.workload.sessions} sessions, seed {cfg.workload.seed}, {cfg.kv_blocks} KV "
-          f"blocks of {cfg.block_size} "
-          f"tokens; machine load {load_before:.1f} before, {load_after:.1f} after). Each engine "
-          "logs every scheduler step (prefill tokens, decode sequences, context, wall time); "
-          "the simulator's step time is a non-negative least-squares fit to that engine run's "
-          "own steps (step = one `schedule()` to the next while requests remain), "
-          f"{models}. `step fit R²` and `median error` say how well that model explains the "
-          "measured steps. The simulator then replays the same sessions (arrivals, calls, tool "
-          "sleeps, output lengths) under the engine's policy; the cache behaviour (recomputed "
-          f"tokens) is not fitted at all. Tool sleeps ({tool_s:.2f} s per task on average) are "
-          "the same on both sides and make up most of a task's time here, so `TCT − tools`, "
-          "the time a task spends in the engine (queueing, prefill, decode), is the sharper "
-          "test of the simulated engine. `measured call time` is the part of it inside the "
-          "engine's calls (submission to last token, summed over a task's calls); the rest is "
-          "the client's own time (a tool's sleep ending behind an engine step, building the "
-          "next request), which the simulator does not model; `call time error` compares the "
-          "simulated TCT − tools with it. vidur reports < 9 % error for its GPU profiles; "
-          "larger errors are shown as they are.", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return {"rows": rows, "markdown": md, "tool_s_per_task": tool_s,
-            "load_average": {"before": load_before, "after": load_after},
-            "cost_fit": {k: {**dataclasses.asdict(v.cost), "steps": v.steps, "r2": v.r2,
-                             "median_rel_error": v.median_rel_error} for k, v in fits.items()},
-            "measured": measured.to_dict(sessions=True), "simulated": {k: v.to_dict()
-                                                          for k, v in sims.items()}}
-
-
-def sim_setup(measured: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """The simulator configured as the compare run's engines: the same sessions (with the
-    output lengths the engine produced), its KV pool, and a preset per engine.
-
-    SAGA's preset takes the knobs of the engine's ``SagaSchedulerConfig``: WA-LRU weights,
-    the TTL's cap and its prior for a tool not yet observed (``default_tool_p95_s``), the pin
-    cap (``pin_cap_fraction``), the hybrid queue's bound; no DRAM tier, prefetch, AFS or
-    stealing (the engine runs none of them here).
-    """
-    import dataclasses
-
-    from saga.bench.sim import SimConfig
-    from saga.bench.workload import Call, Task, Workload, WorkloadSpec
-    from saga.policy.presets import PRESETS, policy
-    from saga.policy.spec import ClusterSpec
-
-    cfg = measured.config
-    stock = measured.run("stock")
-    outputs = {s.session_id: [c.output_tokens for c in s.calls] for s in stock.sessions}
-    tasks = []
-    for plan in measured.workload.sessions:
-        outs = outputs[plan.session_id]
-        tasks.append(Task(
-            plan.session_id, plan.agent_type, plan.tenant, plan.arrival_s,
-            tuple(Call(len(c.new_tokens), outs[i] if i < len(outs) else c.max_tokens, c.tool,
-                       c.tool_s) for i, c in enumerate(plan.calls)),
-            system_key=plan.session_id.split("-")[0],
-            system_tokens=cfg.workload.system_tokens))
-    workload = Workload(WorkloadSpec("mixed", len(tasks), 1.0, cfg.workload.seed), tasks)
-    one = ClusterSpec(nodes=1, gpus_per_node=1, gpu_name="cpu", gpu_hbm_bytes=2**34, tp=1,
-                      instances=1, nvlink_bytes_per_s=1e9, ib_bytes_per_s=1e9,
-                      dram_bytes_per_node=2**34, cpus_per_node=2)
-    sc = cfg.saga_config()
-    if sc.afs or not (sc.walru and sc.ttl and sc.queue == "hybrid"):
-        raise ValueError("the simulated SAGA engine is WA-LRU + TTL pins + hybrid queue; "
-                         f"the compare run used {sc.to_dict()}")
-    # The engine's usable pool: compare sizes the KV memory for kv_blocks blocks besides the
-    # null block vLLM reserves (SAGA's scheduler reports what it got).
-    saga_run = measured.run("saga")
-    usable = ((saga_run.saga_stats or {}).get("usable_blocks") if saga_run is not None
-              else None) or cfg.kv_blocks
-    sim_cfg = SimConfig(cluster=one, block_tokens=cfg.block_size, hbm_blocks=int(usable),
-                        dram_blocks=0, pin_cap_fraction=sc.pin_cap_fraction)
-
-    saga_vllm = dataclasses.replace(
-        PRESETS["saga"], name="saga-in-vllm", dram_tier=False, prefetch=False, fairness=None,
-        stealing=None,
-        eviction=policy("eviction", "walru", alpha=sc.alpha, beta=sc.beta, gamma=sc.gamma),
-        ttl=policy("ttl", "tool_call", ttl_max=sc.ttl_max_s, default_p95_s=sc.default_tool_p95_s),
-        queue=policy("queue", "hybrid", max_active=sc.hybrid_max_active))
-    return workload, sim_cfg, {"stock": PRESETS["vllm_apc"], "saga": saga_vllm}
+    data = measured.measurement()
+    data["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
+    result = validate(data)
+    result["measured"] = measured.to_dict(sessions=True)
+    return result
 
 
 def validation_table(result: dict[str, Any]) -> Table:
@@ -389,6 +240,9 @@ def validate(
     kv_blocks: Annotated[int | None, typer.Option(
         min=8, help="KV pool in blocks of 32 tokens (default: compare's 160; fewer: more "
                     "cache pressure).")] = None,
+    model: Annotated[str, typer.Option(
+        help="tiny or small (random Llama shapes) or PATH, a local Hugging Face model "
+             "directory.")] = "tiny",
 ) -> None:
     """Simulated vs measured TCT and recomputed tokens on the real (CPU) vLLM engine."""
     with user_errors():
@@ -403,7 +257,7 @@ def validate(
             task = bar.add_task("real engine: stock then SAGA", total=None)
             result = validate_against_engine(sessions, seed, max_steps,
                                              on_call=lambda name, n: bar.advance(task),
-                                             kv_blocks=kv_blocks)
+                                             kv_blocks=kv_blocks, model=model)
         print_table(validation_table(result))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 """`saga cluster up` / `saga cluster plan`: Ray workers behind SAGA's coordinator.
 
 `up` starts (or joins) Ray, the coordinator and N worker actors, and runs an agent workload through
-them. Workers host a real vLLM engine (SAGA's scheduler, the tiny random Llama, in-process on
-CPU) or, with ``--engine sim``, a simulated engine for large counts. The vLLM adapter lives here,
-in the meta-package, because saga-coordinator must not import saga-vllm.
+them. Workers host a real vLLM engine (SAGA's scheduler in-process on CPU, serving ``--model``:
+the tiny or small random Llama or a local Hugging Face directory; ``saga.vllm.worker``) or, with
+``--engine sim``, a simulated engine for large counts. This module only parses options and wires
+the coordinator (saga-coordinator) to the engines (saga-vllm), which never import each other.
 
 `plan` prints how the reference deployment (``REFERENCE_CLUSTER``) maps onto Ray: one placement
 group per TP instance, the coordinator, and the resources each asks for.
@@ -17,7 +18,6 @@ import functools
 import secrets
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,15 +39,18 @@ from saga.coordinator.cluster import (
     spawn_workers,
     start_ray,
 )
-from saga.coordinator.engine import EngineCall, EngineReport, EngineResult, SimulatedEngine
+from saga.coordinator.core import DEFAULT_PRESET
+from saga.coordinator.engine import SimulatedEngine
 from saga.coordinator.plan import LaunchPlan, launch_plan
 from saga.coordinator.server import CoordinatorServer, ServerConfig
 from saga.policy.errors import SagaConfigError
+from saga.policy.presets import PRESETS, get_preset
 from saga.policy.spec import REFERENCE_CLUSTER
 
 app = typer.Typer(help="Ray workers behind SAGA's global coordinator.", no_args_is_help=True)
 
-ENGINES = ("vllm", "sim")
+VLLM_ENGINE, SIM_ENGINE = "vllm", "sim"
+ENGINES = (VLLM_ENGINE, SIM_ENGINE)
 WORKER_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
               "TOKENIZERS_PARALLELISM": "false"}
 
@@ -57,108 +60,18 @@ def _group() -> None:
     """Ray workers behind SAGA's global coordinator."""
 
 
-class VllmEngine:
-    """A real vLLM engine (in-process, stepped by asyncio) behind the worker's engine protocol.
-
-    Each coordinator session becomes an ``AsyncSession`` of ``saga.vllm``'s
-    :class:`~saga.vllm.engine.AsyncSagaEngine`, so the request metadata SAGA's scheduler reads
-    (session, tenant, AEG node, pending tool, tool latency, deadline) is filled by the same code
-    as everywhere else. The tool clock runs between a call that ends in a tool and the session's
-    next call on this worker.
-    """
-
-    def __init__(self, engine_kwargs: dict[str, Any]) -> None:
-        from saga.vllm.engine import AsyncSagaEngine
-        from saga.vllm.testing import scoped_env
-
-        with scoped_env("VLLM_ENABLE_V1_MULTIPROCESSING", "0"):
-            self.engine = AsyncSagaEngine.from_engine_args(engine_kwargs, in_process=True)
-        self.slots = int(engine_kwargs.get("max_num_seqs", 16))
-        self._sessions: dict[str, Any] = {}
-        self._in_tool: set[str] = set()
-        self._running = 0
-        self._idle_since: float | None = time.monotonic()
-        self._step_time = 0.0
-
-    async def call(self, call: EngineCall) -> EngineResult:
-        session = self._sessions.get(call.session_id)
-        if session is None:
-            session = self.engine.start_session(call.agent_type, call.tenant_id,
-                                                call.deadline_s, session_id=call.session_id)
-            self._sessions[call.session_id] = session
-        if call.session_id in self._in_tool:
-            self._in_tool.discard(call.session_id)
-            session.tool_finished()
-        self._running += 1
-        self._idle_since = None
-        try:
-            res = await session.call(list(call.prompt_token_ids), call.max_tokens,
-                                     pending_tool=call.pending_tool, final=call.final)
-        finally:
-            self._running -= 1
-            if self._running == 0:
-                self._idle_since = time.monotonic()
-        self._step_time = 0.8 * self._step_time + 0.2 * res.latency_s
-        if call.final:
-            self._sessions.pop(call.session_id, None)
-        elif call.pending_tool:
-            session.tool_started(call.pending_tool)
-            self._in_tool.add(call.session_id)
-        return EngineResult(list(res.output_token_ids), res.num_cached_tokens,
-                            res.prompt_tokens, res.latency_s)
-
-    def report(self) -> EngineReport:
-        """Load and KV pressure from vLLM's own scheduler (in this process); waiting sessions
-        are not offered to the stealer, since a call queued inside vLLM cannot be handed back."""
-        idle = -1.0 if self._idle_since is None else time.monotonic() - self._idle_since
-        load, pressure = self._running / self.slots, 0.0
-        sync = self.engine.sync_engine
-        sched = sync.scheduler if sync is not None else None
-        if sched is not None:
-            running, waiting = sched.get_request_counts()
-            load = (running + waiting) / self.slots
-            pressure = min(max(float(sched.get_kv_cache_usage()), 0.0), 1.0)
-        return EngineReport(load, idle, (), self._step_time, pressure)
-
-    def cancel_waiting(self, session_id: str) -> bool:
-        """vLLM's queue is the engine's own; a stolen session moves on its next call."""
-        return False
-
-    def set_order(self, order: Any) -> None:
-        """SAGA's scheduler orders its queue itself (AFS inside the engine)."""
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()
-
-
-@dataclass(frozen=True)
-class VllmEngineFactory:
-    """Builds a :class:`VllmEngine` inside the worker actor (picklable: paths and numbers)."""
-
-    model_dir: str
-    kv_blocks: int = 256
-    max_num_seqs: int = 8
-
-    def __call__(self) -> VllmEngine:
-        from saga.vllm.config import SagaSchedulerConfig
-        from saga.vllm.testing import kv_bytes_for_blocks, tiny_engine_kwargs
-
-        kwargs = tiny_engine_kwargs(
-            self.model_dir, kv_bytes_for_blocks(self.kv_blocks), saga=SagaSchedulerConfig.all_on(),
-            max_num_seqs=self.max_num_seqs)
-        return VllmEngine(kwargs)
-
-
-def _engine_factory(engine: str, model_dir: Path, kv_blocks: int) -> Any:
-    if engine == "sim":
+def _engine_factory(engine: str, model: str, model_dir: Path, kv_blocks: int,
+                    preset: str) -> Any:
+    """A picklable engine factory for the worker actors; checks (and builds) the model first."""
+    if engine == SIM_ENGINE:
         return functools.partial(SimulatedEngine, slots=8, prefill_s=1e-5, decode_s=2e-3)
     try:
-        from saga.vllm.testing import build_tiny_llama
+        from saga.vllm.worker import vllm_engine_factory
     except ModuleNotFoundError as exc:
         raise SagaConfigError(
             "--engine vllm needs saga-vllm: pip install 'saga[vllm]' (or use --engine sim)"
         ) from exc
-    return VllmEngineFactory(str(build_tiny_llama(model_dir)), kv_blocks)
+    return vllm_engine_factory(model, model_dir, kv_blocks, preset=preset)
 
 
 @dataclass(frozen=True)
@@ -185,13 +98,13 @@ def _ray_node_line(addrs: dict[str, str], local: bool) -> str:
 
 
 async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfig,
-              model_dir: Path, kv_blocks: int, on_call: Any, kill_after: int = 0,
-              cpus_per_worker: float | None = None) -> UpResult:
+              factory: Any, on_call: Any, kill_after: int = 0,
+              cpus_per_worker: float | None = None, preset: str = DEFAULT_PRESET) -> UpResult:
     token = secrets.token_hex(16)
     ray = start_ray(address, num_cpus=2)
     ray_node = ray_addresses(ray)
     console.print(_ray_node_line(ray_node, address is None))
-    server = CoordinatorServer(ServerConfig(token=token))
+    server = CoordinatorServer(ServerConfig(token=token, preset=preset))
     coord_address = await server.start()
     actors: dict[str, Any] = {}
     killed: list[str] = []
@@ -203,15 +116,14 @@ async def _up(engine: str, workers: int, address: str | None, cfg: WorkloadConfi
             killed.append(victim)
             ray.kill(actors[victim])
     try:
-        factory = _engine_factory(engine, model_dir, kv_blocks)
         cpus = cpus_per_worker or (2.0 / workers if address is None else 1.0)
         actors = await spawn_workers(workers, coord_address, token, factory,
                                      cpus_per_worker=cpus, env=WORKER_ENV)
         async with CoordinatorClient(coord_address, token, retry_s=30.0) as client:
             result = await run_workload(client, actors, make_tasks(cfg), on_call=on_each_call)
             stats = await client.stats()
-        stats_json = {"sessions_left": stats.sessions, "routes": stats.routes,
-                      "moves": stats.moves, "steals": stats.steals,
+        stats_json = {"preset": stats.preset, "sessions_left": stats.sessions,
+                      "routes": stats.routes, "moves": stats.moves, "steals": stats.steals,
                       "afs_epochs": stats.afs_epochs, "observations": stats.observations,
                       "workers": {w.worker_id: {"alive": w.alive, "node": w.node}
                                   for w in stats.workers}}
@@ -270,14 +182,21 @@ def up(
     steps: Annotated[int, typer.Option(help="LLM calls per task.")] = 4,
     seed: Annotated[int, typer.Option(help="Workload seed.")] = 0,
     kv_blocks: Annotated[int, typer.Option(help="KV pool per vLLM worker, in blocks.")] = 256,
+    model: Annotated[str, typer.Option(
+        help="What the vLLM workers serve: tiny or small (a random Llama, built on the driver) "
+             "or PATH, a local Hugging Face model directory (config.json and weights; at the "
+             "same path on every node).", metavar="tiny|small|PATH")] = "tiny",
     model_dir: Annotated[Path | None, typer.Option(
-        help="Where to build/cache the tiny model (default: a temporary folder).")] = None,
+        help="Where to build/cache a random model (default: a temporary folder).")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(
         help="Ray CPUs each worker actor asks for (default: 2/N locally, 1 on a cluster).")
     ] = None,
     kill_after: Annotated[int, typer.Option(
         help="Fault drill: kill one worker actor after this many calls (0: never).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    preset: Annotated[str, typer.Option(help=(
+        "The preset the coordinator and every vLLM worker's scheduler run: "
+        + ", ".join(sorted(PRESETS)) + "."))] = DEFAULT_PRESET,
 ) -> None:
     """Start Ray, the coordinator and N workers; run an agent workload through them."""
     with user_errors():
@@ -291,7 +210,9 @@ def up(
             raise SagaConfigError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
         cfg = WorkloadConfig(tasks=tasks, steps=steps, seed=seed)
         with tempfile.TemporaryDirectory(prefix="saga-cluster-") as tmp:
-            mdir = model_dir or Path(tmp) / "tiny-llama"
+            get_preset(preset)  # an unknown name fails before Ray starts
+            factory = _engine_factory(engine, model, model_dir or Path(tmp) / "model",
+                                      kv_blocks, preset)
             with progress() as bar:
                 job = bar.add_task(f"agent workload on {workers} {engine} worker(s)",
                                    total=tasks * steps)
@@ -299,8 +220,8 @@ def up(
                 def on_call(res: WorkloadResult) -> None:
                     bar.update(job, completed=res.calls)
 
-                result = asyncio.run(_up(engine, workers, address, cfg, mdir, kv_blocks,
-                                         on_call, kill_after, cpus_per_worker))
+                result = asyncio.run(_up(engine, workers, address, cfg, factory, on_call,
+                                         kill_after, cpus_per_worker, preset))
     print_table(_up_table(result))
     ok = result.workload.completed == tasks
     console.print(f"{result.workload.completed}/{tasks} tasks completed through the coordinator"
@@ -308,7 +229,8 @@ def up(
     if json_out is not None:
         w = result.workload
         write_json(json_out, {
-            "engine": result.engine, "workers": result.workers, "tasks": tasks,
+            "engine": result.engine, "model": model if engine == VLLM_ENGINE else None,
+            "workers": result.workers, "tasks": tasks,
             "completed": w.completed, "calls": w.calls, "prompt_tokens": w.prompt_tokens,
             "cached_tokens": w.cached_tokens, "reasons": w.reasons, "per_worker": w.per_worker,
             "reroutes_dead": w.reroutes_dead, "killed": result.killed, "wall_s": w.wall_s,

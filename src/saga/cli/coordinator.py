@@ -14,15 +14,18 @@ from rich.table import Table
 from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress, write_json
 from saga.coordinator.bench import BenchConfig, BenchResult, run_bench
-from saga.coordinator.core import FINAL_GRACE_S, SESSION_IDLE_S
+from saga.coordinator.core import DEFAULT_PRESET, FINAL_GRACE_S, SESSION_IDLE_S
 from saga.coordinator.serve import TOKEN_ENV, serve
 from saga.coordinator.server import ServerConfig
 from saga.coordinator.soak import SoakConfig, SoakReport, run_soak
 from saga.policy.errors import SagaConfigError
+from saga.policy.presets import PRESETS, Preset, get_preset
 
 app = typer.Typer(help="SAGA's global coordinator (gRPC).", no_args_is_help=True)
 
 P99_GOAL_MS = 1.0
+PRESET_HELP = ("Policy preset whose router, stealing, TTL pins and fairness the coordinator runs: "
+               f"{', '.join(sorted(PRESETS))}.")
 ROUTES_GOAL = 10_000.0
 
 
@@ -132,13 +135,14 @@ def soak(
     concurrency: Annotated[int, typer.Option(help="Sessions running at once.")] = 400,
     max_seconds: Annotated[float, typer.Option(help="Give up after this long.")] = 300.0,
     seed: Annotated[int, typer.Option(help="Seed of the sessions' calls and tools.")] = 0,
+    preset: Annotated[str, typer.Option(metavar="NAME", help=PRESET_HELP)] = DEFAULT_PRESET,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
 ) -> None:
     """Run many sessions through a loopback coordinator, then check nothing stayed behind."""
     with user_errors():
         r = run_soak(SoakConfig(sessions=sessions, workers=workers, concurrency=concurrency,
                                 warmup=min(2 * concurrency, sessions // 5),
-                                max_seconds=max_seconds, seed=seed))
+                                max_seconds=max_seconds, seed=seed, preset=preset))
     print_table(soak_table(r))
     console.print(f"sessions ended {r.sessions_ended:,}, expired {r.sessions_expired:,}; "
                   f"moves {r.moves:,}")
@@ -151,6 +155,13 @@ def soak(
         console.print(f"wrote {json_out}")
     if r.leaks:
         raise typer.Exit(1)
+
+
+def preset_line(preset: Preset) -> str:
+    """The coordinator's layers of ``preset`` in one line (what ``serve`` says it runs)."""
+    layers = preset.layers()
+    return ", ".join(f"{layer} {'off' if layers[layer] is None else layers[layer]['name']}"
+                     for layer in ("router", "stealing", "ttl", "fairness"))
 
 
 def _opt(path: Path | None) -> str | None:
@@ -174,6 +185,7 @@ def serve_cmd(
     session_idle_s: Annotated[float, typer.Option(
         help="Seconds without calls or observations before a session is dropped.")
     ] = SESSION_IDLE_S,
+    preset: Annotated[str, typer.Option(metavar="NAME", help=PRESET_HELP)] = DEFAULT_PRESET,
 ) -> None:
     """Run a coordinator until interrupted (token from $SAGA_COORDINATOR_TOKEN).
 
@@ -181,10 +193,13 @@ def serve_cmd(
     travels in plaintext.
     """
     with user_errors():
+        chosen = get_preset(preset)
         token = os.environ.get(TOKEN_ENV, "")
         if not token:
             raise SagaConfigError(f"set ${TOKEN_ENV} to the shared secret of the cluster")
         config = ServerConfig(token=token, host=host, port=port, tls_cert=_opt(tls_cert),
                               tls_key=_opt(tls_key), tls_client_ca=_opt(tls_client_ca),
-                              final_grace_s=final_grace_s, session_idle_s=session_idle_s)
+                              final_grace_s=final_grace_s, session_idle_s=session_idle_s,
+                              preset=preset)
+        typer.echo(f"preset {chosen.name}: {preset_line(chosen)}", err=True)
         asyncio.run(serve(config, metrics_port))

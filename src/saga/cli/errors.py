@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from saga.policy.errors import SagaError
+from saga.aeg.errors import SagaError
 
-T = TypeVar("T")
 err_console = Console(stderr=True)
 
 
@@ -20,8 +18,11 @@ err_console = Console(stderr=True)
 def user_errors() -> Iterator[None]:
     """Report a `SagaError` or a missing/unreadable file as ``error: ...`` and exit 2.
 
-    Only typed errors are caught: anything else is a bug and keeps its traceback. The message
-    is escaped, since it quotes user input (a policy name ``[/x]`` is not rich markup).
+    `SagaError` is the root every SAGA package's errors derive from (`AEGError`,
+    `IntegrationError`, `MetadataError`, `SagaConfigError`, the coordinator's and the engine's),
+    so one clause covers them all. Only typed errors are caught: anything else is a bug and
+    keeps its traceback. The message is escaped, since it quotes user input (a policy name
+    ``[/x]`` is not rich markup).
     """
     try:
         yield
@@ -30,7 +31,3 @@ def user_errors() -> Iterator[None]:
                           soft_wrap=True)
         raise typer.Exit(code=2) from None
 
-
-def guarded(fn: Callable[[], T]) -> T:
-    with user_errors():
-        return fn()

@@ -18,17 +18,22 @@ from saga.policy.errors import SagaConfigError
 
 app = typer.Typer(help="SAGA's native kernels: status and benchmark.", no_args_is_help=True)
 
+_EXPERIMENTAL = ("experimental: no caller in SAGA yet (saga.kernels.experimental; the "
+                 "saga-kernels README says why each is kept)")
+
 
 def native_table() -> Table:
-    """One row per kernel: host or CUDA, where it runs now, and why."""
+    """One row per kernel: host or CUDA (and experimental: no caller in SAGA yet), where it
+    runs now, and why."""
     table = Table(title="SAGA kernels (native = C++/OpenMP, cuda = GPU, twin = NumPy fallback)",
-                  title_justify="left")
+                  title_justify="left", caption=_EXPERIMENTAL, caption_justify="left")
     for col in ("kernel", "kind", "runs", "detail"):
         table.add_column(col, no_wrap=col != "detail",
                          overflow="fold" if col == "detail" else "ellipsis")
     colour = {"native": "green", "cuda": "green", "twin": "yellow"}
     for r in native_status():
-        table.add_row(r.name, r.kind, f"[{colour[r.backend]}]{r.backend}[/]", r.detail)
+        kind = f"{r.kind}, experimental" if r.experimental else r.kind
+        table.add_row(r.name, kind, f"[{colour[r.backend]}]{r.backend}[/]", r.detail)
     return table
 
 
@@ -41,15 +46,19 @@ def _x(x: float | None) -> str:
 
 
 def bench_table(report: BenchReport) -> Table:
-    """Times in µs per call, native speed-ups, and bandwidth against memcpy."""
+    """Times in µs per call, native speed-ups, and bandwidth against memcpy; an experimental
+    kernel is marked ``*``."""
+    marked = any(r.experimental for r in report.rows)
     table = Table(title=f"Kernel benchmark (one run; {report.threads} thread(s); memcpy "
-                        f"{report.memcpy_gbps:.1f} GB/s read+write)", title_justify="left")
+                        f"{report.memcpy_gbps:.1f} GB/s read+write)", title_justify="left",
+                  caption=f"* {_EXPERIMENTAL}" if marked else None, caption_justify="left")
     for col in ("kernel", "N", "native µs", "NumPy µs", "Python µs", "vs Python", "vs NumPy",
                 "native GB/s", "% memcpy"):
         table.add_column(col, justify="left" if col == "kernel" else "right", no_wrap=True)
     for r in report.rows:
         gbps = r.gbps(r.native)
-        table.add_row(r.kernel, f"{r.n:,}", _us(r.native), _us(r.numpy), _us(r.python),
+        table.add_row(f"{r.kernel}*" if r.experimental else r.kernel, f"{r.n:,}",
+                      _us(r.native), _us(r.numpy), _us(r.python),
                       _x(r.ratio(r.python)), _x(r.ratio(r.numpy)),
                       "—" if gbps is None else f"{gbps:.1f}",
                       "—" if gbps is None else f"{100 * gbps / report.memcpy_gbps:.0f}%")

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+import json
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from saga.cli.render import console, print_table
-from saga.policy.presets import PRESETS, PolicySpec, Preset
+from saga.policy.presets import PRESETS, PolicySpec
 from saga.policy.spec import GB, GiB, check_reference_invariants
 
 app = typer.Typer(help="Show SAGA's presets and reference deployment.", no_args_is_help=True)
 
 
-def _spec(value: object) -> str:
+def _value(value: object) -> str:
+    """A layer or switch of a preset as text: a policy as ``name(k=v, ...)``, an absent layer
+    as ``off``, a switch as ``yes``/``no``, a switch layer by its registered name."""
     if value is None:
-        return "—"
+        return "off"
     if isinstance(value, PolicySpec):
         return value.describe()
     if isinstance(value, bool):
@@ -25,36 +28,39 @@ def _spec(value: object) -> str:
 
 
 def presets_table() -> Table:
-    """One block of rows per preset: the policy of each layer it runs, its switches that are
-    on, and the layers it does not run.
+    """One block of rows per preset: every layer and switch of :meth:`Preset.layers`, in its
+    order, so the table and ``--json`` always say the same.
 
     A row per layer (rather than a column) keeps the policies' parameters whole in 80
     terminal columns."""
-    layers = [f for f in fields(Preset) if f.name not in ("name", "description")]
-    switches = [f.name for f in layers if f.type in (bool, "bool")]
-    policies = [f.name for f in layers if f.name not in switches]
-    table = Table(title="SAGA presets: policy per layer, switches on, layers off",
+    table = Table(title="SAGA presets: every layer and switch (off: the layer is not run)",
                   title_justify="left")
     table.add_column("preset", no_wrap=True)
     table.add_column("layer", no_wrap=True)
-    table.add_column("policy", overflow="fold")
+    table.add_column("policy or setting", overflow="fold")
     for preset in PRESETS.values():
-        rows = [(layer, _spec(getattr(preset, layer))) for layer in policies
-                if getattr(preset, layer) is not None]
-        rows.append(("on", ", ".join(n for n in switches if getattr(preset, n)) or "—"))
-        off = [layer for layer in policies if getattr(preset, layer) is None]
-        if off:
-            rows.append(("off", ", ".join(off)))
-        for i, (layer, value) in enumerate(rows):
-            table.add_row(preset.name if i == 0 else "", layer, value,
+        rows = list(preset.layers())  # every key is a field or property of the preset
+        for i, layer in enumerate(rows):
+            table.add_row(preset.name if i == 0 else "", layer, _value(getattr(preset, layer)),
                           end_section=i == len(rows) - 1)
     return table
 
 
+def presets_json() -> dict[str, dict[str, Any]]:
+    """``{preset: {"description": ..., **Preset.layers()}}`` for every preset."""
+    return {name: {"description": p.description, **p.layers()} for name, p in PRESETS.items()}
+
+
 @app.command("presets")
 def presets(verbose: bool = typer.Option(False, "--verbose", "-v",
-                                         help="Also print what each preset models.")) -> None:
+                                         help="Also print what each preset models."),
+            as_json: bool = typer.Option(False, "--json",
+                                         help="Print every preset's layers as JSON instead.")
+            ) -> None:
     """The presets: the 13 of the spec plus the continuum and autellix peers."""
+    if as_json:
+        typer.echo(json.dumps(presets_json(), indent=2))
+        return
     print_table(presets_table())
     if verbose:
         for preset in PRESETS.values():

@@ -1,8 +1,8 @@
 """`saga vllm compare`: stock vLLM against SAGA inside vLLM on one agent workload.
 
-Both engines get the same tiny model, KV budget and workload seed and are driven by the same
-session client; the table puts them side by side with the SAGA ÷ stock ratio. vLLM is imported
-only when a command runs, so ``saga --help`` stays fast.
+Both engines get the same model (``--model``), KV budget and workload seed and are driven by the
+same session client; the table puts them side by side with the SAGA ÷ stock ratio. vLLM is
+imported only when a command runs, so ``saga --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from saga.policy.errors import SagaConfigError
 from saga.vllm.compare import (
     DEFAULT_KV_BLOCKS,
     DRIVERS,
+    SAGA_ENGINE,
+    STOCK_ENGINE,
     CompareConfig,
     CompareResult,
     EngineRun,
@@ -43,8 +45,9 @@ def _group() -> None:
 
 def kv_blocks_from(kv_blocks: int | None, kv_mb: float | None, block_size: int,
                    model: str = "tiny") -> int:
-    """The KV pool in blocks from ``--kv-blocks`` or ``--kv-mb`` (not both)."""
-    from saga.vllm.testing import kv_bytes_per_block, model_shape
+    """The KV pool in blocks from ``--kv-blocks`` or ``--kv-mb`` (not both); ``--kv-mb``
+    counts in the KV bytes per block of ``model`` (tiny, small or a model directory)."""
+    from saga.vllm.models import kv_bytes_per_block, model_shape
 
     if kv_blocks is not None and kv_mb is not None:
         raise SagaConfigError("give --kv-blocks or --kv-mb, not both")
@@ -78,7 +81,7 @@ def _fmt_ratio(x: float | None) -> str:
 
 def compare_table(result: CompareResult) -> Table:
     """Metrics as rows, engines as columns, then SAGA ÷ stock."""
-    runs = sorted(result.runs, key=lambda r: r.name != "stock")  # stock first, whatever ran first
+    runs = sorted(result.runs, key=lambda r: r.name != STOCK_ENGINE)  # stock first, always
     ratios = result.ratios()
     cfg = result.config
     w = result.workload.summary()
@@ -90,7 +93,7 @@ def compare_table(result: CompareResult) -> Table:
         title_justify="left")
     table.add_column("metric", no_wrap=True)
     for r in runs:
-        table.add_column("SAGA" if r.name == "saga" else "stock vLLM", justify="right")
+        table.add_column("SAGA" if r.name == SAGA_ENGINE else "stock vLLM", justify="right")
     if ratios:
         table.add_column("SAGA ÷ stock", justify="right")
 
@@ -222,7 +225,8 @@ def compare(
         help="With a DRAM tier, SAGA prefetches a session when this share of its tool's "
              "calls have usually returned.")] = 0.5,
     saga_config: Annotated[str | None, typer.Option(
-        help='SagaSchedulerConfig fields over all-on, as JSON, e.g. \'{"queue": "fcfs"}\'.')
+        help='SagaSchedulerConfig fields over the saga_no_afs preset, as JSON, e.g. '
+             '\'{"queue": "fcfs"}\' or \'{"preset": "saga"}\'.')
     ] = None,
     engines: Annotated[str, typer.Option(
         help="Which engines to run, comma-separated: stock,saga.")] = "stock,saga",
@@ -230,8 +234,10 @@ def compare(
     per_call: Annotated[bool, typer.Option(
         help="Include every session's calls in the JSON.")] = False,
     model: Annotated[str, typer.Option(
-        help="Random model shape: tiny (prefill nearly free) or small (~60M parameters: a "
-             "re-prefill costs time, as with real models).")] = "tiny",
+        help="tiny or small (a random Llama: tiny's prefill is nearly free, small has ~60M "
+             "parameters, so a re-prefill costs time, as with trained models) or PATH, a local "
+             "Hugging Face model directory (config.json and weights; driven with token ids).",
+        metavar="tiny|small|PATH")] = "tiny",
     seeds: Annotated[str | None, typer.Option(
         help="Run several seeds (e.g. 0,1,2 or 0-4) and print the median and spread.")] = None,
     cpu_threads: Annotated[int, typer.Option(
@@ -255,7 +261,7 @@ def compare(
                 f"--driver must be one of {', '.join(DRIVERS)}, got {driver!r}")
         dram_blocks = 0
         if dram_mb:
-            from saga.vllm.testing import kv_bytes_per_block, model_shape
+            from saga.vllm.models import kv_bytes_per_block, model_shape
 
             dram_blocks = int(dram_mb * 2**20) // kv_bytes_per_block(32, model_shape(model))
         names = tuple(x.strip() for x in engines.split(",") if x.strip())

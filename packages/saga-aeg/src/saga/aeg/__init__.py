@@ -3,14 +3,17 @@
 From it SAGA predicts which cached prefixes will be reused and how soon (`p_reuse`, steps and
 time to the next LLM call) and how much work a task has left; tool latencies are log-normal,
 fitted online; AEGs are inferred per agent type from observed tasks and seeded by framework hints.
+It also holds what every other SAGA package shares: `SagaError`, the root of SAGA's typed errors,
+and `RequestMetadata`, the per-request metadata schema adapters send and the engine reads.
 """
 
 from saga.aeg.counts import TransitionCounts
-from saga.aeg.errors import AEGError
+from saga.aeg.errors import AEGError, SagaError
 from saga.aeg.graph import AEG, Edge, LLMNode, Node, TerminalNode, ToolNode, p_reuse
 from saga.aeg.hints import WorkflowHint, hint_aeg
 from saga.aeg.inference import PatternInference, infer_aeg
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
+from saga.aeg.metadata import MetadataError, RequestMetadata
 from saga.aeg.steps import LLMStep, Step, ToolStep, steps_from_trace_record
 from saga.aeg.templates import TEMPLATES, generic_agent, swe_bench_agent, template, webarena_agent
 
@@ -22,8 +25,11 @@ __all__ = [
     "LLMNode",
     "LLMStep",
     "LogNormalLatency",
+    "MetadataError",
     "Node",
     "PatternInference",
+    "RequestMetadata",
+    "SagaError",
     "Step",
     "TerminalNode",
     "ToolLatencyModel",

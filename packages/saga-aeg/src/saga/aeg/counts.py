@@ -48,6 +48,43 @@ def _kind_of_node(node: Node) -> str:
 
 
 @dataclass
+class _Blend:
+    """A prior's pseudo-counts and the observations, merged per node id; ``kinds`` keeps the
+    order nodes were first seen in (prior first), which is the AEG's node order."""
+
+    kinds: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    fallback: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    tokens: dict[str, list[float]] = field(default_factory=dict)  # [w, w·growth, w·out, g0, o0]
+    tool_of: dict[str, str] = field(default_factory=dict)
+    lat_priors: dict[str, LogNormalLatency] = field(default_factory=dict)
+    start_weight: dict[str, tuple[float, int]] = field(default_factory=dict)  # (w, observed)
+
+    def add_prior(self, prior: AEG, prior_strength: float) -> None:
+        """Each prior node as ``prior_strength`` × its expected visits pseudo-departures."""
+        visits = prior.expected_visits(prior.start)
+        for node in prior.nodes:
+            self.kinds[node.id] = _kind_of_node(node)
+            v = prior_strength * visits.get(node.id, 0.0)
+            if not isinstance(node, TerminalNode):
+                succ = prior.successors(node.id)
+                self.fallback[node.id] = succ
+                self.weights[node.id] = {d: v * p for d, p in succ}
+            if isinstance(node, LLMNode):
+                self.tokens[node.id] = [
+                    v,
+                    v * node.prompt_tokens,
+                    v * node.output_tokens,
+                    node.prompt_tokens,
+                    node.output_tokens,
+                ]
+            elif isinstance(node, ToolNode):
+                self.tool_of[node.id] = node.tool
+                self.lat_priors[node.tool] = node.latency
+        self.start_weight[prior.start] = (prior_strength, 0)
+
+
+@dataclass
 class TransitionCounts:
     """Counts of observed tasks of one agent type (see module docstring)."""
 
@@ -134,82 +171,67 @@ class TransitionCounts:
             raise AEGError(f"prior_strength must be >= 0, got {prior_strength!r}")
         if self.n_tasks == 0 and prior is None:
             raise AEGError(f"no observed tasks and no prior for agent type '{agent_type}'")
-        kinds: dict[str, str] = {}
-        weights: dict[str, dict[str, float]] = {}
-        fallback: dict[str, list[tuple[str, float]]] = {}
-        tokens: dict[str, list[float]] = {}
-        tool_of: dict[str, str] = {}
-        lat_priors: dict[str, LogNormalLatency] = {}
-        start_weight: dict[str, tuple[float, int]] = {}
+        blend = _Blend()
         if prior is not None:
-            visits = prior.expected_visits(prior.start)
-            for node in prior.nodes:
-                kinds[node.id] = _kind_of_node(node)
-                v = prior_strength * visits.get(node.id, 0.0)
-                if not isinstance(node, TerminalNode):
-                    succ = prior.successors(node.id)
-                    fallback[node.id] = succ
-                    weights[node.id] = {d: v * p for d, p in succ}
-                if isinstance(node, LLMNode):
-                    tokens[node.id] = [
-                        v,
-                        v * node.prompt_tokens,
-                        v * node.output_tokens,
-                        node.prompt_tokens,
-                        node.output_tokens,
-                    ]
-                elif isinstance(node, ToolNode):
-                    tool_of[node.id] = node.tool
-                    lat_priors[node.tool] = node.latency
-            start_weight[prior.start] = (prior_strength, 0)
+            blend.add_prior(prior, prior_strength)
         if latency_priors is not None:
-            lat_priors.update(latency_priors)
+            blend.lat_priors.update(latency_priors)
+        self._add_observed(blend)
+        return self._build(agent_type, blend)
+
+    def _add_observed(self, blend: _Blend) -> None:
+        """Merge the observations into ``blend``: observed node kinds override the prior's
+        (dropping its figures for that node), counts add to the prior's pseudo-counts."""
         observed_ids = {*self.starts, *self.transitions}
         for row in self.transitions.values():
             observed_ids.update(row)
         for node_id in sorted(observed_ids):
             kind = node_kind_of_id(node_id)
-            if kinds.get(node_id, kind) != kind:  # the data contradict the prior: drop it
-                weights.pop(node_id, None)
-                fallback.pop(node_id, None)
-                tokens.pop(node_id, None)
-            kinds[node_id] = kind
+            if blend.kinds.get(node_id, kind) != kind:  # the data contradict the prior: drop it
+                blend.weights.pop(node_id, None)
+                blend.fallback.pop(node_id, None)
+                blend.tokens.pop(node_id, None)
+            blend.kinds[node_id] = kind
             if kind == "tool":
-                tool_of[node_id] = node_id.removeprefix("tool:")
+                blend.tool_of[node_id] = node_id.removeprefix("tool:")
         for src, row in self.transitions.items():
-            acc = weights.setdefault(src, {})
+            acc = blend.weights.setdefault(src, {})
             for dst, c in row.items():
                 acc[dst] = acc.get(dst, 0.0) + c
         for node_id, (calls, growth, out) in self.llm_stats.items():
-            t = tokens.setdefault(node_id, [0.0, 0.0, 0.0, 0.0, 0.0])
+            t = blend.tokens.setdefault(node_id, [0.0, 0.0, 0.0, 0.0, 0.0])
             t[0] += calls
             t[1] += growth
             t[2] += out
         for node_id, c in self.starts.items():
-            w, _ = start_weight.get(node_id, (0.0, 1))
-            start_weight[node_id] = (w + c, 1)
+            w, _ = blend.start_weight.get(node_id, (0.0, 1))
+            blend.start_weight[node_id] = (w + c, 1)
+
+    def _build(self, agent_type: str, blend: _Blend) -> AEG:
+        """The AEG of ``blend``: nodes in its order, each row's weights normalised (the prior's
+        probabilities where a row has no weight), tool latencies pooled with the priors."""
         # Heaviest start wins; on a tie the observed one (flag 1) beats the prior's.
-        start = max(start_weight.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))[0]
+        start = max(blend.start_weight.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))[0]
         nodes: list[Node] = []
         edges: list[Edge] = []
-        for node_id, kind in kinds.items():
+        for node_id, kind in blend.kinds.items():
             if kind == "terminal":
                 nodes.append(TerminalNode(node_id))
                 continue
             if kind == "llm":
-                w, g, o, g0, o0 = tokens.get(node_id, [0.0, 0.0, 0.0, 0.0, 0.0])
+                w, g, o, g0, o0 = blend.tokens.get(node_id, [0.0, 0.0, 0.0, 0.0, 0.0])
                 nodes.append(LLMNode(node_id, g / w if w > 0 else g0, o / w if w > 0 else o0))
             else:
-                tool = tool_of[node_id]
+                tool = blend.tool_of[node_id]
                 nodes.append(
-                    ToolNode(node_id, tool, self.latency.latency(tool, lat_priors.get(tool)))
+                    ToolNode(node_id, tool, self.latency.latency(tool, blend.lat_priors.get(tool)))
                 )
-            row_w = {d: x for d, x in weights.get(node_id, {}).items() if x > 0.0}
+            row_w = {d: x for d, x in blend.weights.get(node_id, {}).items() if x > 0.0}
             total = math.fsum(row_w.values())
             if total > 0.0:
                 edges.extend(Edge(node_id, d, row_w[d] / total) for d in sorted(row_w))
             else:
-                edges.extend(Edge(node_id, d, p) for d, p in fallback.get(node_id, []))
+                edges.extend(Edge(node_id, d, p) for d, p in blend.fallback.get(node_id, []))
         return AEG(agent_type, nodes, edges, start)
 
     # --- serde --------------------------------------------------------------------------

@@ -1,15 +1,21 @@
-"""Typed error of the AEG package.
+"""The root of SAGA's typed errors, and the AEG package's own.
 
-Every invalid graph, distribution, hint or observation raises `AEGError`, a `ValueError`
-subclass, so callers can catch one type and the message says which node/field was wrong and
-how to fix it. `saga.policy` builds on top of this package, so this error does not derive from
-`saga.policy.errors.SagaError` (that would be a reverse dependency).
+`SagaError` lives here, in the package every other SAGA package depends on (saga-policy,
+saga-integrations, saga-vllm, saga-coordinator and saga-bench all build on saga-aeg), so one
+``except SagaError`` catches every error SAGA raises on purpose, whichever package raised it;
+`saga.policy.errors` re-exports the same class. Each package's errors derive from it and, where
+the meaning fits, from the matching builtin too (`AEGError` is a `ValueError`), so code written
+against the builtin keeps working.
 """
 
 from __future__ import annotations
 
-__all__ = ["AEGError"]
+__all__ = ["AEGError", "SagaError"]
 
 
-class AEGError(ValueError):
+class SagaError(Exception):
+    """Base of every error SAGA raises on purpose."""
+
+
+class AEGError(SagaError, ValueError):
     """An Agent Execution Graph, latency model, hint or observation is invalid."""

@@ -105,11 +105,6 @@ class PatternInference:
         self._counts[agent_type] = counts
         self._cache.pop(agent_type, None)
 
-    def observe_many(self, agent_type: str, tasks: Iterable[Sequence[Step]]) -> None:
-        """`observe` each task in order."""
-        for steps in tasks:
-            self.observe(agent_type, steps)
-
     def register_hint(self, hint: WorkflowHint) -> None:
         """Use `hint` as the prior of its agent type (replacing an earlier hint)."""
         if not isinstance(hint, WorkflowHint):
@@ -118,10 +113,6 @@ class PatternInference:
         self._cache.pop(hint.agent_type, None)
 
     # --- state --------------------------------------------------------------------------
-    def agent_types(self) -> list[str]:
-        """Agent types with observations or a hint, sorted."""
-        return sorted({*self._counts, *self._hints})
-
     def hint(self, agent_type: str) -> WorkflowHint | None:
         """The registered hint of `agent_type`, if any."""
         return self._hints.get(agent_type)
@@ -148,10 +139,6 @@ class PatternInference:
         )
 
     # --- output -------------------------------------------------------------------------
-    def prior_aeg(self, agent_type: str) -> AEG:
-        """The prior of `agent_type`: its hint's AEG, else the configured prior, else generic."""
-        return self._prior(agent_type)[0]
-
     def _prior(self, agent_type: str) -> tuple[AEG, str]:
         _check_agent_type(agent_type)
         hint = self._hints.get(agent_type)

@@ -58,6 +58,53 @@ def _tool_loop(
     return AEG(agent_type, nodes, edges, START_LLM_NODE_ID)
 
 
+# Shares of the next command after each node of `swe_bench_agent`, from the trace (rounded to
+# 0.001; the docstring there says which trace and how commands are grouped).
+_SWE_BENCH_SHARES: Mapping[str, Mapping[str, float]] = {
+    "start": {"search": 1.0},
+    "search": {
+        "search": 0.528,
+        "edit": 0.299,
+        "python": 0.061,
+        "test": 0.048,
+        "format_error": 0.037,
+        "submit": 0.027,
+    },
+    "edit": {
+        "search": 0.215,
+        "edit": 0.283,
+        "python": 0.391,
+        "test": 0.052,
+        "format_error": 0.026,
+        "submit": 0.034,
+    },
+    "python": {
+        "search": 0.323,
+        "edit": 0.450,
+        "python": 0.155,
+        "test": 0.024,
+        "format_error": 0.043,
+        "submit": 0.005,
+    },
+    "test": {
+        "search": 0.324,
+        "edit": 0.380,
+        "python": 0.040,
+        "test": 0.199,
+        "format_error": 0.010,
+        "submit": 0.048,
+    },
+    "format_error": {
+        "search": 0.235,
+        "edit": 0.617,
+        "python": 0.056,
+        "test": 0.003,
+        "format_error": 0.088,
+        "submit": 0.001,
+    },
+}
+
+
 def swe_bench_agent(agent_type: str = "swe-bench") -> AEG:
     """A SWE-bench agent (mini-swe-agent style): ~40 LLM calls, one shell command after each.
 
@@ -87,50 +134,6 @@ def swe_bench_agent(agent_type: str = "swe-bench") -> AEG:
         "test": (740.0, 252.0),
         "format_error": (107.0, 220.0),
     }
-    # Shares of the next command after each node, from the trace (rounded to 0.001).
-    shares: dict[str, dict[str, float]] = {
-        "start": {"search": 1.0},
-        "search": {
-            "search": 0.528,
-            "edit": 0.299,
-            "python": 0.061,
-            "test": 0.048,
-            "format_error": 0.037,
-            "submit": 0.027,
-        },
-        "edit": {
-            "search": 0.215,
-            "edit": 0.283,
-            "python": 0.391,
-            "test": 0.052,
-            "format_error": 0.026,
-            "submit": 0.034,
-        },
-        "python": {
-            "search": 0.323,
-            "edit": 0.450,
-            "python": 0.155,
-            "test": 0.024,
-            "format_error": 0.043,
-            "submit": 0.005,
-        },
-        "test": {
-            "search": 0.324,
-            "edit": 0.380,
-            "python": 0.040,
-            "test": 0.199,
-            "format_error": 0.010,
-            "submit": 0.048,
-        },
-        "format_error": {
-            "search": 0.235,
-            "edit": 0.617,
-            "python": 0.056,
-            "test": 0.003,
-            "format_error": 0.088,
-            "submit": 0.001,
-        },
-    }
     latencies = {
         "search": LogNormalLatency.from_median(0.3, 0.8),
         "edit": LogNormalLatency.from_median(0.2, 0.5),
@@ -139,7 +142,8 @@ def swe_bench_agent(agent_type: str = "swe-bench") -> AEG:
         "format_error": LogNormalLatency.from_median(0.05, 0.3),
         "submit": LogNormalLatency.from_median(0.5, 0.5),
     }
-    return _tool_loop(agent_type, tokens, latencies, shares, final_tools={"submit": END_NODE_ID})
+    return _tool_loop(agent_type, tokens, latencies, _SWE_BENCH_SHARES,
+                      final_tools={"submit": END_NODE_ID})
 
 
 def webarena_agent(agent_type: str = "webarena") -> AEG:

@@ -17,7 +17,11 @@ from typing import Any
 from saga.bench import paper
 from saga.bench.jobs import Job, ReplayJob, Scale, SimJob, Variant, with_nodes
 from saga.bench.stats import fmt_mean_std, fmt_p, geomean, mean_std, speedup, welch_p
+from saga.policy.presets import SAGA as SAGA_PRESET
 from saga.policy.spec import REFERENCE_CLUSTER
+
+REF = SAGA_PRESET.name
+"""The system every table compares against (speedups, "vs full")."""
 
 Results = Mapping[Job, dict[str, Any]]
 
@@ -94,22 +98,22 @@ def _t3_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     for p in SYSTEMS:
         sw, wa = tct[(p, "swe")], tct[(p, "web")]
         ref = paper.TABLE3_TCT_S.get(p)
-        if p == "saga":
+        if p == REF:
             sp = p_sw = p_wa = math.nan
         else:
-            sp = geomean([speedup(sw, tct[("saga", "swe")]), speedup(wa, tct[("saga", "web")])])
-            p_sw, p_wa = welch_p(sw, tct[("saga", "swe")]), welch_p(wa, tct[("saga", "web")])
+            sp = geomean([speedup(sw, tct[(REF, "swe")]), speedup(wa, tct[(REF, "web")])])
+            p_sw, p_wa = welch_p(sw, tct[(REF, "swe")]), welch_p(wa, tct[(REF, "web")])
         rows.append({
             "system": p, "SWE-bench TCT (s)": fmt_mean_std(sw), "WebArena TCT (s)":
-            fmt_mean_std(wa), "SAGA speedup": "—" if p == "saga" else f"{sp:.2f}x",
-            "p (SWE / Web)": "—" if p == "saga" else f"{fmt_p(p_sw)} / {fmt_p(p_wa)}",
+            fmt_mean_std(wa), "SAGA speedup": "—" if p == REF else f"{sp:.2f}x",
+            "p (SWE / Web)": "—" if p == REF else f"{fmt_p(p_sw)} / {fmt_p(p_wa)}",
             "paper SWE / Web (s)": "—" if ref is None else f"{ref[0]:.1f} / {ref[1]:.1f}",
             "paper speedup": _paper(paper.TABLE3_SPEEDUP.get(p), "{:.2f}x"),
         })
         groups["SWE-bench"][p] = mean_std(sw)
         groups["WebArena"][p] = mean_std(wa)
         raw[p] = {"swe_tct_s": sw, "web_tct_s": wa, "speedup": sp, "p_swe": p_sw, "p_web": p_wa}
-    apc = geomean([speedup(tct[("vllm_apc", k)], tct[("saga", k)]) for k in ("swe", "web")])
+    apc = geomean([speedup(tct[("vllm_apc", k)], tct[(REF, k)]) for k in ("swe", "web")])
     notes = [_note_scale(scale, seeds),
              f"Geomean SAGA speedup vs vllm_apc over both workloads: {apc:.2f}x "
              f"(paper: {paper.TABLE3_GEOMEAN_VS_APC:.2f}x). Speedup = geomean over seeds and "
@@ -242,7 +246,7 @@ def _t6_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
 def _t6_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     tct = {p: _metric(res, _sim(scale, seeds, Variant(p), "swe"), "tct_mean_s")
            for p in ABLATIONS}
-    full = mean_std(tct["saga"])[0]
+    full = mean_std(tct[REF])[0]
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {"SWE-bench TCT": {}}
     for p in ABLATIONS:
@@ -250,13 +254,13 @@ def _t6_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
         ref = paper.TABLE6_TCT_S.get(p)
         ev = _metric(res, _sim(scale, seeds, Variant(p), "swe"), "eviction_rate")
         rows.append({
-            "configuration": "full SAGA" if p == "saga" else p.replace("saga_no_", "w/o "),
+            "configuration": "full SAGA" if p == REF else p.replace("saga_no_", "w/o "),
             "TCT (s)": fmt_mean_std(tct[p]),
             "eviction rate (%)": fmt_mean_std(ev, 1, 100.0),
-            "vs full": "—" if p == "saga" else f"{100 * (m / full - 1):+.1f} %",
-            "p vs full": "—" if p == "saga" else fmt_p(welch_p(tct[p], tct["saga"])),
+            "vs full": "—" if p == REF else f"{100 * (m / full - 1):+.1f} %",
+            "p vs full": "—" if p == REF else fmt_p(welch_p(tct[p], tct[REF])),
             "paper TCT (s)": _paper(ref),
-            "paper vs full": "—" if p == "saga" or ref is None else
+            "paper vs full": "—" if p == REF or ref is None else
             f"{100 * (ref / paper.TABLE6_TCT_S['saga'] - 1):+.0f} %",
         })
         groups["SWE-bench TCT"][p] = mean_std(tct[p])
@@ -275,7 +279,8 @@ QUEUE_ORDERS = ("bfs", "dfs", "hybrid")
 
 
 def _queue_variant(q: str) -> Variant:
-    return Variant("saga") if q == "hybrid" else Variant("saga", (("queue", q),))
+    """SAGA with queue order ``q`` (SAGA as it is when ``q`` is its own order)."""
+    return Variant(REF) if q == SAGA_PRESET.queue.name else Variant(REF, (("queue", q),))
 
 
 def _t7_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:

@@ -208,32 +208,35 @@ class WorkloadError(SagaError, RuntimeError):
     """A task could not complete (no live worker left, or retries exhausted)."""
 
 
-async def run_workload(client: CoordinatorClient, actors: Mapping[str, Any],
-                       tasks: list[AgentTask], *, agent_type: str = "agent",
-                       max_attempts: int = 20,
-                       on_call: Callable[[WorkloadResult], None] | None = None,
-                       ) -> WorkloadResult:
-    """Run every task concurrently through the coordinator and the worker actors."""
-    import ray.exceptions
+@dataclass
+class _Driver:
+    """One workload run: routes each call through the coordinator to a worker actor, retrying
+    on a dead worker (avoiding it) or a stolen call, and tallies what happened."""
 
-    from saga.coordinator._proto import saga_coordinator_pb2 as pb
+    client: CoordinatorClient
+    actors: Mapping[str, Any]
+    agent_type: str
+    max_attempts: int
+    on_call: Callable[[WorkloadResult], None] | None
+    result: WorkloadResult = field(default_factory=WorkloadResult)
 
-    result = WorkloadResult()
-    t_start = time.monotonic()
+    async def one_call(self, task: AgentTask, call: EngineCall) -> Any:
+        """Route and run one call; returns the engine's result."""
+        import ray.exceptions
 
-    async def one_call(task: AgentTask, call: EngineCall) -> Any:
-        avoid = ""
-        for _ in range(max_attempts):
-            reply = await client.route(task.session_id, task.tenant_id,
-                                       prompt_tokens=len(call.prompt_token_ids),
-                                       deadline_s=task.deadline_s, work_tokens=task.work_tokens,
-                                       avoid_worker=avoid)
+        from saga.coordinator._proto import saga_coordinator_pb2 as pb
+
+        result, avoid = self.result, ""
+        for _ in range(self.max_attempts):
+            reply = await self.client.route(
+                task.session_id, task.tenant_id, prompt_tokens=len(call.prompt_token_ids),
+                deadline_s=task.deadline_s, work_tokens=task.work_tokens, avoid_worker=avoid)
             name = pb.RouteReason.Name(reply.reason)
             result.reasons[name] = result.reasons.get(name, 0) + 1
-            actor = actors.get(reply.worker_id)
+            actor = self.actors.get(reply.worker_id)
             if actor is None:
                 raise WorkloadError(f"coordinator chose {reply.worker_id!r}, which this driver "
-                                    f"did not start (known: {sorted(actors)})")
+                                    f"did not start (known: {sorted(self.actors)})")
             try:
                 res = await actor.call.remote(call)
             except ray.exceptions.RayActorError:
@@ -248,41 +251,55 @@ async def run_workload(client: CoordinatorClient, actors: Mapping[str, Any],
             result.task_workers.setdefault(task.session_id, set()).add(reply.worker_id)
             return res
         raise WorkloadError(f"{task.session_id}: no worker served the call after "
-                            f"{max_attempts} attempts")
+                            f"{self.max_attempts} attempts")
 
-    async def run_task(task: AgentTask) -> None:
-        t0 = time.monotonic()
+    async def run_task(self, task: AgentTask) -> None:
+        """The task's calls in order, its tools as sleeps, then its session's end."""
+        result, t0 = self.result, time.monotonic()
         context = list(task.system_prompt)
         rng = random.Random(task.session_id)
         tool_latency: float | None = None
         for k, (new_tokens, out_tokens) in enumerate(task.steps):
             context.extend(rng.randrange(1024) for _ in range(new_tokens))
             final = k == len(task.steps) - 1
-            call = EngineCall(task.session_id, task.tenant_id, agent_type, tuple(context),
+            call = EngineCall(task.session_id, task.tenant_id, self.agent_type, tuple(context),
                               out_tokens, pending_tool=None if final else task.tools[k],
                               tool_latency_s=tool_latency, final=final,
                               deadline_s=task.deadline_s)
-            res = await one_call(task, call)
+            res = await self.one_call(task, call)
             result.calls += 1
             result.prompt_tokens += res.prompt_tokens
             result.cached_tokens += res.num_cached_tokens
-            if on_call is not None:
-                on_call(result)
+            if self.on_call is not None:
+                self.on_call(result)
             context.extend(res.output_token_ids)
             if not final:
                 await asyncio.sleep(task.tool_s[k])   # the tool runs
                 tool_latency = task.tool_s[k]
+        await self.end(task)
+        result.completed += 1
+        result.task_seconds.append(time.monotonic() - t0)
+        result.task_time[task.session_id] = time.monotonic() - t0
+
+    async def end(self, task: AgentTask) -> None:
+        """End the task's session at the coordinator."""
         try:
-            await client.end_session(task.session_id)
+            await self.client.end_session(task.session_id)
         except grpc.aio.AioRpcError as exc:
             # A restarted coordinator may not know a session that finished before its
             # worker re-registered: there is nothing left to drop.
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        result.completed += 1
-        result.task_seconds.append(time.monotonic() - t0)
-        result.task_time[task.session_id] = time.monotonic() - t0
 
-    await asyncio.gather(*(run_task(t) for t in tasks))
-    result.wall_s = time.monotonic() - t_start
-    return result
+
+async def run_workload(client: CoordinatorClient, actors: Mapping[str, Any],
+                       tasks: list[AgentTask], *, agent_type: str = "agent",
+                       max_attempts: int = 20,
+                       on_call: Callable[[WorkloadResult], None] | None = None,
+                       ) -> WorkloadResult:
+    """Run every task concurrently through the coordinator and the worker actors."""
+    driver = _Driver(client, actors, agent_type, max_attempts, on_call)
+    t_start = time.monotonic()
+    await asyncio.gather(*(driver.run_task(t) for t in tasks))
+    driver.result.wall_s = time.monotonic() - t_start
+    return driver.result

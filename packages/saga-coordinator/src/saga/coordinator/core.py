@@ -1,15 +1,18 @@
 """The coordinator's state and decisions, free of gRPC: session table, workers, routing, stealing,
-AFS epochs and TTL pins.
+fairness epochs and TTL pins.
 
 Sessions leave the table three ways, so a long-running coordinator forgets every task: an
 explicit ``EndSession``; the observation of the task's final call, after ``final_grace_s`` (late
 observations of the task still land meanwhile); or ``session_idle_s`` without a call or an
 observation (a task abandoned without a final call). The last two run from :meth:`epoch`.
 
-Every decision is delegated to a saga-policy object (``AffinityRouter`` for ``route``,
-``WorkStealer`` for stealing, ``AFS`` for fairness, ``ToolCallTTL`` for pins), so the coordinator
-and the simulator run the same policy code. Time comes in as ``now`` arguments (the server passes
-its monotonic clock), so the core is deterministic and testable without sleeping.
+Every decision is delegated to the policy objects of a preset's bundle
+(``saga.policy.presets``): its router for ``route``, its stealer (or none), its TTL policy for
+pins (or none) and its fairness layer (or none), so the coordinator and the simulator run the
+same policy code for every preset. The session table is the coordinator's own record of where
+each session is: route reasons and move counts come from it, never from a router's internals.
+Time comes in as ``now`` arguments (the server passes its monotonic clock), so the core is
+deterministic and testable without sleeping.
 """
 
 from __future__ import annotations
@@ -17,15 +20,31 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from typing import Any
 
+from saga.coordinator.invariants import problems
+from saga.coordinator.table import (
+    DEFAULT_PRESET,
+    FINAL_GRACE_S,
+    LOAD_SIGNALS,
+    SESSION_IDLE_S,
+    CoordinatorError,
+    NoWorkerError,
+    RouteDecision,
+    SessionEntry,
+    UnknownWorkerError,
+    WorkerEntry,
+)
 from saga.policy.afs import AFS, EPOCH_S
-from saga.policy.errors import SagaError, UnknownSessionError
-from saga.policy.routing import THETA, AffinityRouter, RouteRequest
+from saga.policy.errors import UnknownSessionError
+from saga.policy.presets import PolicyBundle, Preset, get_preset
+from saga.policy.routing import Router, RouteRequest
 from saga.policy.stealing import Steal, WaitingSession, WorkerState, WorkStealer
-from saga.policy.ttl import ToolCallTTL
+from saga.policy.ttl import TTLPolicy
 
 __all__ = [
+    "AFS_CAPACITY_PER_S",
+    "DEFAULT_PRESET",
     "FINAL_GRACE_S",
     "SESSION_IDLE_S",
     "CoordinatorCore",
@@ -37,95 +56,62 @@ __all__ = [
     "WorkerEntry",
 ]
 
+AFS_CAPACITY_PER_S = 1000.0
+"""Work (computed tokens) per second AFS divides among tenants, unless the preset's fairness
+spec names its own ``capacity_per_s``."""
 
-FINAL_GRACE_S = 10.0
-"""Seconds a session stays after its final call was observed: its workers' last observations
-(batched, re-sent after a reconnect) still land, and a call routed meanwhile revives it."""
-
-SESSION_IDLE_S = 600.0
-"""Seconds without a call or an observation after which an abandoned session is dropped: well
-past the longest tool call SAGA pins for (``TTL_max`` = 300 s)."""
-
-
-class CoordinatorError(SagaError):
-    """A request the coordinator cannot serve; the message names the field and the fix."""
+_MAX_PIN_COST_S = 1e6
+"""Bound on the queueing and reload seconds handed to a TTL policy (finite whatever a worker
+reports; far past any ``TTL_max``, so the bound never changes a TTL)."""
 
 
-class UnknownWorkerError(CoordinatorError, KeyError):
-    """A worker id that never registered (or was dropped): it must call Register first."""
+def _fairness(preset: Preset, capacity_per_s: float, epoch_s: float) -> AFS | None:
+    """The deployment's fairness layer from the preset's spec (None: the preset has none).
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown worker"
-
-
-class NoWorkerError(CoordinatorError):
-    """No live worker to route to."""
-
-
-@dataclass
-class WorkerEntry:
-    """What the coordinator knows of one worker (one serving instance)."""
-
-    worker_id: str
-    node: str
-    slots: int
-    load: float = 0.0
-    last_seen: float = 0.0
-    idle_since: float | None = None
-    waiting: tuple[WaitingSession, ...] = ()
-    step_time_s: float = 0.0
-    alive: bool = True
-    avoided: bool = False
-    steals_out: list[Steal] = field(default_factory=list)
-
-
-@dataclass
-class SessionEntry:
-    """One row of the session table: session → worker, node, pinned until."""
-
-    session_id: str
-    tenant_id: str
-    worker_id: str
-    node: str
-    pinned_until: float = 0.0
-    calls: int = 0
-    moves: int = 0
-    in_afs: bool = False
-    last_seen: float = 0.0
-    final_at: float | None = None
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    """Where a call goes and why (``reason`` is one of the proto's RouteReason names)."""
-
-    worker_id: str
-    node: str
-    reason: str
-    pinned_for_s: float
+    ``epoch_s`` is the coordinator's: AFS's budget per epoch is capacity x the time between two
+    :meth:`CoordinatorCore.epoch` calls. ``capacity_per_s`` applies unless the spec sets it.
+    """
+    spec = preset.fairness
+    if spec is None:
+        return None
+    kwargs: dict[str, Any] = {"capacity_per_s": capacity_per_s, **spec.kwargs, "epoch_s": epoch_s}
+    return spec.build(**kwargs)
 
 
 class CoordinatorCore:
-    """The session table and the policy objects that act on it.
+    """The session table and the policy objects of one preset's bundle that act on it.
 
-    Loads are utilisations (1.0 = full). Between two heartbeats of a worker each call routed to it
-    adds ``1 / slots`` to its load, so a burst of routes sees the load it creates instead of
-    piling onto one worker until the next report.
+    ``bundle`` (default: a fresh ``saga`` bundle) is owned by this core from now on: its router,
+    stealer and TTL policy keep state, so two cores never share one. ``bundle.stealer`` None: no
+    stealing; ``bundle.ttl`` None: no pins (every ``pinned_for_s`` is 0); the preset's fairness
+    None: no AFS (no task is enrolled, the heartbeat reply keeps the worker's own order, no
+    shares).
+
+    Loads come from the workers' heartbeats; each router gets the signal its ``load_kind`` says
+    (:data:`~saga.coordinator.table.LOAD_SIGNALS`). Between two heartbeats of a worker each call
+    routed to it adds ``1 / slots`` to its load (one request), so a burst of routes sees the load
+    it creates instead of piling onto one worker until the next report.
+
+    Routers see ``RouteRequest(session_id, prompt_tokens=..., now=...)`` without block hashes:
+    the coordinator is not sent the prompt, so prefix-aware routers (``prefix_affinity``,
+    ``cache_aware``) find no cached prefix anywhere and route by load alone here.
     """
 
-    def __init__(self, *, theta: float = THETA, stealer: WorkStealer | None = None,
-                 afs: AFS | None = None, ttl: ToolCallTTL | None = None,
+    def __init__(self, *, bundle: PolicyBundle | None = None,
+                 afs_capacity_per_s: float = AFS_CAPACITY_PER_S, epoch_s: float = EPOCH_S,
                  worker_timeout_s: float = 2.0, final_grace_s: float = FINAL_GRACE_S,
                  session_idle_s: float = SESSION_IDLE_S) -> None:
-        for name, value in (("worker_timeout_s", worker_timeout_s),
+        for name, value in (("worker_timeout_s", worker_timeout_s), ("epoch_s", epoch_s),
                             ("final_grace_s", final_grace_s), ("session_idle_s", session_idle_s)):
             if not (value > 0 and math.isfinite(value)):
                 raise CoordinatorError(f"{name} must be a finite number of seconds > 0, "
                                        f"got {value}")
-        self.router = AffinityRouter(theta)
-        self.stealer = stealer if stealer is not None else WorkStealer()
-        self.afs = afs if afs is not None else AFS(capacity_per_s=1000.0, epoch_s=EPOCH_S)
-        self.ttl = ttl if ttl is not None else ToolCallTTL.with_aeg_registry()
+        self.bundle = bundle if bundle is not None else get_preset(DEFAULT_PRESET).build()
+        self.router: Router = self.bundle.router
+        self.stealer: WorkStealer | None = self.bundle.stealer
+        self.ttl: TTLPolicy | None = self.bundle.ttl
+        self.afs = _fairness(self.bundle.preset, afs_capacity_per_s, epoch_s)
+        self._load_of = LOAD_SIGNALS[self.router.load_kind]
         self.worker_timeout_s = worker_timeout_s
         self.final_grace_s = final_grace_s
         self.session_idle_s = session_idle_s
@@ -135,7 +121,7 @@ class CoordinatorCore:
         self.sessions: OrderedDict[str, SessionEntry] = OrderedDict()
         self.sessions_ended = 0
         self.sessions_expired = 0
-        self._moves_counted = 0
+        self.moves = 0
         self._finals: OrderedDict[str, float] = OrderedDict()  # session -> final observed at
         self.routes = 0
         self.steals = 0
@@ -143,6 +129,17 @@ class CoordinatorCore:
         self.observations = 0
         self._loads: dict[str, float] | None = None
         self._ended: OrderedDict[str, float] = OrderedDict()  # session -> dropped at
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET, **kwargs: Any) -> CoordinatorCore:
+        """A core running a fresh bundle of the preset called ``name`` (an unknown name is a
+        ``SagaConfigError`` listing the valid ones); ``kwargs`` as for the constructor."""
+        return cls(bundle=get_preset(name).build(), **kwargs)
+
+    @property
+    def preset(self) -> str:
+        """The name of the preset this core runs."""
+        return self.bundle.name
 
     ENDED_MEMORY = 65_536
     """Ended sessions remembered at most (each for ``final_grace_s``), so their late
@@ -155,26 +152,37 @@ class CoordinatorCore:
         sessions on it; returns how many claims were adopted (a session already homed on another
         live worker keeps its home)."""
         before = self.workers.get(worker_id)
-        if before is not None and before.node != node:  # the worker came back on another node
-            for s in self.sessions.values():
-                if s.worker_id == worker_id:
-                    s.node = node
+        if before is not None:
+            # The same id registers again: the worker restarted, so whatever the router knew
+            # of its cache is gone; it may also be back on another node.
+            self.router.forget_worker(worker_id)
+            if before.node != node:
+                for s in self.sessions.values():
+                    if s.worker_id == worker_id:
+                        s.node = node
         self.workers[worker_id] = WorkerEntry(worker_id, node, slots, last_seen=now)
         self._loads = None
-        adopted = 0
-        for session_id, tenant, pinned_for in claims:
-            entry = self.sessions.get(session_id)
-            if entry is not None and entry.worker_id != worker_id and self._usable(entry.worker_id):
-                continue
-            self.router.route(RouteRequest(session_id, now=now), {worker_id: 0.0})
-            self.sessions[session_id] = SessionEntry(
-                session_id, tenant, worker_id, node, now + max(pinned_for, 0.0),
-                calls=entry.calls if entry else 0, moves=entry.moves if entry else 0,
-                in_afs=entry.in_afs if entry else False, last_seen=now)
-            self.sessions.move_to_end(session_id)
-            self._ended.pop(session_id, None)
-            adopted += 1
-        return adopted
+        return sum(self._adopt(session_id, tenant, pinned_for, self.workers[worker_id], now)
+                   for session_id, tenant, pinned_for in claims)
+
+    def _adopt(self, session_id: str, tenant: str, pinned_for: float, w: WorkerEntry,
+               now: float) -> bool:
+        """Home a claimed session on ``w`` unless another live worker is its home."""
+        entry = self.sessions.get(session_id)
+        if entry is not None and entry.worker_id != w.worker_id and self._usable(entry.worker_id):
+            return False
+        # A route among this one worker makes it the session's home for every router.
+        self.router.route(RouteRequest(session_id, now=now), {w.worker_id: 0.0})
+        moved = entry is not None and entry.worker_id != w.worker_id
+        self.moves += moved
+        self.sessions[session_id] = SessionEntry(
+            session_id, tenant, w.worker_id, w.node,
+            now + max(pinned_for, 0.0) if self.ttl is not None else 0.0,
+            calls=entry.calls if entry else 0, moves=entry.moves + moved if entry else 0,
+            in_afs=entry.in_afs if entry else False, last_seen=now)
+        self.sessions.move_to_end(session_id)
+        self._ended.pop(session_id, None)
+        return True
 
     def worker(self, worker_id: str) -> WorkerEntry:
         """A registered worker, or :class:`UnknownWorkerError` saying to register."""
@@ -202,6 +210,7 @@ class CoordinatorCore:
         """Drop a worker; returns how many sessions were homed on it (they re-home lazily)."""
         self.worker(worker_id)
         del self.workers[worker_id]
+        self.router.forget_worker(worker_id)
         self._loads = None
         return sum(1 for s in self.sessions.values() if s.worker_id == worker_id)
 
@@ -220,9 +229,10 @@ class CoordinatorCore:
         return w is not None and w.alive and not w.avoided
 
     def loads(self) -> dict[str, float]:
-        """Current loads of the routable workers (cached until something changes)."""
+        """Current loads of the routable workers, in the router's ``load_kind`` (cached until
+        something changes)."""
         if self._loads is None:
-            self._loads = {w.worker_id: w.load for w in self.workers.values()
+            self._loads = {w.worker_id: self._load_of(w) for w in self.workers.values()
                            if w.alive and not w.avoided}
         return self._loads
 
@@ -230,8 +240,13 @@ class CoordinatorCore:
     def route(self, session_id: str, tenant_id: str, now: float, *, prompt_tokens: int = 0,
               deadline_s: float = 0.0, work_tokens: float = 0.0,
               avoid_worker: str = "") -> RouteDecision:
-        """Route one call with :class:`AffinityRouter` (the spec's ``route``) and update the
-        session table; enrols the task in AFS when it has a deadline and a work estimate."""
+        """Route one call with the bundle's router and update the session table; enrols the
+        task in AFS (when the preset has it) if it has a deadline and a work estimate.
+
+        The reason comes from the table: ``NEW_SESSION`` (no row), ``HOME`` (the router kept
+        the row's worker), ``REHOMED`` (the row's worker is not routable: dead, left or
+        avoided), ``OVERLOADED`` (the router moved the session off a routable worker; for
+        SAGA's affinity router, a home at or above theta)."""
         if avoid_worker:
             w = self.workers.get(avoid_worker)
             if w is not None and not w.avoided:
@@ -255,8 +270,7 @@ class CoordinatorCore:
             reason = "HOME"
         else:
             reason = "REHOMED" if old not in loads else "OVERLOADED"
-            entry.worker_id, entry.node = dst, w.node
-            entry.moves += 1
+            self._rehome(entry, w)
             entry.pinned_until = 0.0
             if old is not None and old in self.workers:
                 # Its next heartbeat tells the old home to stop claiming the session.
@@ -268,11 +282,17 @@ class CoordinatorCore:
             self._finals.pop(session_id, None)
         w.load += 1.0 / w.slots
         self._loads = None
-        if deadline_s > 0 and work_tokens > 0 and not entry.in_afs:
+        if self.afs is not None and deadline_s > 0 and work_tokens > 0 and not entry.in_afs:
             self.afs.add_task(session_id, entry.tenant_id, work_tokens, now + deadline_s)
             entry.in_afs = True
         self.routes += 1
         return RouteDecision(dst, w.node, reason, max(entry.pinned_until - now, 0.0))
+
+    def _rehome(self, entry: SessionEntry, w: WorkerEntry) -> None:
+        """The session's home is now ``w`` (routing or stealing moved it)."""
+        entry.worker_id, entry.node = w.worker_id, w.node
+        entry.moves += 1
+        self.moves += 1
 
     def end_session(self, session_id: str, now: float | None = None) -> None:
         """Drop a finished task from the table, the router and AFS (``now``: when, for how
@@ -286,7 +306,7 @@ class CoordinatorCore:
         del self.sessions[session_id]
         self._finals.pop(session_id, None)
         self.router.forget(session_id)
-        if entry.in_afs:
+        if entry.in_afs and self.afs is not None:
             self.afs.finish(session_id)
         self._ended[session_id] = now
         self._ended.move_to_end(session_id)
@@ -347,17 +367,35 @@ class CoordinatorCore:
 
     # -- observations -----------------------------------------------------------------------
     def tool_started(self, session_id: str, tool: str, pressure: float, now: float) -> float:
-        """Pin the session's KV for the TTL of ``tool`` (:class:`ToolCallTTL`); returns it."""
+        """Pin the session's KV for the bundle's TTL of ``tool``; returns it (0 when the preset
+        has no TTL policy).
+
+        A TTL policy that weighs a pin against its alternative (Continuum's) is given the
+        queueing delay on the session's worker (queued calls x its time per call) and, as the
+        cost of rebuilding the KV, that time per call (the coordinator knows no KV sizes)."""
         entry = self.session(session_id)
-        ttl = self.ttl.ttl(tool, pressure)
+        if self.ttl is None:
+            entry.pinned_until = 0.0
+            return 0.0
+        queue_delay_s, reload_s = self._pin_costs(entry)
+        ttl = self.ttl.ttl(tool, pressure, queue_delay_s=queue_delay_s, reload_s=reload_s)
         entry.pinned_until = now + ttl
         return ttl
+
+    def _pin_costs(self, entry: SessionEntry) -> tuple[float, float]:
+        """``(queue_delay_s, reload_s)`` a dropped pin costs on the session's worker."""
+        w = self.workers.get(entry.worker_id)
+        if w is None:
+            return 0.0, 0.0
+        queued = max(float(len(w.waiting)), (w.load - 1.0) * w.slots, 0.0)
+        return (min(queued * w.step_time_s, _MAX_PIN_COST_S),
+                min(w.step_time_s, _MAX_PIN_COST_S))
 
     def tool_finished(self, session_id: str, tool: str, latency_s: float) -> None:
         """The tool returned: its latency trains the TTL model, the pin ends."""
         entry = self.session(session_id)
         entry.pinned_until = 0.0
-        if latency_s > 0:
+        if latency_s > 0 and self.ttl is not None:
             self.ttl.observe(tool, latency_s)
 
     def call_finished(self, session_id: str, prompt_tokens: int, output_tokens: int,
@@ -377,27 +415,37 @@ class CoordinatorCore:
         if w is not None:
             w.load = max(w.load - 1.0 / w.slots, 0.0)
             self._loads = None
-        if entry.in_afs:
+        if entry.in_afs and self.afs is not None:
             self.afs.record_service(session_id, max(prompt_tokens - cached_tokens, 0)
                                     + output_tokens)
 
     # -- periodic work ----------------------------------------------------------------------
     def epoch(self, now: float) -> dict[str, float]:
-        """One AFS epoch (``AFS.step_epoch``), then plan steals; returns the tenant shares.
-        Sessions ended by a final call or idle leave the table first."""
+        """Expire silent workers and finished or idle sessions, run one AFS epoch
+        (``AFS.step_epoch``; counted in ``epochs``) when the preset has fairness, then plan
+        steals; returns the tenant shares (empty without AFS)."""
         self.expire_workers(now)
         self.expire_sessions(now)
-        # The router logs every move; a long-running coordinator keeps only the count.
-        self._moves_counted += len(self.router.moves)
-        self.router.moves.clear()
-        shares = self.afs.step_epoch(now)
-        self.epochs += 1
+        self._trim_router_log()
+        shares: dict[str, float] = {}
+        if self.afs is not None:
+            shares = self.afs.step_epoch(now)
+            self.epochs += 1
         self.plan_steals(now)
         return shares
 
+    def _trim_router_log(self) -> None:
+        """Empty a router's own log of moves, if it keeps one (``AffinityRouter.moves``):
+        moves are counted from the session table, and the log would grow without bound."""
+        log = getattr(self.router, "moves", None)
+        if isinstance(log, list):
+            log.clear()
+
     def plan_steals(self, now: float) -> list[Steal]:
-        """Ask :class:`WorkStealer` for this instant's steals, re-home each stolen session and
-        queue the order for its source worker's next heartbeat reply."""
+        """Ask the bundle's stealer (none: no steals) for this instant's steals, re-home each
+        stolen session and queue the order for its source worker's next heartbeat reply."""
+        if self.stealer is None:
+            return []
         states = [WorkerState(w.worker_id, w.load, w.idle_since, w.waiting, w.step_time_s, w.node)
                   for w in self.workers.values() if w.alive]
         steals = self.stealer.plan(now, states)
@@ -407,8 +455,7 @@ class CoordinatorCore:
                 continue
             self.router.reassign(s.session_id, s.dst, now)
             dst = self.workers[s.dst]
-            entry.worker_id, entry.node = s.dst, dst.node
-            entry.moves += 1
+            self._rehome(entry, dst)
             self.workers[s.src].steals_out.append(s)
             # The thief is no longer idle and the victim has one fewer waiting session.
             dst.idle_since = None
@@ -420,63 +467,23 @@ class CoordinatorCore:
         return steals
 
     def afs_order(self, session_ids: list[str], now: float) -> list[str]:
-        """Sessions in AFS service order; those not enrolled in AFS follow in the given order."""
+        """Sessions in AFS service order; those not enrolled in AFS follow in the given order
+        (all of them, in the given order, without AFS)."""
+        if self.afs is None:
+            return list(session_ids)
         enrolled = [s for s in session_ids if (e := self.sessions.get(s)) is not None and e.in_afs]
         rest = [s for s in session_ids if s not in set(enrolled)]
         return self.afs.order(enrolled, now) + rest
 
     def shares(self) -> Mapping[str, float]:
-        """Each tenant's AFS share of the current epoch."""
+        """Each tenant's AFS share of the current epoch (empty without AFS)."""
+        if self.afs is None:
+            return {}
         tenants = {e.tenant_id for e in self.sessions.values() if e.in_afs}
         return {t: self.afs.share(t) for t in sorted(tenants)}
 
-    @property
-    def moves(self) -> int:
-        """Sessions re-homed so far (overload, dead home, steals)."""
-        return self._moves_counted + len(self.router.moves)
-
-    def sessions_on(self, worker_id: str) -> int:
-        """Sessions homed on a worker."""
-        return sum(1 for s in self.sessions.values() if s.worker_id == worker_id)
-
     def check_invariants(self) -> list[str]:
         """What is wrong with the table (empty when nothing is): tests call it after every
-        request, so a bad input that corrupts state shows up where it happened.
-
-        Every number finite and counts non-negative; the router's session map equal to the
-        table's (a session homed on a worker that left keeps that home until its next call
-        re-homes it, in both); AFS tracking exactly the sessions marked ``in_afs``.
-        """
-        bad: list[str] = []
-        for name in ("routes", "steals", "epochs", "observations", "sessions_ended",
-                     "sessions_expired"):
-            if getattr(self, name) < 0:
-                bad.append(f"counter {name} is negative")
-        for w in self.workers.values():
-            numbers = (w.load, w.last_seen, w.step_time_s,
-                       0.0 if w.idle_since is None else w.idle_since,
-                       *(x.kv_bytes for x in w.waiting))
-            if not all(math.isfinite(x) for x in numbers) or w.load < 0 or w.slots < 1:
-                bad.append(f"worker {w.worker_id!r}: load/time not finite or negative ({w})")
-        homes = dict(self.router.homes())
-        for sid, e in self.sessions.items():
-            if not all(math.isfinite(x) for x in (e.pinned_until, e.last_seen)):
-                bad.append(f"session {sid!r}: pinned_until/last_seen not finite")
-            if e.calls < 0 or e.moves < 0:
-                bad.append(f"session {sid!r}: negative calls/moves")
-            if homes.get(sid) != e.worker_id:
-                bad.append(f"session {sid!r}: router home {homes.get(sid)!r} != table "
-                           f"{e.worker_id!r}")
-        if set(homes) != set(self.sessions):
-            bad.append(f"router knows sessions the table does not: "
-                       f"{sorted(set(homes) ^ set(self.sessions))[:5]}")
-        tracked = set(self.afs.tasks())
-        in_afs = {sid for sid, e in self.sessions.items() if e.in_afs}
-        if tracked != in_afs:
-            bad.append(f"AFS tasks != sessions in AFS: {sorted(tracked ^ in_afs)[:5]}")
-        for t in self.afs.tasks().values():
-            if not all(math.isfinite(x) for x in (t.work, t.service, t.deadline_s)):
-                bad.append(f"AFS task {t.task_id!r}: work/service/deadline not finite")
-        if not all(math.isfinite(x) for x in self.shares().values()):
-            bad.append("an AFS share is not finite")
-        return bad
+        request, so a bad input that corrupts state shows up where it happened
+        (:func:`saga.coordinator.invariants.problems` lists what is checked)."""
+        return problems(self)

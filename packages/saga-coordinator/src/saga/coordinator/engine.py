@@ -2,8 +2,9 @@
 
 A worker does not care whether its engine is vLLM or a model of one: it submits a call with the
 session's metadata and gets back the tokens and how many prompt tokens came from the prefix cache.
-The real vLLM adapter lives in the ``saga`` meta-package (``saga.cli.cluster``), so this package
-never imports ``saga.vllm``. :class:`SimulatedEngine` models an engine's slots, waiting queue and
+The protocol and its plain types live in :mod:`saga.policy.engine` (re-exported here), so the real
+vLLM adapter (``saga.vllm.worker``) implements it without this package importing ``saga.vllm``
+or the other way round. :class:`SimulatedEngine` models an engine's slots, waiting queue and
 per-session prefix cache with sleeps; its numbers are simulated and reported as such.
 """
 
@@ -14,9 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from saga.policy.errors import SagaConfigError, SagaError
+from saga.policy.engine import CallMoved, Engine, EngineCall, EngineReport, EngineResult
+from saga.policy.errors import SagaConfigError
 
 __all__ = [
     "CallMoved",
@@ -26,62 +27,6 @@ __all__ = [
     "EngineResult",
     "SimulatedEngine",
 ]
-
-
-class CallMoved(SagaError):
-    """A waiting call was handed to another worker (work stealing); route it again."""
-
-
-@dataclass(frozen=True)
-class EngineCall:
-    """One LLM call of an agent session, with the metadata SAGA's scheduler reads."""
-
-    session_id: str
-    tenant_id: str
-    agent_type: str
-    prompt_token_ids: Sequence[int]
-    max_tokens: int
-    pending_tool: str | None = None
-    tool_latency_s: float | None = None
-    final: bool = False
-    deadline_s: float | None = None
-
-
-@dataclass(frozen=True)
-class EngineResult:
-    """What the call produced and what it cost on the engine's clock."""
-
-    output_token_ids: list[int]
-    num_cached_tokens: int
-    prompt_tokens: int
-    latency_s: float
-
-
-@dataclass(frozen=True)
-class EngineReport:
-    """The engine's state for a heartbeat."""
-
-    load: float
-    idle_for_s: float
-    waiting: tuple[tuple[str, float], ...] = ()
-    step_time_s: float = 0.0
-    pressure: float = 0.0
-
-
-class Engine(Protocol):
-    """An engine a worker can host."""
-
-    slots: int
-
-    async def call(self, call: EngineCall) -> EngineResult: ...
-
-    def report(self) -> EngineReport: ...
-
-    def cancel_waiting(self, session_id: str) -> bool: ...
-
-    def set_order(self, order: Sequence[str]) -> None: ...
-
-    def shutdown(self) -> None: ...
 
 
 @dataclass

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from saga.coordinator.core import DEFAULT_PRESET
 from saga.coordinator.server import CoordinatorServer, ServerConfig
 from saga.policy.errors import SagaError
 
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--preset", default=DEFAULT_PRESET,
+                        help="the preset whose policies the coordinator runs (saga show presets)")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate (chain) to serve TLS")
     parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", default=None,
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        config = ServerConfig(token=token, host=args.host, port=args.port,
+        config = ServerConfig(token=token, host=args.host, port=args.port, preset=args.preset,
                               tls_cert=args.tls_cert, tls_key=args.tls_key,
                               tls_client_ca=args.tls_client_ca)
         asyncio.run(serve(config, args.metrics_port))

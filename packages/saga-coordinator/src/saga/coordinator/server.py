@@ -2,8 +2,9 @@
 
 Handlers only translate: check the token, validate the message (``INVALID_ARGUMENT`` naming the
 field), call the core, map its typed errors (``NOT_FOUND`` for an unknown session or worker,
-``UNAVAILABLE`` when no worker is alive) and build the reply. A background task runs the AFS
-epoch (100 ms), which also expires silent workers and plans steals.
+``UNAVAILABLE`` when no worker is alive) and build the reply. A background task runs the epoch
+(every ``epoch_s``, 100 ms): silent workers and finished sessions expire, AFS steps (when the
+preset has it) and steals are planned.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import grpc.aio
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator._proto import saga_coordinator_pb2_grpc as pb_grpc
 from saga.coordinator.core import (
+    DEFAULT_PRESET,
     FINAL_GRACE_S,
     SESSION_IDLE_S,
     CoordinatorCore,
@@ -43,6 +45,7 @@ from saga.coordinator.validate import (
 )
 from saga.policy.afs import EPOCH_S
 from saga.policy.errors import SagaConfigError, UnknownSessionError
+from saga.policy.presets import get_preset
 from saga.policy.stealing import WaitingSession
 
 __all__ = ["AUTH_HEADER", "CoordinatorServer", "ServerConfig", "bearer"]
@@ -57,7 +60,11 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How a coordinator serves: address, shared secret, timing, and TLS.
+    """How a coordinator serves: address, shared secret, policy preset, timing, and TLS.
+
+    ``preset`` names the :data:`saga.policy.presets.PRESETS` entry whose router, stealer, TTL
+    policy and fairness the coordinator runs (an unknown name is a ``SagaConfigError`` listing
+    the valid ones).
 
     ``tls_cert`` and ``tls_key`` (PEM paths) make it serve TLS; ``tls_client_ca`` also makes it
     require a client certificate signed by that CA (mutual TLS). The token is checked either way.
@@ -77,10 +84,12 @@ class ServerConfig:
     tls_client_ca: str | None = None
     final_grace_s: float = FINAL_GRACE_S
     session_idle_s: float = SESSION_IDLE_S
+    preset: str = DEFAULT_PRESET
 
     def __post_init__(self) -> None:
         if not self.token:
             raise SagaConfigError("ServerConfig.token is empty; give a shared secret")
+        get_preset(self.preset)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SagaConfigError("give both tls_cert (--tls-cert) and tls_key (--tls-key) to "
                                   "serve TLS, or neither")
@@ -317,7 +326,7 @@ class _Servicer(pb_grpc.CoordinatorServicer):
                              steals=core.steals, afs_epochs=core.epochs,
                              observations=core.observations, afs_shares=dict(core.shares()),
                              sessions_ended=core.sessions_ended,
-                             sessions_expired=core.sessions_expired)
+                             sessions_expired=core.sessions_expired, preset=core.preset)
 
 
 class CoordinatorServer:
@@ -325,14 +334,16 @@ class CoordinatorServer:
 
     A restarted coordinator is a new :class:`CoordinatorServer` (new ``coordinator_id``, empty
     table) on the same address; workers re-register and their claims rebuild the table.
+    Without ``core`` it runs a fresh bundle of ``config.preset``; a given ``core`` keeps its own
+    bundle (``Stats`` reports the core's preset).
     """
 
     def __init__(self, config: ServerConfig, core: CoordinatorCore | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.core = core if core is not None else CoordinatorCore(
-            worker_timeout_s=config.worker_timeout_s, final_grace_s=config.final_grace_s,
-            session_idle_s=config.session_idle_s)
+        self.core = core if core is not None else CoordinatorCore.from_preset(
+            config.preset, epoch_s=config.epoch_s, worker_timeout_s=config.worker_timeout_s,
+            final_grace_s=config.final_grace_s, session_idle_s=config.session_idle_s)
         self.clock = clock
         self.coordinator_id = uuid.uuid4().hex[:12]
         self.metrics = CoordinatorMetrics()
@@ -376,7 +387,7 @@ class CoordinatorServer:
         return self.address
 
     async def _epochs(self) -> None:
-        """AFS epochs every ``epoch_s``: shares, worker expiry, steals."""
+        """Epochs every ``epoch_s``: worker and session expiry, AFS shares, steals."""
         while True:
             await asyncio.sleep(self.config.epoch_s)
             self.core.epoch(self.clock())

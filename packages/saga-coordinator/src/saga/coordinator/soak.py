@@ -8,7 +8,7 @@ drives ``sessions`` agent tasks: a few calls each, a random tool between two cal
 call ``final``. Every call is routed by the coordinator and run on the worker it chose.
 
 It then waits for the final calls' grace period and compares every per-session structure — the
-session table, finals and ended-id memory, router homes and move log, AFS tasks, worker queues
+session table, finals and ended-id memory, the router's own tables, AFS tasks, worker queues
 and claims, observation queues, engine caches — with its size before the run, and the process's
 resident memory after a warm-up with its size at the end. Every wait is bounded.
 """
@@ -21,16 +21,18 @@ import gc
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sized
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from saga.coordinator._proto import saga_coordinator_pb2 as pb
 from saga.coordinator.client import CoordinatorClient
+from saga.coordinator.core import DEFAULT_PRESET
 from saga.coordinator.engine import CallMoved, Engine, EngineCall, SimulatedEngine
 from saga.coordinator.server import CoordinatorServer, ServerConfig
 from saga.coordinator.worker import WorkerHost
 from saga.policy.errors import SagaConfigError, SagaError
+from saga.policy.presets import get_preset
 
 __all__ = ["SoakConfig", "SoakError", "SoakReport", "coordinator_tables", "rss_kib", "run_soak"]
 
@@ -50,7 +52,8 @@ class SoakError(SagaError, RuntimeError):
 @dataclass(frozen=True)
 class SoakConfig:
     """What to run. ``concurrency`` sessions run at once; the first ``warmup`` sessions bring the
-    process to its working size before the memory baseline is taken."""
+    process to its working size before the memory baseline is taken. ``preset``: the policy
+    preset the coordinator runs."""
 
     sessions: int = 10_000
     workers: int = 4
@@ -65,8 +68,10 @@ class SoakConfig:
     session_idle_s: float = 600.0
     max_seconds: float = 300.0
     seed: int = 0
+    preset: str = DEFAULT_PRESET
 
     def __post_init__(self) -> None:
+        get_preset(self.preset)
         for name in ("sessions", "workers", "concurrency", "prompt_tokens", "output_tokens",
                      "slots"):
             if getattr(self, name) < 1:
@@ -143,9 +148,11 @@ def coordinator_tables(server: CoordinatorServer, hosts: Mapping[str, WorkerHost
         "sessions": len(core.sessions),
         "finals": len(core._finals),
         "ended_ids": len(core._ended),
-        "router_homes": len(core.router),
-        "router_moves": len(core.router.moves),
-        "afs_tasks": len(core.afs.tasks()),
+        # What a router keeps per session, where it says (AffinityRouter: its homes and its
+        # move log, which the core empties every epoch).
+        "router_homes": len(core.router) if isinstance(core.router, Sized) else 0,
+        "router_moves": len(getattr(core.router, "moves", ())),
+        "afs_tasks": len(core.afs.tasks()) if core.afs is not None else 0,
         "steal_orders": sum(len(w.steals_out) for w in core.workers.values()),
         "worker_waiting": sum(len(w.waiting) for w in core.workers.values()),
         "host_sessions": 0, "host_pending_tools": 0, "obs_queued": 0, "obs_rejected": 0,
@@ -291,7 +298,7 @@ async def _soak(cfg: SoakConfig, engine_factory: EngineFactory,
     server = CoordinatorServer(ServerConfig(
         token=_TOKEN, epoch_s=0.05, worker_timeout_s=cfg.max_seconds,
         final_grace_s=cfg.final_grace_s,
-        session_idle_s=cfg.session_idle_s))
+        session_idle_s=cfg.session_idle_s, preset=cfg.preset))
     address = await server.start()
     hosts = {f"w{i}": WorkerHost(f"w{i}", engine_factory(i), address, _TOKEN,
                                  node=f"node-{i}") for i in range(cfg.workers)}

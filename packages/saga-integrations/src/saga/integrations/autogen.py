@@ -188,6 +188,47 @@ class AutoGenAttachment:
         return result
 
 
+def _last_call(kw: Mapping[str, Any]) -> bool:
+    """A call that cannot ask for a tool ends the agent's turn."""
+    return not kw.get("tools") or kw.get("tool_choice") == "none"
+
+
+def _tool_names(content: Any) -> list[str]:
+    if isinstance(content, list):
+        return [str(getattr(fc, "name", "")) for fc in content if getattr(fc, "name", "")]
+    return []
+
+
+class _PassThrough:
+    """The ``ChatCompletionClient`` methods SAGA's wrapper hands straight to the client it
+    wraps (everything but ``create`` and ``create_stream``)."""
+
+    inner: Any
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def actual_usage(self) -> Any:
+        return self.inner.actual_usage()
+
+    def total_usage(self) -> Any:
+        return self.inner.total_usage()
+
+    def count_tokens(self, messages: Any, **kw: Any) -> int:
+        return int(self.inner.count_tokens(messages, **kw))
+
+    def remaining_tokens(self, messages: Any, **kw: Any) -> int:
+        return int(self.inner.remaining_tokens(messages, **kw))
+
+    @property
+    def capabilities(self) -> Any:
+        return self.inner.capabilities
+
+    @property
+    def model_info(self) -> Any:
+        return self.inner.model_info
+
+
 _WRAPPER_CLASS: type[Any] | None = None
 
 
@@ -198,16 +239,7 @@ def _wrapper_class() -> type[Any]:
         return _WRAPPER_CLASS
     from autogen_core.models import ChatCompletionClient
 
-    def _last_call(kw: Mapping[str, Any]) -> bool:
-        """A call that cannot ask for a tool ends the agent's turn."""
-        return not kw.get("tools") or kw.get("tool_choice") == "none"
-
-    def _tool_names(content: Any) -> list[str]:
-        if isinstance(content, list):
-            return [str(getattr(fc, "name", "")) for fc in content if getattr(fc, "name", "")]
-        return []
-
-    class SagaChatCompletionClient(ChatCompletionClient):  # type: ignore[misc]
+    class SagaChatCompletionClient(_PassThrough, ChatCompletionClient):  # type: ignore[misc]
         """Times each model call, reads its usage, and sends SAGA's metadata with it."""
 
         def __init__(self, inner: Any, tracker: AutoGenTracker,
@@ -244,29 +276,6 @@ def _wrapper_class() -> type[Any]:
                                         completion_tokens=chunk.usage.completion_tokens,
                                         tool_calls=_tool_names(chunk.content))
                 yield chunk
-
-        async def close(self) -> None:
-            await self.inner.close()
-
-        def actual_usage(self) -> Any:
-            return self.inner.actual_usage()
-
-        def total_usage(self) -> Any:
-            return self.inner.total_usage()
-
-        def count_tokens(self, messages: Any, **kw: Any) -> int:
-            return int(self.inner.count_tokens(messages, **kw))
-
-        def remaining_tokens(self, messages: Any, **kw: Any) -> int:
-            return int(self.inner.remaining_tokens(messages, **kw))
-
-        @property
-        def capabilities(self) -> Any:
-            return self.inner.capabilities
-
-        @property
-        def model_info(self) -> Any:
-            return self.inner.model_info
 
     _WRAPPER_CLASS = SagaChatCompletionClient
     return SagaChatCompletionClient

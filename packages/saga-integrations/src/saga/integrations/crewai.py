@@ -250,18 +250,7 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
     `FrameworkNotInstalledError` when crewai is missing.
     """
     require(FRAMEWORK)
-    from crewai.events import (
-        CrewKickoffCompletedEvent,
-        CrewKickoffFailedEvent,
-        CrewKickoffStartedEvent,
-        LLMCallCompletedEvent,
-        LLMCallFailedEvent,
-        LLMCallStartedEvent,
-        ToolUsageErrorEvent,
-        ToolUsageFinishedEvent,
-        ToolUsageStartedEvent,
-        crewai_event_bus,
-    )
+    from crewai.events import crewai_event_bus
 
     feed = feed if feed is not None else WorkflowFeed()
     crew_name = None
@@ -272,6 +261,28 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
                             crew_name=crew_name, on_end=on_end)
     bus = bus if bus is not None else crewai_event_bus
     att = CrewAIAttachment(tracker, bus)
+    for events, handler in _handlers(att):
+        for event_type in events:
+            bus.register_handler(event_type, handler)
+    return att
+
+
+def _handlers(att: CrewAIAttachment) -> Sequence[tuple[Iterable[Any], Any]]:
+    """Each CrewAI event SAGA listens to, with its handler: the event's facts to the tracker
+    as plain values, nothing once the attachment is detached."""
+    from crewai.events import (
+        CrewKickoffCompletedEvent,
+        CrewKickoffFailedEvent,
+        CrewKickoffStartedEvent,
+        LLMCallCompletedEvent,
+        LLMCallFailedEvent,
+        LLMCallStartedEvent,
+        ToolUsageErrorEvent,
+        ToolUsageFinishedEvent,
+        ToolUsageStartedEvent,
+    )
+
+    tracker = att.tracker
 
     async def on_kickoff(source: Any, ev: Any) -> None:
         if att.active:
@@ -306,7 +317,7 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
             tracker.tool_ended(ev.task_id, str(ev.tool_name), _seconds(ev.timestamp),
                                error=True)
 
-    handlers: Sequence[tuple[Iterable[Any], Any]] = (
+    return (
         ((CrewKickoffStartedEvent,), on_kickoff),
         ((CrewKickoffCompletedEvent, CrewKickoffFailedEvent), on_kickoff_end),
         ((LLMCallStartedEvent,), on_llm),
@@ -314,7 +325,3 @@ def attach(feed: WorkflowFeed | None = None, *, crew: Any | None = None,
         ((ToolUsageStartedEvent,), on_tool),
         ((ToolUsageFinishedEvent, ToolUsageErrorEvent), on_tool_end),
     )
-    for events, handler in handlers:
-        for event_type in events:
-            bus.register_handler(event_type, handler)
-    return att

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from saga.aeg.errors import SagaError
+
 __all__ = ["FrameworkNotInstalledError", "IntegrationError"]
 
 
-class IntegrationError(ValueError):
+class IntegrationError(SagaError, ValueError):
     """An adapter was given something it cannot use (the message names the field and the fix)."""
 
 

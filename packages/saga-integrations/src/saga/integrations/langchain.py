@@ -159,11 +159,6 @@ class LangChainTracker:
         root = self._root_of.get(run_id)
         return None if root is None else self._sessions.get(root)
 
-    def session_for(self, run_id: RunId) -> SessionTrace | None:
-        """The open session ``run_id`` belongs to."""
-        with self._lock:
-            return self._session_of(run_id)
-
     def metadata_for(self, run_id: RunId) -> RequestMetadata | None:
         """The metadata computed when chat-model run ``run_id`` started (None if unknown)."""
         with self._lock:
@@ -212,6 +207,58 @@ def _reply_facts(response: Any) -> tuple[int | None, int | None, str, list[str]]
             text, tools)
 
 
+class _Callbacks:
+    """LangChain's callbacks, each passed to the tracker as plain values; the handler class
+    (`_handler_class`) puts these in front of ``BaseCallbackHandler``'s no-op ones."""
+
+    saga: LangChainTracker
+
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
+                       run_id: UUID, parent_run_id: UUID | None = None,
+                       **kw: Any) -> None:
+        self.saga.chain_started(run_id, parent_run_id,
+                                kw.get("name") or (serialized or {}).get("name"))
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kw: Any) -> None:
+        self.saga.chain_ended(run_id)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
+        self.saga.chain_ended(run_id, error=True)
+
+    def on_chat_model_start(self, serialized: dict[str, Any] | None,
+                            messages: list[list[Any]], *, run_id: UUID,
+                            parent_run_id: UUID | None = None, **kw: Any) -> None:
+        text = _messages_text(messages[0] if messages else [])
+        self.saga.llm_started(run_id, parent_run_id, text, kw.get("name"))
+
+    def on_llm_start(self, serialized: dict[str, Any] | None, prompts: list[str], *,
+                     run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:
+        self.saga.llm_started(run_id, parent_run_id, "\n".join(prompts[:1]),
+                              kw.get("name"))
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kw: Any) -> None:
+        inp, out, text, tools = _reply_facts(response)
+        self.saga.llm_ended(run_id, input_tokens=inp, output_tokens=out,
+                            output_text=text, tool_calls=tools)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
+        self.saga.llm_ended(run_id, input_tokens=None, output_tokens=None, output_text="",
+                            tool_calls=(), error=True)
+
+    def on_tool_start(self, serialized: dict[str, Any] | None, input_str: str, *,
+                      run_id: UUID, parent_run_id: UUID | None = None,
+                      **kw: Any) -> None:
+        name = kw.get("name") or (serialized or {}).get("name") or "tool"
+        self.saga.tool_started(run_id, parent_run_id, str(name))
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kw: Any) -> None:
+        # A tool with handle_tool_error returns its error as a ToolMessage(status="error").
+        self.saga.tool_ended(run_id, error=getattr(output, "status", None) == "error")
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
+        self.saga.tool_ended(run_id, error=True)
+
+
 _HANDLER_CLASS: type[Any] | None = None
 
 
@@ -222,7 +269,7 @@ def _handler_class() -> type[Any]:
         return _HANDLER_CLASS
     from langchain_core.callbacks import BaseCallbackHandler
 
-    class SagaCallbackHandler(BaseCallbackHandler):  # type: ignore[misc]
+    class SagaCallbackHandler(_Callbacks, BaseCallbackHandler):  # type: ignore[misc]
         """Feeds SAGA the agent's run tree (see `saga.integrations.langchain`)."""
 
         run_inline = True  # keep event order: never hop to an executor thread
@@ -231,51 +278,6 @@ def _handler_class() -> type[Any]:
         def __init__(self, tracker: LangChainTracker) -> None:
             super().__init__()
             self.saga = tracker
-
-        def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
-                           run_id: UUID, parent_run_id: UUID | None = None,
-                           **kw: Any) -> None:
-            self.saga.chain_started(run_id, parent_run_id,
-                                    kw.get("name") or (serialized or {}).get("name"))
-
-        def on_chain_end(self, outputs: Any, *, run_id: UUID, **kw: Any) -> None:
-            self.saga.chain_ended(run_id)
-
-        def on_chain_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
-            self.saga.chain_ended(run_id, error=True)
-
-        def on_chat_model_start(self, serialized: dict[str, Any] | None,
-                                messages: list[list[Any]], *, run_id: UUID,
-                                parent_run_id: UUID | None = None, **kw: Any) -> None:
-            text = _messages_text(messages[0] if messages else [])
-            self.saga.llm_started(run_id, parent_run_id, text, kw.get("name"))
-
-        def on_llm_start(self, serialized: dict[str, Any] | None, prompts: list[str], *,
-                         run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:
-            self.saga.llm_started(run_id, parent_run_id, "\n".join(prompts[:1]),
-                                  kw.get("name"))
-
-        def on_llm_end(self, response: Any, *, run_id: UUID, **kw: Any) -> None:
-            inp, out, text, tools = _reply_facts(response)
-            self.saga.llm_ended(run_id, input_tokens=inp, output_tokens=out,
-                                output_text=text, tool_calls=tools)
-
-        def on_llm_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
-            self.saga.llm_ended(run_id, input_tokens=None, output_tokens=None, output_text="",
-                                tool_calls=(), error=True)
-
-        def on_tool_start(self, serialized: dict[str, Any] | None, input_str: str, *,
-                          run_id: UUID, parent_run_id: UUID | None = None,
-                          **kw: Any) -> None:
-            name = kw.get("name") or (serialized or {}).get("name") or "tool"
-            self.saga.tool_started(run_id, parent_run_id, str(name))
-
-        def on_tool_end(self, output: Any, *, run_id: UUID, **kw: Any) -> None:
-            # A tool with handle_tool_error returns its error as a ToolMessage(status="error").
-            self.saga.tool_ended(run_id, error=getattr(output, "status", None) == "error")
-
-        def on_tool_error(self, error: BaseException, *, run_id: UUID, **kw: Any) -> None:
-            self.saga.tool_ended(run_id, error=True)
 
     _HANDLER_CLASS = SagaCallbackHandler
     return SagaCallbackHandler

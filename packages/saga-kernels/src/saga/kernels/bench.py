@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from saga.kernels import _native
 from saga.kernels._arrays import IntArray, csr
+from saga.kernels.experimental.prefix import (
+    prefix_overlap,
+    prefix_overlap_numpy,
+    prefix_overlap_python,
+)
+from saga.kernels.experimental.sessions import PySessionTable, get_many_sorted, session_table
 from saga.kernels.next_use import next_use, next_use_numpy, next_use_python
-from saga.kernels.prefix import prefix_overlap, prefix_overlap_numpy, prefix_overlap_python
-from saga.kernels.sessions import PySessionTable, get_many_sorted, session_table
+from saga.kernels.status import EXPERIMENTAL
 from saga.kernels.walru import walru_select, walru_select_numpy, walru_select_python
 
 DEFAULT_SIZES = (1_024, 16_384, 262_144)
@@ -43,7 +48,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One kernel at one size: the three implementations and the bytes the kernel touches."""
+    """One kernel at one size: the three implementations and the bytes the kernel touches;
+    ``experimental``: nothing in SAGA calls the kernel yet."""
 
     kernel: str
     n: int
@@ -51,6 +57,7 @@ class BenchRow:
     native: Timing
     numpy: Timing
     python: Timing
+    experimental: bool = False
 
     def ratio(self, other: Timing) -> float | None:
         """``other`` time ÷ native time (how many times faster native is)."""
@@ -208,7 +215,8 @@ def run_bench(sizes: Sequence[int] = DEFAULT_SIZES, *, kernels: Sequence[str] | 
         for n in sizes:
             if on_step is not None:
                 on_step(f"{name} N={n:,}")
-            rows.append(BENCHES[name](n, rng, python_max_n))
+            row = BENCHES[name](n, rng, python_max_n)
+            rows.append(replace(row, experimental=name in EXPERIMENTAL))
     if on_step is not None:
         on_step("memcpy reference")
     threads = _native._ext.max_threads() if _native.HAVE_EXT else 1

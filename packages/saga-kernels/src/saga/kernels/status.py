@@ -8,39 +8,42 @@ from saga.kernels import _native
 
 HOST_KERNELS = ("walru_select", "next_use", "prefix_overlap", "session_table")
 CUDA_KERNELS = ("walru_best", "prefix_overlap_cuda", "kv_migrate", "compact", "prefetch")
+EXPERIMENTAL = frozenset({"prefix_overlap", "session_table", *CUDA_KERNELS})
+"""Kernels with no caller in SAGA yet (``saga.kernels.experimental``)."""
 
 
 @dataclass(frozen=True)
 class KernelStatus:
-    """One kernel: where it runs (``native``, ``cuda`` or ``twin``) and the reason."""
+    """One kernel: where it runs (``native``, ``cuda`` or ``twin``) and the reason;
+    ``experimental``: nothing in SAGA calls it yet."""
 
     name: str
     kind: str
     backend: str
     detail: str
+    experimental: bool = False
+
+
+def _host() -> tuple[str, str]:
+    if not _native.HAVE_EXT:
+        return "twin", _native.EXT_REASON
+    return "native", f"{_native.EXT_REASON}; {_native._ext.max_threads()} thread(s)"
+
+
+def _cuda() -> tuple[str, str]:
+    if not _native.HAVE_CUDA_MODULE:
+        return "twin", f"not built: {_native.CUDA_REASON}"
+    devices = _native.cuda_devices()
+    if devices == 0:
+        return "twin", f"built ({_native.CUDA_REASON}); no GPU visible"
+    return "cuda", f"{_native.CUDA_REASON}; {devices} GPU(s)"
 
 
 def native_status() -> list[KernelStatus]:
     """One row per kernel, host first."""
-    rows = []
-    for name in HOST_KERNELS:
-        if _native.HAVE_EXT:
-            threads = _native._ext.max_threads()
-            rows.append(KernelStatus(name, "host", "native",
-                                     f"{_native.EXT_REASON}; {threads} thread(s)"))
-        else:
-            rows.append(KernelStatus(name, "host", "twin", _native.EXT_REASON))
-    devices = _native.cuda_devices()
-    for name in CUDA_KERNELS:
-        if not _native.HAVE_CUDA_MODULE:
-            rows.append(KernelStatus(name, "cuda", "twin", f"not built: {_native.CUDA_REASON}"))
-        elif devices == 0:
-            rows.append(KernelStatus(name, "cuda", "twin",
-                                     f"built ({_native.CUDA_REASON}); no GPU visible"))
-        else:
-            rows.append(KernelStatus(name, "cuda", "cuda",
-                                     f"{_native.CUDA_REASON}; {devices} GPU(s)"))
-    return rows
+    host, cuda = _host(), _cuda()
+    return ([KernelStatus(n, "host", *host, n in EXPERIMENTAL) for n in HOST_KERNELS]
+            + [KernelStatus(n, "cuda", *cuda, n in EXPERIMENTAL) for n in CUDA_KERNELS])
 
 
 def have_native() -> bool:

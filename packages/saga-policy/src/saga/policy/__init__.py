@@ -25,7 +25,6 @@ from saga.policy.errors import (
     UnknownSessionError,
 )
 from saga.policy.eviction import (
-    EVICTION_POLICIES,
     BeladyPolicy,
     EvictionPolicy,
     KVFlowPolicy,
@@ -77,7 +76,6 @@ from saga.policy.ttl import (
 __all__ = [
     "AFS",
     "ATLAS",
-    "EVICTION_POLICIES",
     "LLAMA3_70B",
     "PLAS",
     "PRESETS",

@@ -1,10 +1,15 @@
-"""Typed errors of saga-policy: each says what was wrong and what to change."""
+"""Typed errors of saga-policy: each says what was wrong and what to change.
+
+`SagaError`, the root of every SAGA error, is defined in `saga.aeg.errors` (the package at the
+bottom of the dependency graph) and re-exported here, so ``saga.policy.errors.SagaError`` and
+``saga.aeg.errors.SagaError`` are the same class.
+"""
 
 from __future__ import annotations
 
+from saga.aeg.errors import SagaError
 
-class SagaError(Exception):
-    """Base of every error SAGA raises on purpose."""
+__all__ = ["CacheError", "SagaConfigError", "SagaError", "TraceFormatError", "UnknownSessionError"]
 
 
 class SagaConfigError(SagaError, ValueError):

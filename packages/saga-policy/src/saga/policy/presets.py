@@ -201,6 +201,38 @@ class Preset:
             "fairness": spec(self.fairness), "movement": self.movement,
             "rehome_kv": self.rehome_kv, "migration": self.migration}
 
+    @classmethod
+    def from_layers(cls, name: str, layers: Mapping[str, Any], description: str = "") -> Preset:
+        """The preset that :meth:`layers` described (a preset sent as plain data, e.g. the
+        one an engine ran, read back); unknown keys or names are rejected by name."""
+        known = {"eviction", "prefix_caching", "ttl", "tier", "dram_tier", "prefetch", "router",
+                 "stealing", "queue", "fairness", "movement", "rehome_kv", "migration"}
+        unknown = sorted(set(layers) - known)
+        if unknown:
+            raise SagaConfigError(f"preset {name!r}: unknown layer(s) {unknown}; known: "
+                                  f"{sorted(known)}")
+
+        def spec(layer: str) -> PolicySpec[Any] | None:
+            raw = layers.get(layer)
+            if raw is None:
+                return None
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+                raise SagaConfigError(f"preset {name!r}: layer {layer!r} must be "
+                                      f"{{'name': str, 'kwargs': {{...}}}} or null, got {raw!r}")
+            return PolicySpec(layer, raw["name"], raw.get("kwargs") or {})
+
+        for required in ("eviction", "router", "queue"):
+            if layers.get(required) is None:
+                raise SagaConfigError(f"preset {name!r}: layer {required!r} is required")
+        tier = registry.tier(str(layers.get("tier", "hbm")))
+        movement = registry.movement(str(layers.get("movement", "none")))
+        return cls(
+            name=name, description=description, eviction=spec("eviction"),  # type: ignore[arg-type]
+            router=spec("router"), queue=spec("queue"),  # type: ignore[arg-type]
+            prefix_caching=bool(layers.get("prefix_caching", True)), ttl=spec("ttl"),
+            dram_tier=tier.dram, prefetch=tier.prefetch, stealing=spec("stealing"),
+            fairness=spec("fairness"), migration=movement.migrate, rehome_kv=movement.rehome)
+
     def build(self) -> PolicyBundle:
         """Construct fresh deployment-wide policy objects for one run."""
         return PolicyBundle(

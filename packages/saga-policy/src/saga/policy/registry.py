@@ -22,6 +22,8 @@ from saga.policy.afs import AFS
 from saga.policy.autellix import ATLAS, PLAS, AutellixRouter
 from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import (
+    BeladyPolicy,
+    EvictionPolicy,
     KVFlowPolicy,
     LRUPolicy,
     PrefixLRUPolicy,
@@ -91,6 +93,10 @@ _FACTORIES: Mapping[Layer, Mapping[str, Callable[..., Any]]] = MappingProxyType(
     "fairness": MappingProxyType({"afs": AFS}),
 })
 
+REPLAY_ORACLES: Mapping[str, type[EvictionPolicy]] = MappingProxyType({"belady": BeladyPolicy})
+"""Eviction orders a trace replay may compare besides the ``eviction`` layer's: offline
+oracles, which read the future and so are never a preset's policy."""
+
 TIERS: Mapping[str, Tier] = MappingProxyType({
     "hbm": Tier(dram=False, prefetch=False),
     "dram": Tier(dram=True, prefetch=False),
@@ -143,6 +149,25 @@ def name_of(layer: str, fn: Callable[..., Any]) -> str | None:
     return None
 
 
+def replay_eviction_names() -> tuple[str, ...]:
+    """Every eviction order a trace replay may run: the ``eviction`` layer and the oracles."""
+    return (*_layer("eviction"), *REPLAY_ORACLES)
+
+
+def replay_eviction(name: str) -> EvictionPolicy:
+    """A fresh eviction policy of the ``eviction`` layer or an oracle, with the spec's
+    defaults; an unknown name lists the valid ones."""
+    oracle = REPLAY_ORACLES.get(name)
+    if oracle is not None:
+        return oracle()
+    try:
+        built: EvictionPolicy = _layer("eviction")[name]()
+    except (KeyError, TypeError):
+        raise SagaConfigError(f"unknown eviction policy {name!r}; valid policies: "
+                              f"{', '.join(replay_eviction_names())}") from None
+    return built
+
+
 def tier(name: str) -> Tier:
     """The tier called ``name``."""
     try:
@@ -175,6 +200,7 @@ def movement_name(rehome: bool, migrate: bool) -> str:
 __all__ = [
     "LAYERS",
     "MOVEMENTS",
+    "REPLAY_ORACLES",
     "SWITCH_LAYERS",
     "TIERS",
     "KVMovement",
@@ -185,6 +211,8 @@ __all__ = [
     "movement_name",
     "name_of",
     "names",
+    "replay_eviction",
+    "replay_eviction_names",
     "tier",
     "tier_name",
 ]

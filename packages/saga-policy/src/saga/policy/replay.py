@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saga.policy import registry
 from saga.policy.cache import CacheManager
 from saga.policy.errors import SagaConfigError
-from saga.policy.eviction import EVICTION_POLICIES, EvictionPolicy, next_use_positions
+from saga.policy.eviction import EvictionPolicy, next_use_positions
 from saga.policy.traces import Trace
 from saga.policy.workflow import SessionHinter
 
@@ -57,13 +58,7 @@ class ReplayResult:
 
 def make_policy(name: str) -> EvictionPolicy:
     """A fresh eviction policy by its replay name; unknown names list the valid ones."""
-    try:
-        factory = EVICTION_POLICIES[name]
-    except KeyError:
-        valid = ", ".join(EVICTION_POLICIES)
-        raise SagaConfigError(
-            f"unknown eviction policy {name!r}; valid policies: {valid}") from None
-    return factory()
+    return registry.replay_eviction(name)
 
 
 def replay_trace(trace: Trace, policy: EvictionPolicy, capacity_blocks: int, *,
@@ -134,10 +129,9 @@ def replay_policies(trace: Trace, policies: Sequence[str], capacity_blocks: int,
     """
     if not policies:
         raise SagaConfigError("policies must name at least one eviction policy")
-    for name in policies:
-        make_policy(name)  # validate every name before any work
+    built = [make_policy(name) for name in policies]  # validate every name before any work
     oracle_hints = None
-    if any(getattr(EVICTION_POLICIES[name], "needs_next_use", False) for name in policies):
+    if any(p.needs_next_use for p in built):
         oracle_hints = next_use_positions([r.block_hashes for r in trace.requests])
     results = [replay_trace(trace, make_policy(name), capacity_blocks, policy_name=name,
                             dram_blocks=dram_blocks, next_use=oracle_hints,

@@ -1,4 +1,4 @@
-"""A drop-in ``FreeKVCacheBlockQueue`` whose victims are chosen by WA-LRU.
+"""A drop-in ``FreeKVCacheBlockQueue`` whose victims are chosen by WA-LRU or KVFlow's order.
 
 vLLM picks eviction victims in exactly one place: ``BlockPool.get_new_blocks`` takes the first
 ``n`` blocks of ``free_block_queue`` (``popleft_n``). Everything else (hash bookkeeping, touch on
@@ -15,8 +15,9 @@ O(1) swap-removal. A ``popleft_n`` call scores the free set once, vectorised, an
 Order of victims (``walru=True``): blocks without a hash first (they can never produce a prefix
 hit; vLLM also reuses them first), most recently freed first as vLLM does; then hashed blocks by
 descending ``walru_score(R̂, P_reuse, Ŝ)``, ties by older free time, then longer prefix (the tail
-of a chain before its head). With ``walru=False`` the queue behaves exactly like vLLM's and only
-counts evictions.
+of a chain before its head). With ``steps=True`` (KVFlow) hashed blocks go by descending
+steps-to-execution hint instead (unknown counts as infinitely far), same ties. With neither the
+queue behaves exactly like vLLM's and only counts evictions.
 """
 
 from __future__ import annotations
@@ -55,25 +56,30 @@ def _normalise_by_max(x: FloatArray) -> FloatArray:
 
 
 class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
-    """vLLM's free-block queue with WA-LRU victim choice (see the module docstring).
+    """vLLM's free-block queue with WA-LRU (or KVFlow) victim choice (see the module docstring).
 
     ``num_blocks`` is the pool size (block ids are ``0..num_blocks-1``); ``clock`` gives the
     time stamped on freed blocks. ``on_evict(n)`` is called with the number of cached (hashed)
-    blocks handed out per allocation, i.e. prefix-cache evictions.
+    blocks handed out per allocation, i.e. prefix-cache evictions. ``walru`` and ``steps`` are
+    exclusive; :func:`saga.vllm.policies.eviction_enactment` gives them for a policy object.
     """
 
     def __init__(self, blocks: list[Any], num_blocks: int, clock: Callable[[], float], *,
                  walru: bool = True, alpha: float = WALRU_ALPHA, beta: float = WALRU_BETA,
-                 gamma: float = WALRU_GAMMA, block_size: int = 1,
+                 gamma: float = WALRU_GAMMA, block_size: int = 1, steps: bool = False,
                  on_evict: Callable[[int], None] | None = None) -> None:
         check_walru_weights(alpha, beta, gamma)
+        if walru and steps:
+            raise ValueError("a free-block queue ranks by WA-LRU or by steps, not both")
         self.walru = walru
+        self.steps = steps
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.clock = clock
         self.block_size = block_size
         self.on_evict = on_evict
         self._last_free: FloatArray = np.zeros(num_blocks, np.float64)
         self._reuse: FloatArray = np.full(num_blocks, np.nan, np.float64)
+        self._steps: FloatArray = np.full(num_blocks, np.nan, np.float64)
         self._prefix: FloatArray = np.zeros(num_blocks, np.float64)
         self._hashed = np.zeros(num_blocks, np.bool_)
         self._seq: IntArray = np.zeros(num_blocks, np.int64)  # insertion order, for ties
@@ -109,6 +115,20 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
         ids = np.fromiter(block_ids, np.int64)
         if ids.size:
             self._reuse[ids] = p_reuse
+
+    def set_steps(self, block_ids: Iterable[int], steps_to_exec: float) -> None:
+        """Steps until these blocks' session runs its next LLM call (KVFlow's hint; NaN or
+        +inf: unknown or never), kept until the block is reallocated."""
+        if steps_to_exec < 0:
+            raise ValueError(f"steps_to_exec must be >= 0, got {steps_to_exec}")
+        ids = np.fromiter(block_ids, np.int64)
+        if ids.size:
+            self._steps[ids] = steps_to_exec
+
+    @property
+    def ranked(self) -> bool:
+        """Victims are chosen by a policy's ranking, not vLLM's list order."""
+        return self.walru or self.steps
 
     def reuse_prob(self, block_id: int) -> float:
         """The reuse probability WA-LRU uses for a block (``UNKNOWN_REUSE`` when none was set)."""
@@ -172,23 +192,23 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
 
     def popleft(self) -> Any:
         """Hand out one block, chosen like :meth:`popleft_n` with ``n=1``."""
-        if not self.walru or self.num_free_blocks == 0:
+        if not self.ranked or self.num_free_blocks == 0:
             block = super().popleft()
             self._untrack(int(block.block_id))
-            self._reuse[block.block_id] = np.nan
+            self._forget_hints(np.array([block.block_id], np.int64))
             self._count_evictions([block])
             return block
         return self.popleft_n(1)[0]
 
     def popleft_n(self, n: int) -> list[Any]:
-        """Hand out ``n`` blocks: vLLM's head-of-queue order, or WA-LRU's victims."""
+        """Hand out ``n`` blocks: vLLM's head-of-queue order, or the ranking's victims."""
         if n == 0:
             return []
-        if not self.walru:
+        if not self.ranked:
             out: list[Any] = super().popleft_n(n)
             for block in out:
                 self._untrack(int(block.block_id))
-                self._reuse[block.block_id] = np.nan
+            self._forget_hints(np.fromiter((b.block_id for b in out), np.int64))
             self._count_evictions(out)
             return out
         if n > self._n:
@@ -198,9 +218,14 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
         for block in out:
             super().remove(block)
             self._untrack(int(block.block_id))
-        self._reuse[victims] = np.nan
+        self._forget_hints(victims)
         self._count_evictions(out)
         return out
+
+    def _forget_hints(self, ids: IntArray) -> None:
+        """A reallocated block starts without hints."""
+        self._reuse[ids] = np.nan
+        self._steps[ids] = np.nan
 
     def get_all_free_blocks(self) -> list[Any]:
         """Free blocks in the linked list's order (vLLM uses this in tests and at start)."""
@@ -223,7 +248,8 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
                            self.alpha, self.beta, self.gamma)
 
     def choose_victims(self, n: int) -> IntArray:
-        """The ``n`` block ids WA-LRU evicts next, in eviction order (does not remove them)."""
+        """The ``n`` block ids the ranking evicts next, in eviction order (does not remove
+        them)."""
         ids = self._ids[: self._n]
         hashed = self._hashed[ids]
         plain = ids[~hashed]
@@ -235,7 +261,14 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
             key = -self._seq[plain].astype(np.float64)
             chosen.append(_smallest(plain, key, take, self._seq[plain], self._prefix[plain]))
             n -= take
-        if n > 0:
+        if n > 0 and self.steps:
+            # KVFlow: the furthest from running first (unknown: infinitely far), then LRU, then
+            # the longer prefix.
+            steps = self._steps[cached]
+            key = -np.where(np.isnan(steps), np.inf, steps)
+            chosen.append(_smallest(cached, key, n, self._last_free[cached],
+                                    -self._prefix[cached]))
+        elif n > 0:
             # saga-policy's ranking (native when saga-kernels is installed). Ties: older free
             # first, then the longer prefix (a chain's tail before its head).
             hint = self._reuse[cached]

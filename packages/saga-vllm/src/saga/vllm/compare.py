@@ -15,9 +15,7 @@ vLLM's ``AsyncLLM`` with its engine-core process (``driver="async-llm"``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
-import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -25,18 +23,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from saga.policy.errors import SagaConfigError
+from saga.vllm.compare_results import (
+    ENGINES,
+    SAGA_ENGINE,
+    SEED_METRICS,
+    STOCK_ENGINE,
+    CallRecord,
+    CompareResult,
+    EngineRun,
+    SessionRecord,
+    seed_spread,
+    summarise,
+)
 from saga.vllm.engine import AsyncSagaEngine, CallResult
-from saga.vllm.testing import cpu_threads as unbound_threads
-from saga.vllm.testing import scoped_env
+from saga.vllm.models import cpu_threads as unbound_threads
+from saga.vllm.models import scoped_env
 from saga.vllm.workload import SessionPlan, Workload, WorkloadConfig, build_workload
 
 Driver = Literal["inproc", "async-llm"]
 DRIVERS: tuple[str, ...] = ("inproc", "async-llm")
 OnCall = Callable[[str, int], None]
 """Progress callback: ``(engine name, calls finished so far)``."""
+
+SAGA_PRESET = "saga_no_afs"
+"""The SAGA engine's default preset here: WA-LRU, tool-call TTL pins and the hybrid queue, no
+AFS (one engine serving one workload; ``saga_overrides={"preset": "saga"}`` adds it)."""
 
 DEFAULT_KV_BLOCKS = 160
 """Default KV pool in blocks of 32 tokens (5,120 tokens): about two sessions' full contexts
@@ -45,7 +57,11 @@ while eight are active, so sessions compete for the cache."""
 __all__ = [
     "DEFAULT_KV_BLOCKS",
     "DRIVERS",
+    "ENGINES",
+    "SAGA_ENGINE",
+    "SAGA_PRESET",
     "SEED_METRICS",
+    "STOCK_ENGINE",
     "CallRecord",
     "CompareConfig",
     "CompareResult",
@@ -63,15 +79,17 @@ class CompareConfig:
     """One comparison: the workload, the KV pool (blocks) and SAGA's scheduler switches.
 
     ``saga_overrides`` are :class:`~saga.vllm.config.SagaSchedulerConfig` fields applied over
-    ``SagaSchedulerConfig.all_on()``; ``model`` names the random model's shape
-    (``saga.vllm.testing.MODEL_SHAPES``); ``model_dir`` caches it between runs.
+    ``SagaSchedulerConfig.from_preset(SAGA_PRESET)`` (``"preset"`` picks another); ``model``
+    is ``tiny`` or ``small`` (a random model's shape, ``saga.vllm.models.MODEL_SHAPES``;
+    ``model_dir`` caches it between runs) or the path of a local Hugging Face model directory
+    (:func:`saga.vllm.models.resolve_model`).
     ``dram_blocks`` > 0 gives both engines a DRAM tier of that many blocks through vLLM's
     ``OffloadingConnector``: stock vLLM with its LRU policy, SAGA with WA-LRU and a prefetch
     during each tool call at ``prefetch_quantile`` of the tool's fitted latency.
     ``record_steps`` > 0 logs each engine's last that many steps (work and wall time, see
     :mod:`saga.vllm.steps`; stock vLLM then runs vLLM's scheduler plus that log) into
     :attr:`EngineRun.steps`; it needs the in-process driver. ``cpu_threads`` runs each engine
-    on that many unbound OpenMP threads (:func:`saga.vllm.testing.cpu_threads`; None: vLLM's
+    on that many unbound OpenMP threads (:func:`saga.vllm.models.cpu_threads`; None: vLLM's
     core binding, which stalls on a shared machine).
     """
 
@@ -81,7 +99,7 @@ class CompareConfig:
     driver: Driver = "inproc"
     saga_overrides: Mapping[str, Any] = field(default_factory=dict)
     model_dir: Path | None = None
-    engines: tuple[str, ...] = ("stock", "saga")
+    engines: tuple[str, ...] = ENGINES
     model: str = "tiny"
     dram_blocks: int = 0
     prefetch_quantile: float | None = 0.5
@@ -89,9 +107,11 @@ class CompareConfig:
     cpu_threads: int | None = 1
 
     def __post_init__(self) -> None:
-        from saga.vllm.testing import model_shape
+        from saga.vllm.models import resolve_model
 
-        model_shape(self.model)
+        # A bad name or directory fails here, before any engine starts.
+        resolve_model(self.model).check_workload(self.workload.max_context,
+                                                 self.workload.vocab_size)
         if self.dram_blocks < 0:
             raise SagaConfigError(f"dram_blocks must be >= 0, got {self.dram_blocks}")
         if self.dram_blocks and self.driver == "inproc":
@@ -115,10 +135,9 @@ class CompareConfig:
         if self.block_size < 1 or self.block_size % 16:
             raise SagaConfigError(
                 f"block_size must be a positive multiple of 16 (32 on CPU), got {self.block_size}")
-        bad = [e for e in self.engines if e not in ("stock", "saga")]
+        bad = [e for e in self.engines if e not in ENGINES]
         if bad or not self.engines:
-            raise SagaConfigError(f"engines must be drawn from ('stock', 'saga'), got "
-                                  f"{self.engines!r}")
+            raise SagaConfigError(f"engines must be drawn from {ENGINES}, got {self.engines!r}")
         # vLLM reserves one block and refuses a max_model_len the pool cannot hold.
         fit = (self.kv_blocks - 1) * self.block_size
         if self.workload.max_context > fit:
@@ -134,183 +153,12 @@ class CompareConfig:
         from saga.vllm.config import SagaSchedulerConfig
 
         # from_dict names unknown fields instead of failing with a TypeError.
-        return SagaSchedulerConfig.from_dict(
-            {**SagaSchedulerConfig.all_on().to_dict(), **dict(self.saga_overrides)})
+        return SagaSchedulerConfig.from_dict({"preset": SAGA_PRESET, **dict(self.saga_overrides)})
 
     @property
     def kv_tokens(self) -> int:
         """Token capacity of the KV pool."""
         return self.kv_blocks * self.block_size
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One finished call as the client saw it.
-
-    ``reusable_tokens`` is the part of the prompt the engine has computed before for this
-    session (the previous prompt and output); only those can be re-prefilled. The rest (the
-    new tool observation) is new to any cache.
-    """
-
-    session_id: str
-    index: int
-    prompt_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    latency_s: float
-    reusable_tokens: int = 0
-
-    @property
-    def reprefilled_tokens(self) -> int:
-        """Tokens of the session's earlier context that had to be prefilled again."""
-        return max(0, min(self.reusable_tokens, self.prompt_tokens) - self.cached_tokens)
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    """One finished task: task completion time runs from its arrival to its last output."""
-
-    session_id: str
-    agent_type: str
-    arrival_s: float
-    tct_s: float
-    calls: tuple[CallRecord, ...]
-
-
-@dataclass(frozen=True)
-class EngineRun:
-    """What one engine did with the workload."""
-
-    name: str
-    start_s: float
-    wall_s: float
-    calls: int
-    prompt_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    tct_mean_s: float
-    tct_p95_s: float
-    call_latency_mean_s: float
-    call_latency_p95_s: float
-    reprefilled_tokens: int = 0
-    sessions: tuple[SessionRecord, ...] = ()
-    saga_stats: dict[str, Any] | None = None
-    prefetches: int = 0
-    steps: tuple[Any, ...] = ()
-    """The engine's :class:`~saga.vllm.steps.StepRecord` of the workload (warm-up left out),
-    when the run recorded steps."""
-
-    @property
-    def recomputed_tokens(self) -> int:
-        """Prompt tokens prefilled because the prefix cache did not hold them (prompt − cached),
-        new observation tokens included; see ``reprefilled_tokens`` for evicted context only."""
-        return self.prompt_tokens - self.cached_tokens
-
-    @property
-    def hit_rate(self) -> float:
-        """Share of prompt tokens served from the prefix cache."""
-        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
-    @property
-    def calls_per_s(self) -> float:
-        """LLM calls finished per second of wall time."""
-        return self.calls / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Prompt and output tokens served per second of wall time."""
-        total = self.prompt_tokens + self.output_tokens
-        return total / self.wall_s if self.wall_s > 0 else 0.0
-
-    def to_dict(self, *, sessions: bool = False) -> dict[str, Any]:
-        """JSON-ready summary (``sessions``: per-session and per-call records too)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "engine_start_s": round(self.start_s, 3),
-            "wall_s": round(self.wall_s, 3),
-            "calls": self.calls,
-            "prompt_tokens": self.prompt_tokens,
-            "cached_tokens": self.cached_tokens,
-            "recomputed_tokens": self.recomputed_tokens,
-            "reprefilled_tokens": self.reprefilled_tokens,
-            "output_tokens": self.output_tokens,
-            "prefix_hit_rate": round(self.hit_rate, 4),
-            "tct_mean_s": round(self.tct_mean_s, 3),
-            "tct_p95_s": round(self.tct_p95_s, 3),
-            "call_latency_mean_s": round(self.call_latency_mean_s, 4),
-            "call_latency_p95_s": round(self.call_latency_p95_s, 4),
-            "calls_per_s": round(self.calls_per_s, 3),
-            "tokens_per_s": round(self.tokens_per_s, 1),
-            "prefetches": self.prefetches,
-            "saga_stats": self.saga_stats,
-            "steps_recorded": len(self.steps),
-        }
-        if sessions:
-            out["sessions"] = [dataclasses.asdict(s) for s in self.sessions]
-            out["steps"] = [dataclasses.asdict(s) for s in self.steps]
-        return out
-
-
-def _ratio(a: float, b: float) -> float:
-    if b == 0:
-        return 1.0 if a == 0 else math.inf
-    return a / b
-
-
-@dataclass(frozen=True)
-class CompareResult:
-    """Both runs and the SAGA/stock ratios."""
-
-    config: CompareConfig
-    workload: Workload
-    runs: tuple[EngineRun, ...]
-    model_build_s: float = 0.0
-    vllm_import_s: float = 0.0
-
-    def run(self, name: str) -> EngineRun | None:
-        """The run of engine ``name`` ("stock" or "saga"), if it ran."""
-        return next((r for r in self.runs if r.name == name), None)
-
-    def ratios(self) -> dict[str, float]:
-        """SAGA ÷ stock for each metric (empty unless both ran)."""
-        stock, saga = self.run("stock"), self.run("saga")
-        if stock is None or saga is None:
-            return {}
-        return {
-            "recomputed_tokens": _ratio(saga.recomputed_tokens, stock.recomputed_tokens),
-            "reprefilled_tokens": _ratio(saga.reprefilled_tokens, stock.reprefilled_tokens),
-            "prefix_hit_rate": _ratio(saga.hit_rate, stock.hit_rate),
-            "tct_mean_s": _ratio(saga.tct_mean_s, stock.tct_mean_s),
-            "tct_p95_s": _ratio(saga.tct_p95_s, stock.tct_p95_s),
-            "calls_per_s": _ratio(saga.calls_per_s, stock.calls_per_s),
-            "tokens_per_s": _ratio(saga.tokens_per_s, stock.tokens_per_s),
-            "wall_s": _ratio(saga.wall_s, stock.wall_s),
-        }
-
-    def to_dict(self, *, sessions: bool = False) -> dict[str, Any]:
-        """JSON-ready report: settings, workload sizes, both runs and the ratios."""
-        cfg = self.config
-        return {
-            "settings": {
-                "workload": dataclasses.asdict(cfg.workload),
-                "model": cfg.model,
-                "kv_blocks": cfg.kv_blocks,
-                "kv_tokens": cfg.kv_tokens,
-                "dram_blocks": cfg.dram_blocks,
-                "prefetch_quantile": cfg.prefetch_quantile if cfg.dram_blocks else None,
-                "block_size": cfg.block_size,
-                "driver": cfg.driver,
-                "saga_config": cfg.saga_config().to_dict(),
-                "record_steps": cfg.record_steps,
-                "cpu_threads": cfg.cpu_threads,
-            },
-            "workload": self.workload.summary(),
-            "vllm_import_s": round(self.vllm_import_s, 3),
-            "model_build_s": round(self.model_build_s, 3),
-            "runs": {r.name: r.to_dict(sessions=sessions) for r in self.runs},
-            "saga_over_stock": {k: (round(v, 4) if math.isfinite(v) else v)
-                                for k, v in self.ratios().items()},
-        }
 
 
 # --- driving one engine ---------------------------------------------------------------------
@@ -354,29 +202,6 @@ async def drive_workload(engine: AsyncSagaEngine, workload: Workload, *,
         _drive_session(engine, plan, t0, clock, tick) for plan in workload.sessions))
     return list(records), clock() - t0
 
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else 0.0
-
-
-def _summarise(name: str, start_s: float, wall_s: float, records: list[SessionRecord],
-               saga_stats: dict[str, Any] | None, prefetches: int = 0,
-               steps: tuple[Any, ...] = ()) -> EngineRun:
-    calls = [c for s in records for c in s.calls]
-    tcts = [s.tct_s for s in records]
-    lat = [c.latency_s for c in calls]
-    return EngineRun(
-        name=name, start_s=start_s, wall_s=wall_s, calls=len(calls),
-        prompt_tokens=sum(c.prompt_tokens for c in calls),
-        cached_tokens=sum(min(c.cached_tokens, c.prompt_tokens) for c in calls),
-        output_tokens=sum(c.output_tokens for c in calls),
-        tct_mean_s=float(np.mean(tcts)) if tcts else 0.0, tct_p95_s=_percentile(tcts, 95),
-        call_latency_mean_s=float(np.mean(lat)) if lat else 0.0,
-        call_latency_p95_s=_percentile(lat, 95),
-        reprefilled_tokens=sum(c.reprefilled_tokens for c in calls),
-        sessions=tuple(records), saga_stats=saga_stats, prefetches=prefetches, steps=steps)
-
-
 async def _warm_up(engine: AsyncSagaEngine) -> None:
     """One short request so both engines start measuring warm, then an empty prefix cache."""
     s = engine.start_session("warmup", "__warmup__", session_id="__warmup__")
@@ -392,7 +217,7 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
 
     ``start_s`` covers building the engine and one warm-up request; the workload's wall time
     starts after it. The engine runs on ``cpu_threads`` unbound threads
-    (:func:`~saga.vllm.testing.cpu_threads`).
+    (:func:`~saga.vllm.models.cpu_threads`).
     """
     done = 0
 
@@ -424,18 +249,18 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
             engine.shutdown()
             del engine
             gc.collect()
-    return _summarise(name, start_s, wall, records, stats, prefetches, steps)
+    return summarise(name, start_s, wall, records, stats, prefetches, steps)
 
 
 def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments of ``engine`` ("stock" or "saga") for ``config``."""
-    from saga.vllm.offload import SAGA_WALRU, offload_engine_kwargs
-    from saga.vllm.testing import (
+    from saga.vllm.models import (
         kv_bytes_for_blocks,
         kv_bytes_per_block,
         model_shape,
-        tiny_engine_kwargs,
+        vllm_engine_kwargs,
     )
+    from saga.vllm.offload import SAGA_WALRU, offload_engine_kwargs
 
     shape = model_shape(config.model)
     fit = (config.kv_blocks - 1) * config.block_size
@@ -443,11 +268,12 @@ def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[s
     if config.dram_blocks:
         tier = offload_engine_kwargs(
             config.dram_blocks * kv_bytes_per_block(config.block_size, shape),
-            policy=SAGA_WALRU if engine == "saga" else "lru")
-    return tiny_engine_kwargs(
+            policy=SAGA_WALRU if engine == SAGA_ENGINE else "lru")
+    return vllm_engine_kwargs(
         model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size, shape),
-        saga=config.saga_config() if engine == "saga" else None,
-        block_size=config.block_size, max_model_len=min(fit, config.workload.max_context + 64),
+        saga=config.saga_config() if engine == SAGA_ENGINE else None,
+        block_size=config.block_size,
+        max_model_len=min(fit, config.workload.max_context + 64, shape.max_positions),
         max_num_seqs=max(8, config.workload.sessions), seed=config.workload.seed, shape=shape,
         record_steps=config.record_steps, **tier)
 
@@ -455,7 +281,7 @@ def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[s
 def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
                 on_engine: Callable[[str], None] | None = None) -> CompareResult:
     """Run the workload on each engine of ``config`` in turn (stock first)."""
-    from saga.vllm.testing import build_tiny_llama, model_shape
+    from saga.vllm.models import resolve_model
 
     workload = build_workload(config.workload)
     t0 = time.monotonic()
@@ -464,38 +290,17 @@ def run_compare(config: CompareConfig, *, on_call: OnCall | None = None,
 
     import_s = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="saga-vllm-model-") as tmp:
-        model_dir = build_tiny_llama(config.model_dir or tmp, seed=config.workload.seed,
-                                     shape=model_shape(config.model))
+        model_dir = resolve_model(config.model).local_dir(config.model_dir or tmp,
+                                                          seed=config.workload.seed)
         build_s = time.monotonic() - t0 - import_s
         runs: list[EngineRun] = []
         for name in config.engines:
             kwargs = engine_kwargs(config, model_dir, name)
             if on_engine is not None:
                 on_engine(name)
-            prefetch = (config.prefetch_quantile if name == "saga" and config.dram_blocks
+            prefetch = (config.prefetch_quantile if name == SAGA_ENGINE and config.dram_blocks
                         else None)
             runs.append(run_engine(name, kwargs, workload, driver=config.driver,
                                    on_call=on_call, prefetch_quantile=prefetch,
                                    cpu_threads=config.cpu_threads))
     return CompareResult(config, workload, tuple(runs), build_s, import_s)
-
-
-SEED_METRICS: tuple[str, ...] = ("recomputed_tokens", "reprefilled_tokens", "prefix_hit_rate",
-                                 "tct_mean_s", "tct_p95_s", "calls_per_s")
-"""The SAGA ÷ stock ratios summarised over seeds."""
-
-
-def seed_spread(results: list[CompareResult]) -> dict[str, dict[str, float]]:
-    """Median, min and max over seeds of each SAGA ÷ stock ratio (and the geometric mean, the
-    right average of ratios); runs where one engine is missing are skipped."""
-    out: dict[str, dict[str, float]] = {}
-    for key in SEED_METRICS:
-        vals = [r.ratios()[key] for r in results if r.ratios()]
-        vals = [v for v in vals if math.isfinite(v) and v > 0]
-        if not vals:
-            continue
-        arr = np.asarray(vals, dtype=np.float64)
-        out[key] = {"median": float(np.median(arr)), "min": float(arr.min()),
-                    "max": float(arr.max()), "geomean": float(np.exp(np.log(arr).mean())),
-                    "seeds": float(arr.size)}
-    return out

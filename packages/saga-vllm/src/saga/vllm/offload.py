@@ -11,8 +11,9 @@ tokens — a hit, not a recompute. This module adds:
   :func:`~saga.policy.eviction.walru.walru_score` (recency, predicted reuse, prefix size), with
   one vectorised pass per eviction batch rather than a scan per victim;
 - :class:`OffloadReuseHints`, a small table block-hash → reuse probability that the scheduler
-  (or anyone in the engine-core process) fills, read by the policy; :data:`REUSE_HINTS` is the
-  process-wide instance;
+  fills, read by the policy. Each engine has its own: ``SagaScheduler`` creates one and binds
+  it to the WA-LRU policies of its own connector (:func:`bind_reuse_hints`), so two engines in
+  one process never read each other's hints;
 - :func:`offload_engine_kwargs`, the engine keyword arguments that switch the tier on.
 
 The policy is registered as ``"saga_walru"`` through vLLM's own registry
@@ -74,9 +75,9 @@ class OffloadReuseHints:
     node after a call, 0 after a session's final call. Policies subscribed to the table see
     updates of blocks they hold at once; blocks stored later read the table when inserted.
 
-    Both sides run in the engine-core process, so the process-wide :data:`REUSE_HINTS` is the
-    shared instance. The table is bounded (oldest entries dropped first) so hints of blocks that
-    were never stored cannot grow it without limit.
+    Both sides run in the engine-core process; the table is the engine's (the scheduler owns it
+    and binds it to its connector's policy). The table is bounded (oldest entries dropped first)
+    so hints of blocks that were never stored cannot grow it without limit.
     """
 
     def __init__(self, max_entries: int = 1 << 20) -> None:
@@ -114,12 +115,12 @@ class OffloadReuseHints:
         """Push later updates to ``policy`` (held weakly, so a dropped engine is not kept)."""
         self._listeners.add(policy)
 
+    def unsubscribe(self, policy: WALRUCachePolicy) -> None:
+        """Stop pushing updates to ``policy``."""
+        self._listeners.discard(policy)
+
     def __len__(self) -> int:
         return len(self._probs)
-
-
-REUSE_HINTS = OffloadReuseHints()
-"""The engine-core process's hint table; :class:`WALRUCachePolicy` reads it by default."""
 
 
 class WALRUCachePolicy(CachePolicy):  # type: ignore[misc]
@@ -137,6 +138,9 @@ class WALRUCachePolicy(CachePolicy):  # type: ignore[misc]
 
     State lives in slot-indexed numpy arrays, so an eviction batch is one vectorised pass
     (``argpartition``) over the resident chunks, independent of how many victims it takes.
+
+    vLLM builds the policy with its capacity only, so it starts with a table of its own; the
+    engine's scheduler then gives it the engine's table (:meth:`bind_hints`).
     """
 
     def __init__(self, cache_capacity: int, *, hints: OffloadReuseHints | None = None,
@@ -145,9 +149,19 @@ class WALRUCachePolicy(CachePolicy):  # type: ignore[misc]
         super().__init__(cache_capacity)
         check_walru_weights(alpha, beta, gamma)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
-        self.hints = REUSE_HINTS if hints is None else hints
+        self.hints = OffloadReuseHints() if hints is None else hints
         self.hints.subscribe(self)
         self._init_state(max(int(cache_capacity), 16))
+
+    def bind_hints(self, hints: OffloadReuseHints) -> None:
+        """Read ``hints`` from now on (the engine's table); resident chunks take its values."""
+        self.hints.unsubscribe(self)
+        self.hints = hints
+        hints.subscribe(self)
+        for key, slot in self._slot.items():
+            hinted = hints.get(key[:-_GROUP_SUFFIX])
+            if hinted is not None:
+                self._reuse[slot] = hinted
 
     def _init_state(self, slots: int) -> None:
         self._slot: dict[bytes, int] = {}
@@ -387,6 +401,34 @@ def offload_engine_kwargs(cpu_bytes: int, policy: str = SAGA_WALRU, *,
         kv_connector="OffloadingConnector", kv_role="kv_both", kv_connector_extra_config=extra)}
 
 
+def _connectors(connector: Any) -> list[Any]:
+    """``connector`` and, for vLLM's ``MultiConnector``, the connectors it wraps."""
+    if connector is None:
+        return []
+    return [connector, *(getattr(connector, "_connectors", None) or ())]
+
+
+def offload_policies(connector: Any) -> list[WALRUCachePolicy]:
+    """The WA-LRU DRAM-tier policies behind a scheduler's KV connector (scheduler side)."""
+    out: list[WALRUCachePolicy] = []
+    for conn in _connectors(connector):
+        manager = getattr(getattr(conn, "connector_scheduler", None), "manager", None)
+        policy = getattr(manager, "_policy", None)
+        if isinstance(policy, WALRUCachePolicy):
+            out.append(policy)
+    return out
+
+
+def bind_reuse_hints(connector: Any, hints: OffloadReuseHints) -> list[WALRUCachePolicy]:
+    """Give the WA-LRU policies of ``connector`` (one engine's) the engine's hint table;
+    returns them. The policy is built inside vLLM's connector before the scheduler's own code
+    runs, so the scheduler binds it right after (``SagaScheduler.__init__``)."""
+    policies = offload_policies(connector)
+    for policy in policies:
+        policy.bind_hints(hints)
+    return policies
+
+
 def offload_manager(llm: Any) -> Any:
     """The live ``CPUOffloadingManager`` of an in-process ``vllm.LLM`` (None without a tier)."""
     core = llm.llm_engine.engine_core
@@ -398,12 +440,13 @@ def offload_manager(llm: Any) -> Any:
 
 __all__ = [
     "POLICY_CLASS",
-    "REUSE_HINTS",
     "REUSE_PARAM",
     "SAGA_WALRU",
     "OffloadReuseHints",
     "WALRUCachePolicy",
+    "bind_reuse_hints",
     "offload_engine_kwargs",
     "offload_manager",
+    "offload_policies",
     "register_cache_policy",
 ]

@@ -279,7 +279,7 @@ class WorkerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., node: _Optional[str] = ..., load: _Optional[float] = ..., alive: bool = ..., sessions: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("coordinator_id", "workers", "sessions", "routes", "moves", "steals", "afs_epochs", "observations", "afs_shares", "sessions_ended", "sessions_expired")
+    __slots__ = ("coordinator_id", "workers", "sessions", "routes", "moves", "steals", "afs_epochs", "observations", "afs_shares", "sessions_ended", "sessions_expired", "preset")
     class AfsSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,7 @@ class StatsReply(_message.Message):
     AFS_SHARES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     sessions: int
@@ -309,7 +310,8 @@ class StatsReply(_message.Message):
     afs_shares: _containers.ScalarMap[str, float]
     sessions_ended: int
     sessions_expired: int
-    def __init__(self, coordinator_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., sessions: _Optional[int] = ..., routes: _Optional[int] = ..., moves: _Optional[int] = ..., steals: _Optional[int] = ..., afs_epochs: _Optional[int] = ..., observations: _Optional[int] = ..., afs_shares: _Optional[_Mapping[str, float]] = ..., sessions_ended: _Optional[int] = ..., sessions_expired: _Optional[int] = ...) -> None: ...
+    preset: str
+    def __init__(self, coordinator_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., sessions: _Optional[int] = ..., routes: _Optional[int] = ..., moves: _Optional[int] = ..., steals: _Optional[int] = ..., afs_epochs: _Optional[int] = ..., observations: _Optional[int] = ..., afs_shares: _Optional[_Mapping[str, float]] = ..., sessions_ended: _Optional[int] = ..., sessions_expired: _Optional[int] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ()

@@ -91,7 +91,8 @@ class CoordinatorServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Route(self, request, context):
-        """Pick the worker for one call of a session (affinity with load headroom theta).
+        """Pick the worker for one call of a session (the preset's router; SAGA's: affinity with load
+        headroom theta).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-"""KV-block eviction policies behind one interface, and a registry of them by name."""
+"""KV-block eviction policies behind one interface (by name: ``saga.policy.registry``)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ from saga.policy.eviction.prefix_lru import PrefixLRUPolicy
 from saga.policy.eviction.radix_lru import RadixLRUPolicy
 from saga.policy.eviction.walru import WALRUPolicy, walru_score
 
-EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {
-    cls.name: cls
-    for cls in (LRUPolicy, PrefixLRUPolicy, RadixLRUPolicy, WALRUPolicy, KVFlowPolicy,
-                BeladyPolicy)
-}
-"""Policy classes by name (each constructible with no arguments: the spec's defaults)."""
-
 __all__ = [
-    "EVICTION_POLICIES",
     "BeladyPolicy",
     "EvictionPolicy",
     "KVFlowPolicy",
