@@ -30,6 +30,8 @@ from saga.policy.ttl import TTL_MAX_S
 ENV_VAR = "SAGA_VLLM_CONFIG"
 """Environment variable holding a whole config as JSON."""
 PRESET_ENV_VAR = "SAGA_PRESET"
+CONFIG_KEY = "saga"
+"""The key of ``vllm_config.additional_config`` SAGA's scheduler config travels under."""
 """Environment variable holding just a preset name (used when no whole config is given)."""
 STOCK_PRESET = "vllm_apc"
 """The default preset: vLLM v1 with prefix caching, i.e. vLLM's own scheduler."""
@@ -229,8 +231,8 @@ class SagaSchedulerConfig:
         else ``$SAGA_VLLM_CONFIG`` (JSON), else ``$SAGA_PRESET`` (a preset name), else the
         stock preset."""
         additional = getattr(vllm_config, "additional_config", None)
-        if isinstance(additional, Mapping) and additional.get("saga") is not None:
-            raw = additional["saga"]
+        if isinstance(additional, Mapping) and additional.get(CONFIG_KEY) is not None:
+            raw = additional[CONFIG_KEY]
             if isinstance(raw, SagaSchedulerConfig):
                 return raw
             if isinstance(raw, str):
@@ -249,5 +251,5 @@ class SagaSchedulerConfig:
         return cls()
 
 
-__all__ = ["ENGINE_LAYERS", "ENV_VAR", "OFF", "PRESET_ENV_VAR", "STOCK_PRESET",
+__all__ = ["CONFIG_KEY", "ENGINE_LAYERS", "ENV_VAR", "OFF", "PRESET_ENV_VAR", "STOCK_PRESET",
            "SagaSchedulerConfig"]

@@ -2,7 +2,7 @@
 
 Load it with ``vllm.LLM(..., scheduler_cls="saga.vllm.scheduler.SagaScheduler",
 additional_config={"saga": SagaSchedulerConfig.from_preset("saga").to_dict()})`` (see
-:func:`saga.vllm.testing.tiny_engine_kwargs`), or ``vllm serve ... --scheduler-cls
+:func:`saga.vllm.models.vllm_engine_kwargs`), or ``vllm serve ... --scheduler-cls
 saga.vllm.scheduler.SagaScheduler`` with ``SAGA_PRESET=saga`` in the environment. vLLM builds
 the scheduler itself — in the engine-core process when multiprocessing is on — so the config
 travels as plain data (:mod:`saga.vllm.config`).

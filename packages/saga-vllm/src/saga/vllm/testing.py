@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saga.vllm.config import CONFIG_KEY
 from saga.vllm.models import (
     ASYNC_SCHEDULER_CLS,
     MODEL_SHAPES,
@@ -86,9 +87,9 @@ def swap_scheduler(llm: Any, saga: Any) -> Any:
     assert not old.requests, "swap only an idle scheduler"
     config = old.vllm_config
     config.additional_config = {k: v for k, v in config.additional_config.items()
-                                if k != "saga"}
+                                if k != CONFIG_KEY}
     if saga is not None:
-        config.additional_config["saga"] = saga
+        config.additional_config[CONFIG_KEY] = saga
     new = type(old)(vllm_config=config, kv_cache_config=old.kv_cache_config,
                     structured_output_manager=old.structured_output_manager,
                     block_size=old.block_size, log_stats=old.log_stats,
