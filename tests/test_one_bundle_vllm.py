@@ -83,3 +83,17 @@ def test_the_simulator_the_engine_and_the_coordinator_hold_the_same_policies(
         assert sched.saga_stats()["preset"] == core.preset == sim.preset.name == name
     finally:
         swap_scheduler(llm, SagaSchedulerConfig().to_dict())
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p.ttl is not None))
+def test_the_tool_latency_prior_is_the_same_everywhere(llm: Any, name: str) -> None:
+    """A tool nobody has seen yet gets the same pin everywhere (saga-aeg's prior)."""
+    sim_ttl = Simulation(PRESETS[name].build(), SimConfig(cluster=TWO)).ttl
+    sched = swap_scheduler(llm, SagaSchedulerConfig.from_preset(name).to_dict())
+    try:
+        core_ttl = CoordinatorCore.from_preset(name).ttl
+        pins = {t.ttl("never-seen", 0.5, queue_delay_s=0.1, reload_s=0.2)  # type: ignore[union-attr]
+                for t in (sim_ttl, sched.ttl_policy, core_ttl)}
+        assert len(pins) == 1, pins
+    finally:
+        swap_scheduler(llm, SagaSchedulerConfig().to_dict())

@@ -30,9 +30,9 @@ from saga.policy.ttl import TTL_MAX_S
 ENV_VAR = "SAGA_VLLM_CONFIG"
 """Environment variable holding a whole config as JSON."""
 PRESET_ENV_VAR = "SAGA_PRESET"
+"""Environment variable holding just a preset name (used when no whole config is given)."""
 CONFIG_KEY = "saga"
 """The key of ``vllm_config.additional_config`` SAGA's scheduler config travels under."""
-"""Environment variable holding just a preset name (used when no whole config is given)."""
 STOCK_PRESET = "vllm_apc"
 """The default preset: vLLM v1 with prefix caching, i.e. vLLM's own scheduler."""
 OFF = "off"
@@ -54,7 +54,8 @@ class SagaSchedulerConfig:
     - ``policy_kwargs``: per layer, keyword arguments over the layer's spec, e.g.
       ``{"eviction": {"alpha": 0.4}, "queue": {"max_active": 8}}``.
     - ``ttl_max_s``, ``default_tool_p95_s``: every TTL policy's cap and the p95 it assumes for
-      a tool never observed (passed to the TTL factory as ``ttl_max`` / ``default_p95_s``).
+      a tool never observed (passed to the TTL factory as ``ttl_max`` / ``default_p95_s``;
+      None: saga-aeg's vague prior, what the simulator and the coordinator assume too).
     - ``pin_cap_fraction``: pins may hold at most this share of the pool.
     - ``pending_tool_reuse``: reuse probability given to the blocks of a call that ends in a
       tool when no AEG knows better; used unless the request carries ``reuse_prob``.
@@ -70,7 +71,7 @@ class SagaSchedulerConfig:
     fairness: str | None = None
     policy_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     ttl_max_s: float = TTL_MAX_S
-    default_tool_p95_s: float = 30.0
+    default_tool_p95_s: float | None = None
     pin_cap_fraction: float = 0.5
     pending_tool_reuse: float = 0.95
     afs_capacity_tokens_per_s: float = 2000.0
@@ -118,7 +119,8 @@ class SagaSchedulerConfig:
         if not (self.ttl_max_s >= 0 and math.isfinite(self.ttl_max_s)):
             raise SagaConfigError(
                 f"SagaSchedulerConfig.ttl_max_s must be finite and >= 0, got {self.ttl_max_s}")
-        if not (self.default_tool_p95_s > 0 and math.isfinite(self.default_tool_p95_s)):
+        p95 = self.default_tool_p95_s
+        if p95 is not None and not (p95 > 0 and math.isfinite(p95)):
             raise SagaConfigError("SagaSchedulerConfig.default_tool_p95_s must be finite and > 0, "
                                   f"got {self.default_tool_p95_s}")
         if not 0.0 <= self.pin_cap_fraction <= 1.0:
