@@ -37,7 +37,8 @@ def test_compare_runs_on_a_local_model_directory(tmp_path: Path) -> None:
     assert 0 < run["cached_tokens"] < run["prompt_tokens"]
 
 
-@pytest.mark.parametrize("command", [["vllm", "compare"], ["cluster", "up", "--local"]])
+@pytest.mark.parametrize("command", [["vllm", "compare"], ["cluster", "up", "--local"],
+                                     ["bench", "validate"]])
 @pytest.mark.parametrize(("make", "message"), [
     (None, "unknown model"),
     ("empty", "has no config.json"),
