@@ -48,9 +48,9 @@ def test_affinity_router_homes_and_moves() -> None:
     assert r.route(req, {"a": 0.5, "b": 0.1}) == "b"
     assert r.home("s1") == "b"
     assert r.route(RouteRequest("s1", now=2.0), {"a": 0.1, "b": 0.7}) == "b"
-    assert r.moves == []
+    assert list(r.moves) == []
     assert r.route(RouteRequest("s1", now=3.0), {"a": 0.2, "b": 0.9}) == "a"
-    assert r.moves == [Move("s1", "b", "a", 3.0)]
+    assert list(r.moves) == [Move("s1", "b", "a", 3.0)]
     assert r.home("s1") == "a"
 
 
@@ -58,7 +58,7 @@ def test_affinity_router_rehomes_when_home_disappears() -> None:
     r = AffinityRouter()
     r.route(RouteRequest("s"), {"a": 0.0})
     assert r.route(RouteRequest("s", now=5.0), {"b": 0.3, "c": 0.2}) == "c"
-    assert r.moves == [Move("s", "a", "c", 5.0)]
+    assert list(r.moves) == [Move("s", "a", "c", 5.0)]
 
 
 def test_affinity_router_forget_and_reassign() -> None:
@@ -156,7 +156,17 @@ def test_route_requires_headroom_to_leave_home_when_asked() -> None:
     assert route(None, saturated, theta=0.8, require_headroom=True) == "b"
     r = AffinityRouter(theta=0.8)
     r.route(RouteRequest("s"), {"a": 0.1, "b": 0.2})
-    assert r.route(RouteRequest("s", now=1.0), saturated) == "a" and r.moves == []
+    assert r.route(RouteRequest("s", now=1.0), saturated) == "a" and list(r.moves) == []
     literal = AffinityRouter(theta=0.8, require_headroom=False)
     literal.route(RouteRequest("s"), {"a": 0.1, "b": 0.2})
     assert literal.route(RouteRequest("s", now=1.0), saturated) == "b"
+
+
+def test_affinity_router_keeps_a_bounded_log_of_moves() -> None:
+    from saga.policy.routing import MOVES_KEPT
+
+    r = AffinityRouter(theta=0.5)
+    for i in range(MOVES_KEPT + 10):
+        loads = {"a": 0.9, "b": 0.0} if i % 2 else {"a": 0.0, "b": 0.9}
+        r.route(RouteRequest("s", now=float(i)), loads)
+    assert len(r.moves) == MOVES_KEPT and r.moves[-1].now == float(MOVES_KEPT + 9)

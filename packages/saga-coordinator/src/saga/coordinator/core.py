@@ -426,20 +426,12 @@ class CoordinatorCore:
         steals; returns the tenant shares (empty without AFS)."""
         self.expire_workers(now)
         self.expire_sessions(now)
-        self._trim_router_log()
         shares: dict[str, float] = {}
         if self.afs is not None:
             shares = self.afs.step_epoch(now)
             self.epochs += 1
         self.plan_steals(now)
         return shares
-
-    def _trim_router_log(self) -> None:
-        """Empty a router's own log of moves, if it keeps one (``AffinityRouter.moves``):
-        moves are counted from the session table, and the log would grow without bound."""
-        log = getattr(self.router, "moves", None)
-        if isinstance(log, list):
-            log.clear()
 
     def plan_steals(self, now: float) -> list[Steal]:
         """Ask the bundle's stealer (none: no steals) for this instant's steals, re-home each

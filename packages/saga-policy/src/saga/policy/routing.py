@@ -13,7 +13,7 @@ waiting requests, the signal sgl-router balances on).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,6 +26,9 @@ LoadKind = Literal["utilisation", "requests"]
 
 THETA = 0.8
 """Spec default: a session stays home while its home worker's load is below theta."""
+
+MOVES_KEPT = 4096
+"""Re-homings :class:`AffinityRouter` keeps in its log (the oldest go first)."""
 
 
 class UnknownWorkerError(SagaError, KeyError):
@@ -146,7 +149,8 @@ class AffinityRouter(RouterEvents):
     A session is homed on the worker that served its first call and stays there while that
     worker's load is below ``theta``; past it the call goes to the least loaded worker, which
     becomes the new home (its KV is now there). A home that disappeared from ``loads`` (worker
-    removed) re-homes the same way. Every re-homing is recorded in :attr:`moves`.
+    removed) re-homes the same way. The latest ``MOVES_KEPT`` re-homings are kept in
+    :attr:`moves` (a long-running deployment counts moves in its own session table).
 
     ``require_headroom`` (on by default) keeps a session home when no worker is below ``theta``
     (see :func:`route`): under saturation the literal rule moves most calls to whichever worker
@@ -162,7 +166,7 @@ class AffinityRouter(RouterEvents):
         self.theta = theta
         self.require_headroom = require_headroom
         self._home: dict[str, str] = {}
-        self.moves: list[Move] = []
+        self.moves: deque[Move] = deque(maxlen=MOVES_KEPT)
 
     def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
         """Route one call of ``request.session_id`` and update its home."""
