@@ -47,3 +47,11 @@ def test_serving_without_a_token_is_refused() -> None:
     done = subprocess.run([sys.executable, "-m", "saga.coordinator"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and TOKEN_ENV in done.stderr
+
+
+def test_the_served_process_runs_the_preset_it_is_given() -> None:
+    env = {**os.environ, TOKEN_ENV: "tok"}
+    done = subprocess.run([sys.executable, "-m", "saga.coordinator", "--preset", "nope"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown preset 'nope'" in done.stderr
+    assert "sglang" in done.stderr  # the valid names are listed
