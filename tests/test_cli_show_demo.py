@@ -19,7 +19,7 @@ runner = CliRunner(env={"COLUMNS": "250"})
 def test_show_presets_lists_every_preset() -> None:
     res = runner.invoke(app, ["show", "presets", "--verbose"])
     assert res.exit_code == 0, res.output
-    assert len(PRESETS) == 15
+    assert len(PRESETS) == 16
     for name in PRESETS:
         assert name in res.output
     assert "walru(alpha=0.3, beta=0.5, gamma=0.2)" in res.output
@@ -48,6 +48,26 @@ def test_show_presets_table_has_every_layer_and_switch_of_every_preset() -> None
                 shown = value
             rows.append(layer + "".join(shown.split()))
         assert f"{name}{''.join(rows)}├" in text or f"{name}{''.join(rows)}└" in text, name
+
+
+def test_show_presets_mechanisms_prints_the_parity_table_with_sources() -> None:
+    from saga.policy.parity import mechanism_rows
+
+    res = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["show", "presets", "--mechanisms"])
+    assert res.exit_code == 0, res.output
+    assert all(len(line) <= 80 for line in res.output.splitlines())
+    text = "".join(res.output.replace("│", " ").split())
+    for name in PRESETS:
+        assert name in text
+    for row in mechanism_rows():
+        assert "".join(row["modelled_by"].split()) in text
+    assert "withsources" in text and "leftout" in text
+    res = runner.invoke(app, ["show", "presets", "--mechanisms", "--json"])
+    data = json.loads(res.output)
+    assert set(data) == set(PRESETS)
+    assert data["llumnix"][0]["modelled_by"] == "migration"
+    assert all(m["source"] for rows in data.values() for m in rows)
+    assert any("llm-d-inference-scheduler" in m["source"] for m in data["vllm_apc"])
 
 
 def test_show_presets_json_lists_every_layer_of_every_preset() -> None:

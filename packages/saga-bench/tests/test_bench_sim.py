@@ -26,7 +26,8 @@ def test_same_seed_same_numbers(one_node: SimConfig) -> None:
 
 
 @pytest.mark.parametrize("preset", ["vllm", "vllm_apc", "sglang", "llumnix", "saga",
-                                    "continuum", "autellix", "vllm_kvflow"])
+                                    "continuum", "autellix", "vllm_kvflow", "saga_kvmove",
+                                    "trt_llm_scaffolding"])
 def test_every_call_completes_once_and_tokens_add_up(preset: str, one_node: SimConfig) -> None:
     w = _small(1, "mixed", 8)
     sim = Simulation(PRESETS[preset].build(), one_node)
@@ -110,17 +111,18 @@ def test_replayed_trace_and_tenants_workloads_build() -> None:
 
 
 def test_a_rehomed_session_brings_its_kv_along(one_node: SimConfig) -> None:
-    """SAGA copies a moved session's KV to its new home; without that it is prefilled again."""
+    """``rehome_kv`` (saga_kvmove) copies a moved session's KV to its new home; SAGA as it
+    ships does not, and the session is prefilled again there."""
     from saga.policy.presets import policy
 
-    restless = PRESETS["saga"].derive("saga_restless", "re-homes on any load",
-                                      router=policy("router", "affinity", theta=1e-6))
+    restless = PRESETS["saga_kvmove"].derive("saga_restless", "re-homes on any load",
+                                             router=policy("router", "affinity", theta=1e-6))
     w = _small(5, "swe", 10)
     moved = simulate(restless, w, one_node)
     rebuilt = simulate(dataclasses.replace(restless, rehome_kv=False), w, one_node)
     assert moved.rehomed_kv > 0 and rebuilt.rehomed_kv == 0
     assert moved.reprefilled_tokens < rebuilt.reprefilled_tokens
-    assert not PRESETS["vllm_apc"].rehome_kv and PRESETS["saga_no_ttl"].rehome_kv
+    assert not any(PRESETS[p].rehome_kv for p in ("vllm_apc", "saga", "saga_no_affinity"))
 
 
 def test_an_idle_instance_steals_a_call_stuck_behind_a_full_kv_pool(one_node: SimConfig) -> None:
@@ -180,3 +182,46 @@ def test_pin_cap_releases_the_pin_expected_back_last(one_node: SimConfig) -> Non
     assert inst.cache.pinned_until(fast[0]) == 100.0 and inst.cache.pinned_until(new[0]) == 100.0
     book.release("fast")
     assert inst.cache.pinned_until(fast[0]) == float("-inf") and len(book) == 1
+
+
+def test_llumnix_live_migrates_running_calls_off_a_full_instance(one_node: SimConfig) -> None:
+    """Under KV pressure Llumnix's rescheduler moves decoding calls with their KV; every call
+    still completes once and both caches stay consistent."""
+    w = build_workload(WorkloadSpec("swe", 10, 1.0, 5, max_context=20_000))
+    tight = dataclasses.replace(one_node, hbm_blocks=120)
+    sim = Simulation(PRESETS["llumnix"].build(), tight)
+    r = sim.run(w)
+    assert r.migrations > 0 and r.tasks == len(w.tasks) and r.calls == w.calls
+    for inst in sim.instances:
+        inst.cache.check_invariants()
+        assert inst.demand_tokens == 0 and not inst.decoding
+    off = dataclasses.replace(PRESETS["llumnix"], migration=False)
+    assert simulate(off, w, tight).migrations == 0
+
+
+def test_a_swap_in_delays_only_the_call_that_needs_it(one_node: SimConfig) -> None:
+    """A call whose prefix is in DRAM waits for its PCIe load; a call admitted with it whose
+    prefix is in HBM starts its prefill at once."""
+    from saga.bench.sim.entities import Request, TaskState
+    from saga.policy.queueing import QueuedRequest
+
+    sim = Simulation(PRESETS["vllm_apc"].build(), dataclasses.replace(one_node, hbm_blocks=8))
+    inst = sim.instances[0]
+    cold, warm = list(range(100, 104)), list(range(200, 204))
+    inst.cache.allocate(cold, 0.0)
+    inst.cache.release(cold, 0.0)
+    assert inst.cache.swap_out(cold, 0.0) > 0
+    calls = []
+    for i, hashes in enumerate((cold, warm)):
+        st = TaskState(_spread_tasks(2).tasks[i], i)
+        req = Request(st, 0, 0.0, 4 * 256 + 10, 8, 0, hashes)
+        req.queued = QueuedRequest(req.request_id, st.task_id, 0.0)
+        inst.enqueue(req)
+        calls.append(req)
+    admitted = inst.admit(0.0)
+    assert admitted == calls
+    assert [r for _, _, r in inst.loading] == [calls[0]] and list(inst.prefilling) == [calls[1]]
+    ready = inst.loading[0][0]
+    assert ready > 0 and inst.plan(0.0) is not None
+    inst.advance(ready)
+    assert not inst.loading and calls[0] in inst.prefilling

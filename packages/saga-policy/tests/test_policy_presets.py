@@ -40,7 +40,7 @@ SPEC_PRESETS = {
 
 
 def test_registry_has_spec_presets_and_peers() -> None:
-    assert set(PRESETS) == SPEC_PRESETS | {"continuum", "autellix"}
+    assert set(PRESETS) == SPEC_PRESETS | {"continuum", "autellix", "saga_kvmove"}
     assert all(name == p.name for name, p in PRESETS.items())
     assert all(p.description for p in PRESETS.values())
 
@@ -63,6 +63,8 @@ def test_saga_builds_its_policies() -> None:
     assert isinstance(e.queue, HybridQueue)
     assert isinstance(e.fairness, AFS)
     assert b.dram_tier and b.prefetch and b.prefix_caching and not b.migration
+    # The real SAGA coordinator re-homes a session and the new engine prefills: no KV moves.
+    assert not b.rehome_kv and b.rescheduler is None
 
 
 def test_build_makes_fresh_objects() -> None:
@@ -81,8 +83,20 @@ ABLATION_FIELD = {
 def test_ablation_differs_from_saga_in_one_field(name: str, changed: str) -> None:
     saga, ablation = get_preset("saga"), get_preset(name)
     diff = {f.name for f in dataclasses.fields(Preset)
-            if getattr(saga, f.name) != getattr(ablation, f.name)}
+            if f.compare and getattr(saga, f.name) != getattr(ablation, f.name)}
     assert diff == {"name", "description", changed}
+    # The ablation's mechanism list loses what the replaced field modelled, nothing else.
+    assert {m.field for m in saga.mechanisms} - {m.field for m in ablation.mechanisms} == {
+        changed}
+
+
+def test_saga_kvmove_is_saga_plus_kv_movement_and_says_so() -> None:
+    saga, kvmove = get_preset("saga"), get_preset("saga_kvmove")
+    diff = {f.name for f in dataclasses.fields(Preset)
+            if f.compare and getattr(saga, f.name) != getattr(kvmove, f.name)}
+    assert diff == {"name", "description", "rehome_kv"} and kvmove.rehome_kv
+    assert "not the real SAGA" in kvmove.description
+    assert kvmove.layers()["movement"] == "rehome"
 
 
 def test_ablation_builds() -> None:
@@ -120,10 +134,15 @@ def test_peer_presets(name: str, eviction: type, router: type, queue: type,
 
 
 def test_flags_of_peers() -> None:
-    assert not get_preset("vllm").prefix_caching
-    assert get_preset("llumnix").migration
+    assert not get_preset("vllm").prefix_caching and not get_preset("vllm").dram_tier
+    assert get_preset("llumnix").migration and get_preset("llumnix").build().rescheduler
     kv = get_preset("vllm_kvflow")
     assert kv.dram_tier and kv.prefetch
+    # vLLM's CPU offloading, SGLang's HiCache, TensorRT-LLM's host offloading.
+    for name in ("vllm_apc", "sglang", "llumnix", "trt_llm_scaffolding", "continuum",
+                 "autellix"):
+        assert get_preset(name).dram_tier and not get_preset(name).prefetch, name
+    assert not any(p.rehome_kv for p in PRESETS.values() if not p.is_saga)
 
 
 def test_no_preset_uses_belady() -> None:
@@ -156,7 +175,7 @@ def test_layers_names_every_layer_and_switch() -> None:
     assert set(registry.LAYERS) <= set(layers) and {"tier", "movement"} <= set(layers)
     assert layers["eviction"] == {"name": "walru",
                                   "kwargs": {"alpha": 0.3, "beta": 0.5, "gamma": 0.2}}
-    assert (layers["tier"], layers["movement"]) == ("dram_prefetch", "rehome")
+    assert (layers["tier"], layers["movement"]) == ("dram_prefetch", "none")
     assert get_preset("llumnix").layers()["movement"] == "migrate"
     assert get_preset("vllm").layers()["tier"] == "hbm"
     for layer in (*registry.LAYERS, *registry.SWITCH_LAYERS):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from saga.cli.render import console, print_table
+from saga.policy.parity import mechanism_rows
 from saga.policy.presets import PRESETS, PolicySpec
 from saga.policy.spec import GB, GiB, check_reference_invariants
 
@@ -51,13 +52,49 @@ def presets_json() -> dict[str, dict[str, Any]]:
     return {name: {"description": p.description, **p.layers()} for name, p in PRESETS.items()}
 
 
+def mechanisms_table() -> Table:
+    """The parity table: each preset's mechanisms, the field that models each (or ``left
+    out``) and where the system documents it; a note follows the mechanism's name."""
+    table = Table(title="What each preset models, with sources (docs/peers.md)",
+                  title_justify="left")
+    table.add_column("preset", no_wrap=True)
+    table.add_column("mechanism (note)", overflow="fold")
+    table.add_column("modelled by", no_wrap=True)
+    table.add_column("source", overflow="fold")
+    rows = mechanism_rows()
+    for i, row in enumerate(rows):
+        first = i == 0 or rows[i - 1]["preset"] != row["preset"]
+        last = i == len(rows) - 1 or rows[i + 1]["preset"] != row["preset"]
+        what = row["mechanism"] + (f" ({row['note']})" if row["note"] else "")
+        table.add_row(row["preset"] if first else "", what, row["modelled_by"], row["source"],
+                      end_section=last)
+    return table
+
+
+def mechanisms_json() -> dict[str, list[dict[str, str]]]:
+    """``{preset: [{mechanism, modelled_by, source, note}, ...]}`` for every preset."""
+    out: dict[str, list[dict[str, str]]] = {name: [] for name in PRESETS}
+    for row in mechanism_rows():
+        out[row["preset"]].append({k: v for k, v in row.items() if k != "preset"})
+    return out
+
+
 @app.command("presets")
 def presets(verbose: bool = typer.Option(False, "--verbose", "-v",
                                          help="Also print what each preset models."),
             as_json: bool = typer.Option(False, "--json",
-                                         help="Print every preset's layers as JSON instead.")
+                                         help="Print every preset's layers as JSON instead."),
+            mechanisms: bool = typer.Option(
+                False, "--mechanisms",
+                help="Print the parity table instead: each preset's mechanisms with sources.")
             ) -> None:
-    """The presets: the 13 of the spec plus the continuum and autellix peers."""
+    """The presets: the 13 of the spec, the continuum and autellix peers and saga_kvmove."""
+    if mechanisms:
+        if as_json:
+            typer.echo(json.dumps(mechanisms_json(), indent=2))
+        else:
+            print_table(mechanisms_table())
+        return
     if as_json:
         typer.echo(json.dumps(presets_json(), indent=2))
         return

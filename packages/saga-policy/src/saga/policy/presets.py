@@ -8,8 +8,11 @@ scheduler and the coordinator all take a bundle. Presets are looked up by name i
 :data:`PRESETS`; nothing branches on a preset's name. SAGA's ablations are ``saga`` with one field
 replaced (``dataclasses.replace``), so an ablation differs from SAGA in exactly one place.
 
-Each baseline is modelled from its own paper or documentation at its best; where a mechanism is
-unclear the docstring of the policy class says which stronger reading it takes.
+Each baseline is modelled from its own paper or documentation at its best, with every mechanism
+its current version ships; ``Preset.mechanisms`` lists them with their sources
+(:mod:`saga.policy.peers`, rendered by ``saga show presets --mechanisms`` and ``docs/peers.md``).
+SAGA gets a mechanism only when the real SAGA has it: it does not move KV between instances, so
+its presets run without ``rehome_kv``; ``saga_kvmove`` is the labelled what-if variant that does.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
-from saga.policy import registry
+from saga.policy import peers, registry
 from saga.policy.afs import AFS
 from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import EvictionPolicy
+from saga.policy.migration import Rescheduler
+from saga.policy.peers import Mechanism
 from saga.policy.queueing import RequestQueue
 from saga.policy.routing import Router
 from saga.policy.stealing import WorkStealer
@@ -119,8 +124,13 @@ class PolicyBundle:
 
     @property
     def migration(self) -> bool:
-        """Waiting calls live-migrate with their KV to balance load."""
+        """Running calls live-migrate with their KV to balance load (Llumnix)."""
         return self.preset.migration
+
+    @property
+    def rescheduler(self) -> Rescheduler | None:
+        """Llumnix's rescheduler when the preset live-migrates, else None."""
+        return Rescheduler() if self.preset.migration else None
 
     @property
     def rehome_kv(self) -> bool:
@@ -147,10 +157,12 @@ class Preset:
       KV is brought back on a side stream before the session's next call (the ``tier`` layer).
     - ``router``, ``stealing`` (``None``: off), ``queue`` (waiting order), ``fairness``
       (``None``: off).
-    - ``migration``: Llumnix-style live KV migration between instances; ``rehome_kv``: when the
-      router moves a session to a new home, its cached KV is copied there (NVLink within a
-      node, InfiniBand across nodes; SAGA's ``kv_migrate``) instead of being prefilled again on
-      the new instance (the ``movement`` layer).
+    - ``migration``: Llumnix's live migration of running requests with their KV between
+      instances; ``rehome_kv``: when a session moves to a new instance (routing, stealing), its
+      cached KV is copied there (NVLink within a node, InfiniBand across nodes) instead of being
+      prefilled again (the ``movement`` layer).
+    - ``mechanisms``: what the modelled system ships, with sources (:mod:`saga.policy.peers`);
+      documentation, not compared or serialised; ``is_saga``: SAGA or a variant of it.
     """
 
     name: str
@@ -166,6 +178,9 @@ class Preset:
     fairness: PolicySpec[Fairness] | None = None
     migration: bool = False
     rehome_kv: bool = False
+    mechanisms: tuple[Mechanism, ...] = field(default=(), compare=False)
+    is_saga: bool = field(default=False, compare=False)
+    """SAGA or a variant of it, as opposed to a peer system (its ablations inherit it)."""
 
     def __post_init__(self) -> None:
         for layer in registry.LAYERS:
@@ -241,7 +256,10 @@ class Preset:
             ttl=None if self.ttl is None else self.ttl.build())
 
     def derive(self, name: str, description: str, **changes: Any) -> Preset:
-        """This preset with a new name and some fields replaced (an ablation)."""
+        """This preset with a new name and some fields replaced (an ablation); the mechanisms
+        modelled by a replaced field are dropped unless ``mechanisms`` is given."""
+        changes.setdefault("mechanisms", tuple(
+            m for m in self.mechanisms if m.field is None or m.field not in changes))
         return replace(self, name=name, description=description, **changes)
 
 
@@ -255,81 +273,89 @@ VLLM = Preset(
         "vLLM without prefix caching: a request's KV blocks are freed when it finishes, so every "
         "call of an agent re-prefills its whole context; LRU block reuse inside the pool, FCFS "
         "waiting queue, least-loaded routing across instances."),
-    eviction=policy("eviction", "lru"), prefix_caching=False, router=_LEAST_LOADED, queue=_FCFS)
+    eviction=policy("eviction", "lru"), prefix_caching=False, router=_LEAST_LOADED, queue=_FCFS,
+    mechanisms=peers.VLLM)
 
 VLLM_APC = Preset(
     name="vllm_apc",
     description=(
-        "vLLM v1 with automatic prefix caching: hashed full blocks stay cached after a request "
-        "and are evicted LRU from the free-block queue, tail blocks first; FCFS; routed by "
-        "llm-d's prefix-cache-aware scorer (prefix hit 3 : queue 2) to keep prefixes local."),
-    eviction=policy("eviction", "prefix_lru"), router=_PREFIX_AFFINITY, queue=_FCFS)
+        "vLLM 0.32 with automatic prefix caching (hashed full blocks evicted LRU from the "
+        "free-block queue) and native CPU KV offloading (OffloadingConnector, LRU); FCFS; "
+        "behind llm-d's default scheduler profile (queue depth 2, KV utilisation 2, prefix "
+        "cache 3)."),
+    eviction=policy("eviction", "prefix_lru"), dram_tier=True, router=_PREFIX_AFFINITY,
+    queue=_FCFS, mechanisms=peers.VLLM_APC)
 
 SGLANG = Preset(
     name="sglang",
     description=(
-        "SGLang: RadixAttention keeps prefixes in a radix tree and evicts LRU leaves; "
-        "sgl-router's cache-aware policy (approximate per-worker radix trees, shortest queue "
-        "when imbalanced beyond 64 requests and 1.5x); FCFS, SGLang's default schedule policy."),
-    eviction=policy("eviction", "radix_lru"), router=policy("router", "cache_aware"), queue=_FCFS)
+        "SGLang: RadixAttention keeps prefixes in a radix tree and evicts LRU leaves to HiCache's "
+        "host-memory tier; sgl-router's cache-aware policy (approximate per-worker radix trees, "
+        "shortest queue when imbalanced beyond 64 requests and 1.5x); FCFS."),
+    eviction=policy("eviction", "radix_lru"), dram_tier=True,
+    router=policy("router", "cache_aware"), queue=_FCFS, mechanisms=peers.SGLANG)
 
 LLUMNIX = Preset(
     name="llumnix",
     description=(
-        "Llumnix: vLLM instances (with prefix caching) under a global scheduler that dispatches "
-        "to the least loaded instance and live-migrates running requests' KV between instances "
-        "to rebalance load and defragment memory."),
-    eviction=policy("eviction", "prefix_lru"), router=_LEAST_LOADED, queue=_FCFS, migration=True)
+        "Llumnix: vLLM instances (prefix caching, CPU offloading) under a global scheduler that "
+        "dispatches by projected KV usage and live-migrates running requests with their KV off "
+        "overloaded instances every 500 ms (its documented rescheduler defaults)."),
+    eviction=policy("eviction", "prefix_lru"), dram_tier=True, router=_LEAST_LOADED,
+    queue=_FCFS, migration=True, mechanisms=peers.LLUMNIX_MECHANISMS)
 
 TRT_LLM_SCAFFOLDING = Preset(
     name="trt_llm_scaffolding",
     description=(
         "TensorRT-LLM scaffolding: a controller drives a request's multi-step generation; KV "
-        "block reuse (radix-ordered, LRU) plus a retention setting keep the request's own KV "
-        "across its steps (modelled as a fixed pin of TTL_max through each tool call, the most "
-        "generous retention a user could configure); FCFS, least-loaded routing."),
-    eviction=policy("eviction", "radix_lru"), ttl=policy("ttl", "fixed"), router=_LEAST_LOADED,
-    queue=_FCFS)
+        "block reuse (radix-ordered, LRU) with host-memory offloading, plus a retention setting "
+        "that keeps the request's own KV across its steps (modelled as a fixed pin of TTL_max "
+        "through each tool call, the most generous retention a user could configure); FCFS, "
+        "least-loaded routing."),
+    eviction=policy("eviction", "radix_lru"), ttl=policy("ttl", "fixed"), dram_tier=True,
+    router=_LEAST_LOADED, queue=_FCFS, mechanisms=peers.TRT_LLM)
 
 VLLM_KVFLOW = Preset(
     name="vllm_kvflow",
     description=(
-        "KVFlow on vLLM: evicts the blocks of the agent furthest from running in its step graph "
+        "KVFlow: evicts the blocks of the agent furthest from running in its step graph "
         "(steps-to-execution) and prefetches the next agents' KV from CPU memory back to the GPU "
-        "before they run; FCFS; prefix-affinity routing as for vllm_apc."),
+        "before they run; FCFS; llm-d's default routing as for vllm_apc."),
     eviction=policy("eviction", "kvflow"), dram_tier=True, prefetch=True, router=_PREFIX_AFFINITY,
-    queue=_FCFS)
+    queue=_FCFS, mechanisms=peers.KVFLOW)
 
 CONTINUUM = Preset(
     name="continuum",
     description=(
         "Continuum: pins a tool-calling request's KV with a TTL from a cost/benefit of reload "
         "cost and queueing delay against the tool's latency distribution, with program-level "
-        "FCFS and CPU offloading of evicted KV; prefix caching on; prefix-affinity routing."),
+        "FCFS and CPU offloading of evicted KV; prefix caching on; llm-d's default routing."),
     eviction=policy("eviction", "prefix_lru"), ttl=policy("ttl", "continuum"),
-    dram_tier=True, router=_PREFIX_AFFINITY, queue=policy("queue", "program_fcfs"))
+    dram_tier=True, router=_PREFIX_AFFINITY, queue=policy("queue", "program_fcfs"),
+    mechanisms=peers.CONTINUUM)
 
 AUTELLIX = Preset(
     name="autellix",
     description=(
         "Autellix: program-level least-attained-service scheduling (ATLAS, which reduces to PLAS "
         "for single-threaded programs) over multi-level queues with anti-starvation, and its "
-        "locality-aware load balancer; vLLM's prefix caching underneath."),
-    eviction=policy("eviction", "prefix_lru"), router=policy("router", "autellix"),
-    queue=policy("queue", "atlas"))
+        "locality-aware load balancer; vLLM's prefix caching and CPU offloading underneath."),
+    eviction=policy("eviction", "prefix_lru"), dram_tier=True, router=policy("router", "autellix"),
+    queue=policy("queue", "atlas"), mechanisms=peers.AUTELLIX)
 
 SAGA = Preset(
     name="saga",
     description=(
         "SAGA: WA-LRU eviction from AEG reuse predictions, tool-call TTL pins from per-tool p95 "
-        "latency, DRAM tier with prefetch, session affinity with load headroom (a re-homed "
-        "session's KV follows it) plus work stealing, hybrid BFS/DFS queueing and AFS "
-        "task-level fairness."),
+        "latency, DRAM tier with prefetch, session affinity with load headroom plus work "
+        "stealing (a moved session is prefilled again on its new instance, as the real "
+        "coordinator does), hybrid BFS/DFS queueing and AFS task-level fairness."),
     eviction=policy("eviction", "walru", alpha=0.3, beta=0.5, gamma=0.2),
     ttl=policy("ttl", "tool_call"), dram_tier=True, prefetch=True,
     router=policy("router", "affinity", theta=0.8),
     stealing=policy("stealing", "work_stealer", t_idle=0.1, r_max=2.0),
-    queue=policy("queue", "hybrid"), fairness=policy("fairness", "afs"), rehome_kv=True)
+    queue=policy("queue", "hybrid"), fairness=policy("fairness", "afs"), mechanisms=peers.SAGA,
+    is_saga=True)
 
 _ABLATIONS = (
     SAGA.derive("saga_no_walru", "SAGA with vLLM's prefix LRU instead of WA-LRU.",
@@ -342,11 +368,19 @@ _ABLATIONS = (
     SAGA.derive("saga_no_afs", "SAGA without AFS fairness.", fairness=None),
 )
 
+SAGA_KVMOVE = SAGA.derive(
+    "saga_kvmove",
+    "What-if, not the real SAGA: SAGA plus KV that follows a moved session (re-homing or "
+    "stealing copies its cached KV over NVLink / InfiniBand instead of prefilling it again). "
+    "The real SAGA coordinator does not move KV yet.",
+    rehome_kv=True, mechanisms=peers.SAGA_KVMOVE)
+
 PRESETS: Mapping[str, Preset] = MappingProxyType({
     p.name: p for p in (VLLM, VLLM_APC, SGLANG, LLUMNIX, TRT_LLM_SCAFFOLDING, VLLM_KVFLOW, SAGA,
-                        *_ABLATIONS, CONTINUUM, AUTELLIX)
+                        *_ABLATIONS, CONTINUUM, AUTELLIX, SAGA_KVMOVE)
 })
-"""Every preset by name: the spec's 13 plus the ``continuum`` and ``autellix`` peers."""
+"""Every preset by name: the spec's 13, the ``continuum`` and ``autellix`` peers and the
+labelled ``saga_kvmove`` variant."""
 
 
 def get_preset(name: str) -> Preset:

@@ -66,9 +66,11 @@ class Tier:
 class KVMovement:
     """What happens to KV between instances.
 
-    ``rehome``: when the router moves a session, its cached KV is copied to the new instance
-    instead of being prefilled again. ``migrate``: a load balancer live-migrates waiting calls
-    with their KV from the most to the least loaded instance (Llumnix).
+    ``rehome``: when the router (or work stealing) moves a session, its cached KV is copied to
+    the new instance instead of being prefilled again (no system compared ships this; the
+    labelled ``saga_kvmove`` variant has it). ``migrate``: Llumnix's rescheduler live-migrates
+    running requests with their KV from overloaded to underloaded instances
+    (:mod:`saga.policy.migration`).
     """
 
     rehome: bool

@@ -39,17 +39,30 @@ class UnknownWorkerError(SagaError, KeyError):
 
 
 @dataclass(frozen=True)
+class WorkerSignals:
+    """The engine metrics a scorer reads from one worker, as llm-d's EPP scrapes them from each
+    vLLM pod: ``waiting`` requests in its queue and ``kv_usage``, the share of its KV pool that
+    cannot be freed now (in use; vLLM's ``kv_cache_usage``), in [0, 1]."""
+
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+
+
+@dataclass(frozen=True)
 class RouteRequest:
-    """What a router sees of a request.
+    """What a router sees of a request, and the workers' metrics at that moment.
 
     ``block_hashes`` are the chained hashes of the prompt's full KV blocks
-    (``saga.policy.cache.chain_hashes``), so equal hashes mean equal prefixes.
+    (``saga.policy.cache.chain_hashes``), so equal hashes mean equal prefixes. ``signals``
+    holds each worker's :class:`WorkerSignals` when the caller has them (the simulator does);
+    a router that needs them falls back to ``loads`` without them.
     """
 
     session_id: str
     block_hashes: tuple[int, ...] = ()
     prompt_tokens: int = 0
     now: float = 0.0
+    signals: Mapping[str, WorkerSignals] | None = None
 
 
 class Router(Protocol):
@@ -62,6 +75,8 @@ class Router(Protocol):
     """
 
     load_kind: ClassVar[LoadKind]
+    reads_signals: ClassVar[bool]
+    """Whether ``route`` reads ``RouteRequest.signals`` (a caller may skip computing them)."""
 
     def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str: ...
 
@@ -74,6 +89,8 @@ class Router(Protocol):
 
 class RouterEvents:
     """No-op handlers of the deployment's events, for routers that keep no state on them."""
+
+    reads_signals: ClassVar[bool] = False
 
     def forget(self, session_id: str) -> None:
         """Nothing kept per session."""
@@ -275,31 +292,44 @@ class _PrefixIndex:
         return matched
 
 
+def min_max_score(values: Mapping[str, float]) -> dict[str, float]:
+    """llm-d's queue scorer: ``(max - v) / (max - min)`` (1 for the lowest, 0 for the highest;
+    1 for every worker when all are equal)."""
+    lo, hi = min(values.values()), max(values.values())
+    return {w: 1.0 if hi == lo else (hi - v) / (hi - lo) for w, v in values.items()}
+
+
 class PrefixAffinityRouter(RouterEvents):
-    """Prefix-cache-aware routing as llm-d's inference scheduler does it for vLLM with APC.
+    """llm-d's inference scheduler (EPP) in its default profile, routing for vLLM with APC.
 
-    Each worker is scored ``prefix_weight * hit + queue_weight * q`` where ``hit`` is the share of
-    the request's blocks already cached on the worker (longest prefix match) and ``q`` is the
-    worker's queue score, ``1 - (load - min) / (max - min)`` (1 for the least loaded; 1 for all
-    when loads are equal); the highest score wins. llm-d's default profile weights the
-    prefix-cache scorer 3 and the queue scorer 2, which are the defaults here.
+    Each worker is scored ``queue_weight * q + kv_weight * (1 - kv_usage) + prefix_weight * hit``
+    and the highest score wins (llm-d's max-score picker). ``q`` is the queue-scorer's min-max
+    normalised waiting-queue depth (:func:`min_max_score`), ``1 - kv_usage`` the
+    kv-cache-utilization scorer, ``hit`` the prefix-cache scorer: the share of the request's
+    blocks the worker holds (longest prefix match). The weights are llm-d's default profile
+    (``pkg/epp/config/loader/defaults.go``: queue 2, KV utilisation 2, prefix cache 3).
 
-    At its best: llm-d's *precise* prefix-cache scorer follows vLLM's KV events, so its view of
-    each cache is exact. Feed evictions through :meth:`blocks_removed` (and stores through
-    :meth:`blocks_stored`) to get that; without events, routed blocks are assumed cached (llm-d's
-    approximate scorer), bounded per worker by ``capacity_blocks`` in LRU order.
+    Without ``request.signals`` (a caller with only one load per worker) ``q`` is the min-max
+    score of ``loads`` and the KV scorer is neutral. The prefix index is llm-d's approximate
+    scorer's: routed blocks are assumed cached, bounded per worker by ``capacity_blocks`` in LRU
+    order; feeding evictions through :meth:`blocks_removed` (and stores through
+    :meth:`blocks_stored`) makes it the precise scorer, which follows vLLM's KV events.
     """
 
     load_kind: ClassVar[LoadKind] = "utilisation"
+    reads_signals: ClassVar[bool] = True
 
     def __init__(self, prefix_weight: float = 3.0, queue_weight: float = 2.0,
-                 capacity_blocks: int | None = None) -> None:
-        if prefix_weight < 0 or queue_weight < 0 or prefix_weight + queue_weight == 0:
+                 kv_weight: float = 2.0, capacity_blocks: int | None = None) -> None:
+        if min(prefix_weight, queue_weight, kv_weight) < 0 or (
+                prefix_weight + queue_weight + kv_weight == 0):
             raise SagaConfigError(
-                "PrefixAffinityRouter weights must be >= 0 and not both 0, got "
-                f"prefix_weight={prefix_weight}, queue_weight={queue_weight}")
+                "PrefixAffinityRouter weights must be >= 0 and not all 0, got "
+                f"prefix_weight={prefix_weight}, queue_weight={queue_weight}, "
+                f"kv_weight={kv_weight}")
         self.prefix_weight = prefix_weight
         self.queue_weight = queue_weight
+        self.kv_weight = kv_weight
         self._index = _PrefixIndex(capacity_blocks)
 
     def route(self, request: RouteRequest, loads: Mapping[str, float]) -> str:
@@ -308,12 +338,18 @@ class PrefixAffinityRouter(RouterEvents):
         workers = sorted(loads)
         n = len(request.block_hashes)
         matched = self._index.match_blocks(request.block_hashes, workers)
-        lo, hi = min(loads.values()), max(loads.values())
+        sig = request.signals
+        if sig is None:
+            queue = min_max_score(loads)
+            free = dict.fromkeys(workers, 1.0)
+        else:
+            queue = min_max_score({w: sig[w].waiting for w in workers})
+            free = {w: 1.0 - sig[w].kv_usage for w in workers}
 
         def score(w: str) -> float:
             hit = matched[w] / n if n else 0.0
-            q = 1.0 if hi == lo else 1.0 - (loads[w] - lo) / (hi - lo)
-            return self.prefix_weight * hit + self.queue_weight * q
+            return (self.prefix_weight * hit + self.queue_weight * queue[w]
+                    + self.kv_weight * free[w])
 
         best = min(workers, key=lambda w: (-score(w), loads[w], w))
         self._index.insert(best, request.block_hashes)
@@ -420,8 +456,10 @@ __all__ = [
     "Steal",
     "UnknownWorkerError",
     "WorkStealer",
+    "WorkerSignals",
     "WorkerState",
     "least_loaded",
+    "min_max_score",
     "route",
     "should_steal",
 ]

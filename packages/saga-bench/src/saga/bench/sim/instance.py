@@ -11,7 +11,10 @@ jump costs O(log n) per finished call instead of a pass over the batch.
 Admission pops the queue in its own order (saga-policy's ``RequestQueue``), asks the
 ``CacheManager`` for the call's whole chain (prompt and the output it will write: vLLM reserves
 blocks as it goes, we reserve them up front so no call is ever preempted) and prefills only what
-missed. A call that does not fit waits at the head, as in vLLM.
+missed. A call that does not fit waits at the head, as in vLLM. A call whose prefix is partly in
+host DRAM loads it back asynchronously before its prefill starts, delaying only that call (as
+vLLM's ``OffloadingConnector`` does: the request waits for its KV while the batch runs on);
+swapping evicted blocks out to DRAM is asynchronous too and delays no one.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ class Instance:
     waiting: dict[str, Request] = field(default_factory=dict)
     """Queued calls by request id (the queue holds their ``QueuedRequest``)."""
     prefilling: deque[Request] = field(default_factory=deque)
+    loading: list[tuple[float, int, Request]] = field(default_factory=list)
+    """Admitted calls loading their prefix back from DRAM: a heap of (ready time, seq, call)."""
     t: float = 0.0
-    stall_s: float = 0.0
     version: int = 0
     idle_since: float | None = 0.0
     steal_armed: bool = False
@@ -83,7 +87,7 @@ class Instance:
 
     @property
     def running(self) -> int:
-        return len(self.prefilling) + len(self._dec)
+        return len(self.loading) + len(self.prefilling) + len(self._dec)
 
     @property
     def busy(self) -> bool:
@@ -111,18 +115,20 @@ class Instance:
     # ------------------------------------------------------------------ progress
 
     def advance(self, now: float) -> tuple[list[Request], list[Request]]:
-        """Account the iterations run since ``self.t``; returns (prefills done, decodes done)."""
+        """Account the iterations run since ``self.t``; returns (prefills done, decodes done).
+        Calls whose DRAM load is done by ``now`` then join the prefill FIFO."""
         dt = now - self.t
-        if dt <= 0:
-            return [], []
-        self.t = now
-        if self.stall_s > 0:
-            use = min(self.stall_s, dt)
-            self.stall_s -= use
-            self.busy_s += use
-            dt -= use
-        if dt <= 0 or self._tau <= 0:
-            return [], []
+        done: tuple[list[Request], list[Request]] = ([], [])
+        if dt > 0:
+            self.t = now
+            if self._tau > 0:
+                done = self._run(dt)
+        while self.loading and self.loading[0][0] <= now + _EPS:
+            self.prefilling.append(heapq.heappop(self.loading)[2])
+        return done
+
+    def _run(self, dt: float) -> tuple[list[Request], list[Request]]:
+        """``dt`` seconds of iterations with the batch fixed by :meth:`plan`."""
         self.busy_s += dt
         self.ref_block_s += self._ref_blocks * dt
         iters = dt / self._tau
@@ -163,9 +169,10 @@ class Instance:
         chunk = min(max(self.cost.max_batched_tokens - n_dec, 0), backlog)
         self._chunk = chunk
         self._ref_blocks = self._held_blocks
+        ready = self.loading[0][0] if self.loading else np.inf
         if n_dec == 0 and chunk <= 0:
             self._tau = 0.0
-            return None if self.stall_s <= 0 else now + self.stall_s
+            return None if not self.loading else float(ready)
         head_ctx = (self.prefilling[0].prompt_tokens - int(self.prefilling[0].prefill_left)
                     if self.prefilling else 0)
         # Context held by decoding calls: all their tokens minus those still to generate.
@@ -177,7 +184,7 @@ class Instance:
             iters = self._dec[0][0] - self._iters
         if chunk > 0:
             iters = min(iters, self.prefilling[0].prefill_left / chunk)
-        return now + self.stall_s + max(float(iters), 0.0) * self._tau
+        return float(min(now + max(float(iters), 0.0) * self._tau, ready))
 
     # ------------------------------------------------------------------ admission
 
@@ -254,10 +261,54 @@ class Instance:
             req.admitted_s = now
             req.instance = self.index
             self._held_blocks += len(req.resident)
-            self.stall_s += alloc.swap_seconds
-            self.prefilling.append(req)
+            load_s = self._load_seconds(alloc.hit_blocks_dram)
+            if load_s > 0:
+                heapq.heappush(self.loading, (now + load_s, next(self._dec_seq), req))
+            else:
+                self.prefilling.append(req)
             admitted.append(req)
         return admitted
+
+    def _load_seconds(self, blocks: int) -> float:
+        """PCIe time to load ``blocks`` from DRAM back into HBM."""
+        swap = self.cache.swap
+        assert swap is not None
+        return swap.seconds(blocks * self.cache.block_bytes)
+
+    # ------------------------------------------------------------------ migration
+
+    def decoding_left(self) -> list[tuple[Request, float]]:
+        """Each call in decode with the output tokens it has still to generate."""
+        return [(r, finish - self._iters) for finish, _, r in self._dec]
+
+    def migrate_out(self, req: Request, now: float) -> float:
+        """Take a decoding call out (live migration; its KV is already on the destination):
+        its blocks are released here; returns the output tokens it has left."""
+        i = next(i for i, (_, _, r) in enumerate(self._dec) if r is req)
+        finish = self._dec[i][0]
+        self._dec[i] = self._dec[-1]
+        self._dec.pop()
+        heapq.heapify(self._dec)
+        self._dec_finish_sum -= finish
+        self._dec_full_tokens -= req.prompt_tokens + req.output_tokens
+        self._held_blocks -= len(req.resident)
+        self.demand_tokens -= req.prompt_tokens + req.output_tokens
+        self.cache.release(req.resident, now)
+        self._blocked = False
+        if not self.busy:
+            self.idle_since = now
+        return finish - self._iters
+
+    def migrate_in(self, req: Request, left: float) -> None:
+        """Resume a migrated call in decode here (its blocks were allocated by the caller)."""
+        finish = self._iters + left
+        heapq.heappush(self._dec, (finish, next(self._dec_seq), req))
+        self._dec_finish_sum += finish
+        self._dec_full_tokens += req.prompt_tokens + req.output_tokens
+        self._held_blocks += len(req.resident)
+        self.demand_tokens += req.prompt_tokens + req.output_tokens
+        req.instance = self.index
+        self.idle_since = None
 
     def finish(self, req: Request, now: float) -> None:
         """A call's last token is out: its blocks become evictable (or stay pinned)."""

@@ -4,19 +4,22 @@ A heap-ordered event loop in the style of vidur: each event names a handler from
 a handler changes the entities it owns and pushes the events that follow. The policy objects are
 saga-policy's, built fresh from a :class:`~saga.policy.presets.Preset` for every run: eviction
 inside each instance's ``CacheManager``, the TTL pin, DRAM tier and prefetch, the router, work
-stealing, the queue order and AFS, Llumnix-style migration when the preset asks for it.
+stealing, the queue order and AFS, Llumnix's live migration when the preset asks for it.
 
 Events: ``arrive`` (a session issues its next call: route it, maybe prefetch its KV),
 ``enqueue`` (the call reaches its instance's queue, after a prefetch or KV transfer), ``step``
 (an instance's next prefill or decode completion), ``steal`` (an idle instance looks for work),
-``migrate`` (the load balancer of a migrating preset rebalances).
+``migrate`` (Llumnix's rescheduler moves running calls, with their KV, off overloaded instances).
 
 Simplifications, stated: KV is tracked in blocks of ``block_tokens`` (256 by default, not vLLM's
 16, so that the per-block policy arrays stay small; a prefix hit is rounded down to 256 tokens);
 a call reserves the blocks for its output at admission, so no call is preempted; a prefetch starts
 when the tool returns (not earlier, as an AEG-timed prefetch could); the DRAM of a node is split
-evenly between its instances; KV transfers between instances (stealing, migration, a re-homed
-session's KV under ``rehome_kv``) take their link's time but do not contend with one another.
+evenly between its instances; PCIe loads delay only the call that needs them and do not contend;
+KV copies between instances (a moved session's KV under ``rehome_kv``) take their link's time
+but do not contend with one another; a live migration (Llumnix's pipelined copy) moves a
+decoding call at once, its final-stage downtime (milliseconds) not charged. Without
+``rehome_kv`` a session that changes instance (routing, stealing) is prefilled again there.
 """
 
 from __future__ import annotations
@@ -24,33 +27,28 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from saga.aeg import PatternInference
 from saga.bench.costmodel import RooflineCost, StepCost, ideal_call_s
 from saga.bench.sim.entities import Request, TaskState
 from saga.bench.sim.instance import Instance
 from saga.bench.sim.pins import PinBook
+from saga.bench.sim.results import Counters, RunResult, build_result
 from saga.bench.workload import Task, Workload
 from saga.policy.cache import CacheManager
-from saga.policy.errors import SagaConfigError
+from saga.policy.errors import CacheError, SagaConfigError
+from saga.policy.migration import Rescheduler
 from saga.policy.presets import PolicyBundle, Preset
 from saga.policy.queueing import QueuedRequest
-from saga.policy.routing import RouteRequest
+from saga.policy.routing import RouteRequest, WorkerSignals
 from saga.policy.spec import LLAMA3_70B, REFERENCE_CLUSTER, ClusterSpec, ModelSpec
 from saga.policy.stealing import WaitingSession, WorkerState, kv_transfer_time
 from saga.policy.workflow import ReuseHint, SessionHinter
 
 ARRIVE, ENQUEUE, STEP, STEAL, MIGRATE = range(5)
-MIGRATE_INTERVAL_S = 0.5
-MIGRATE_GAP = 0.1
-"""Llumnix-style rebalancing: every interval, if the most and least loaded instances differ by
-more than this utilisation gap, one waiting call moves with its KV."""
 
 
 @dataclass(frozen=True)
@@ -67,58 +65,6 @@ class SimConfig:
     pin_cap_fraction: float | None = None
     """Most of an instance's HBM blocks tool-call pins may hold (None: no cap), as
     ``SagaSchedulerConfig.pin_cap_fraction`` in vLLM; see :mod:`saga.bench.sim.pins`."""
-
-
-@dataclass
-class RunResult:
-    """What one simulated run measured (times in simulated seconds)."""
-
-    preset: str
-    tasks: int
-    calls: int
-    tct_mean_s: float
-    tct_p50_s: float
-    tct_p95_s: float
-    makespan_s: float
-    throughput_tasks_per_min: float
-    prompt_tokens: int
-    hit_tokens: int
-    recomputed_tokens: int
-    reprefilled_tokens: int
-    output_tokens: int
-    eviction_rate: float
-    ttl_accuracy: float
-    slo_attainment: dict[str, float]
-    latency_vs_ideal: float
-    hbm_utilisation: float
-    reprefill_gpu_share: float
-    steals: int
-    migrations: int
-    rehomed_kv: int
-    """Calls whose session changed instance and brought its KV along (``rehome_kv``)."""
-    events: int
-    tct_by_task: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("tct_by_task")
-        return d
-
-
-@dataclass
-class _Counters:
-    prompt: int = 0
-    hit: int = 0
-    reprefill: int = 0
-    output: int = 0
-    followups: int = 0
-    missed_context: int = 0
-    pins: int = 0
-    pins_held: int = 0
-    steals: int = 0
-    migrations: int = 0
-    rehome_kv: int = 0
-    queue_delay_ema: float = 0.0
 
 
 class Simulation:
@@ -161,7 +107,8 @@ class Simulation:
         self._handlers: dict[int, Callable[[float, Any], None]] = {
             ARRIVE: self._on_arrive, ENQUEUE: self._on_enqueue, STEP: self._on_step,
             STEAL: self._on_steal, MIGRATE: self._on_migrate}
-        self.n = _Counters()
+        self.n = Counters()
+        self.rescheduler = Rescheduler() if self.preset.migration else None
         self.states: list[TaskState] = []
         self._open = 0
         self.events = 0
@@ -197,8 +144,8 @@ class Simulation:
             self.states.append(st)
             self.push(task.arrival_s, ARRIVE, st)
         self._open = len(self.states)
-        if self.preset.migration:
-            self.push(MIGRATE_INTERVAL_S, MIGRATE, None)
+        if self.rescheduler is not None:
+            self.push(self.rescheduler.interval_s, MIGRATE, None)
         now = 0.0
         while self._heap:
             now, _, kind, payload = heapq.heappop(self._heap)
@@ -206,7 +153,8 @@ class Simulation:
             self._handlers[kind](now, payload)
         for inst in self.instances:
             inst.advance(now)
-        return self._result(now)
+        return build_result(self.preset.name, self.states, self.instances, self.n, self.cost,
+                            now, self.events)
 
     def ideal_tct(self, task: Task) -> float:
         """The task alone on an idle instance with every prefix cached, tools included."""
@@ -247,17 +195,18 @@ class Simulation:
         hashes = self._hashes(st, prompt + call.output_tokens, k)
         n_prompt = prompt // self.block_tokens
         loads = {n: inst.load(self.router.load_kind) for n, inst in self.by_name.items()}
-        name = self.router.route(RouteRequest(task.task_id, tuple(hashes[:n_prompt]), prompt, now),
-                                 loads)
+        signals = {n: WorkerSignals(len(inst.waiting), inst.pressure(now))
+                   for n, inst in self.by_name.items()} if self.router.reads_signals else None
+        name = self.router.route(RouteRequest(task.task_id, tuple(hashes[:n_prompt]), prompt, now,
+                                              signals), loads)
         inst = self.by_name[name]
         req = Request(st, k, now, prompt, call.output_tokens, st.context, hashes)
         req.queued = QueuedRequest(req.request_id, task.task_id, now, steps_done=k,
                                    tenant=task.tenant, task_start_s=task.arrival_s)
         delay = 0.0
         if self.preset.rehome_kv and 0 <= st.home != inst.index:
-            # The session moved: its KV follows it (kv_migrate) instead of being prefilled again.
+            # The session moved: its KV follows it instead of being prefilled again.
             delay = self._move_kv(req, self.instances[st.home], inst, now)
-            self.n.rehome_kv += 1
         if self.preset.prefetch and inst.cache.dram_used:
             m = inst.cache.longest_prefix(hashes[:n_prompt])
             if m.dram_blocks > 0:
@@ -394,8 +343,9 @@ class Simulation:
             src, dst = self.by_name[s.src], self.by_name[s.dst]
             self._settle(src, now)
             for req in src.remove_waiting(s.session_id):
-                self._move_kv(req, src, dst, now)
-                self.push(now + s.transfer_s, ENQUEUE, (req, dst.index))
+                # The call moves; its KV only with rehome_kv, else it is prefilled again there.
+                t = self._move_kv(req, src, dst, now) if self.preset.rehome_kv else 0.0
+                self.push(now + t, ENQUEUE, (req, dst.index))
             self.router.reassign(s.session_id, s.dst, now)
             self.n.steals += 1
             dst.idle_since = None
@@ -423,6 +373,7 @@ class Simulation:
         m = src.cache.longest_prefix(req.hashes)
         if m.cached_blocks == 0:
             return 0.0
+        self.n.rehome_kv += 1
         blocks = req.hashes[:m.cached_blocks]
         alloc = dst.cache.allocate(blocks, now, partial=True)
         dst.cache.release(blocks[:alloc.resident_blocks], now)
@@ -432,57 +383,40 @@ class Simulation:
         return kv_transfer_time(nbytes, bw, c.ib_latency_s)
 
     def _on_migrate(self, now: float, _: Any) -> None:
-        if not self._open:
+        """Llumnix's rescheduler: each (overloaded, underloaded) pair moves running calls."""
+        resched = self.rescheduler
+        if not self._open or resched is None:
             return
-        loads = [i.load("utilisation") for i in self.instances]
-        src = self.instances[int(np.argmax(loads))]
-        dst = self.instances[int(np.argmin(loads))]
-        if loads[src.index] - loads[dst.index] > MIGRATE_GAP and src.waiting:
+        loads = {n: inst.load("utilisation") for n, inst in self.by_name.items()}
+        for s, d in resched.pairs(loads):
+            src, dst = self.by_name[s], self.by_name[d]
             self._settle(src, now)
-            req = max(src.waiting.values(), key=lambda r: (r.arrival_s, r.request_id))
-            for moved in src.remove_waiting(req.state.task_id):
-                t = self._move_kv(moved, src, dst, now)
-                self.push(now + t, ENQUEUE, (moved, dst.index))
-            self.n.migrations += 1
+            self._settle(dst, now)
+            running = {r.request_id: (r, left) for r, left in src.decoding_left()}
+            lengths = [(rid, r.prompt_tokens + r.output_tokens - round(left))
+                       for rid, (r, left) in running.items()]
+            for rid in resched.select(lengths):
+                req, _ = running[rid]
+                if dst.running >= dst.cost.max_num_seqs or not self._live_migrate(
+                        req, src, dst, now):
+                    break
             self._kick(src, now)
-        self.push(now + MIGRATE_INTERVAL_S, MIGRATE, None)
+            self._kick(dst, now)
+        self.push(now + resched.interval_s, MIGRATE, None)
 
-    # ------------------------------------------------------------------ results
-
-    def _result(self, end: float) -> RunResult:
-        done = [s for s in self.states if s.done_s is not None]
-        if len(done) != len(self.states):
-            raise RuntimeError(f"{len(self.states) - len(done)} tasks never finished")
-        tct = np.array([s.done_s - s.task.arrival_s for s in done])  # type: ignore[operator]
-        ideal = np.array([max(s.ideal_s, 1e-9) for s in done])
-        first = min(s.task.arrival_s for s in done)
-        span = max(end - first, 1e-9)
-        tenants: dict[str, list[bool]] = {}
-        for s, t in zip(done, tct, strict=True):
-            tenants.setdefault(s.task.tenant, []).append(
-                bool(t + s.task.arrival_s <= s.task.deadline_s))
-        slo = {k: float(np.mean(v)) for k, v in sorted(tenants.items())}
-        if math.isfinite(min((s.task.deadline_s for s in done), default=math.inf)):
-            slo["overall"] = float(np.mean([x for v in tenants.values() for x in v]))
-        n = self.n
-        busy = sum(i.busy_s for i in self.instances)
-        hbm = self.instances[0].cache.hbm_blocks
-        return RunResult(
-            preset=self.preset.name, tasks=len(done), calls=sum(len(s.task.calls) for s in done),
-            tct_mean_s=float(tct.mean()), tct_p50_s=float(np.percentile(tct, 50)),
-            tct_p95_s=float(np.percentile(tct, 95)), makespan_s=span,
-            throughput_tasks_per_min=len(done) / span * 60.0,
-            prompt_tokens=n.prompt, hit_tokens=n.hit, recomputed_tokens=n.prompt - n.hit,
-            reprefilled_tokens=n.reprefill, output_tokens=n.output,
-            eviction_rate=n.missed_context / n.followups if n.followups else 0.0,
-            ttl_accuracy=n.pins_held / n.pins if n.pins else math.nan,
-            slo_attainment=slo, latency_vs_ideal=float(np.mean(tct / ideal)),
-            hbm_utilisation=sum(i.ref_block_s for i in self.instances) / (
-                hbm * span * len(self.instances)),
-            reprefill_gpu_share=(n.reprefill * self.cost.prefill_token_s() / busy) if busy
-            else 0.0,
-            steals=n.steals, migrations=n.migrations, rehomed_kv=n.rehome_kv, events=self.events,
-            tct_by_task={s.task_id: float(t) for s, t in zip(done, tct, strict=True)})
+    def _live_migrate(self, req: Request, src: Instance, dst: Instance, now: float) -> bool:
+        """Move a decoding call and its KV from ``src`` to ``dst`` (False: ``dst`` has no room,
+        the migration is dropped, as Llumnix drops one whose blocks it cannot pre-allocate)."""
+        try:
+            alloc = dst.cache.allocate(req.hashes, now)
+        except CacheError:
+            return False
+        left = src.migrate_out(req, now)
+        req.resident = req.hashes[:alloc.resident_blocks]
+        dst.migrate_in(req, left)
+        self.router.reassign(req.state.task_id, self.names[dst.index], now)
+        self.n.migrations += 1
+        return True
 
 
 def simulate(preset: Preset, workload: Workload, config: SimConfig | None = None,
