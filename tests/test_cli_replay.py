@@ -101,3 +101,39 @@ def test_agent_format_replays_sessions(tmp_path: Path) -> None:
                               "--policies", "lru,walru,belady"])
     assert res.exit_code == 0, res.output
     assert "walru" in res.output
+
+
+def test_agent_format_with_null_timings_replays_and_names_the_fallback(tmp_path: Path) -> None:
+    from saga.policy.traces import BUNDLED_AGENT
+    recs = [json.loads(r) for r in bundled_trace_path(BUNDLED_AGENT).read_text().splitlines()[:4]]
+    recs[1]["t0_unix"] = None
+    recs[2]["steps"][2]["t_start"] = None
+    p = tmp_path / "nulls.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["replay", str(p), "--format", "agent", "--capacity-blocks", "64",
+                              "--policies", "lru", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    flat = "".join(res.output.split())
+    assert "starttimemissingin1of4sessions:eachstartswiththesessionbeforeit" in flat
+    assert "starttimemissingfor1of" in flat
+    assert any("start time missing in 1 of 4" in n for n in json.loads(out.read_text())["notes"])
+
+
+def test_atif_directory_replays_through_the_same_reader(tmp_path: Path) -> None:
+    for i in range(3):
+        d = tmp_path / "job" / f"trial-{i}" / "agent"
+        d.mkdir(parents=True)
+        steps = [{"step_id": k + 1, "source": "agent", "message": "m",
+                  "tool_calls": [{"tool_call_id": "c", "function_name": "bash",
+                                  "arguments": {}}],
+                  "metrics": {"prompt_tokens": 2048 + 700 * k, "completion_tokens": 30}}
+                 for k in range(4)]
+        (d / "trajectory.json").write_text(json.dumps(
+            {"schema_version": "ATIF-v1.4", "session_id": f"r{i}",
+             "agent": {"name": "x", "version": "1"}, "steps": steps}))
+    res = runner.invoke(app, ["replay", str(tmp_path / "job"), "--format", "atif",
+                              "--capacity-blocks", "16", "--policies", "lru,belady"])
+    assert res.exit_code == 0, res.output
+    flat = "".join(res.output.split())
+    assert "12requests" in flat and "starttimemissingin3of3sessions" in flat

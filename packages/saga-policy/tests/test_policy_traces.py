@@ -12,7 +12,7 @@ from saga.policy.traces import (
     BUNDLED_AGENT,
     BUNDLED_MOONCAKE,
     bundled_trace_path,
-    get_trace_parser,
+    get_trace_format,
     parse_agent,
     parse_mooncake,
 )
@@ -60,8 +60,9 @@ def test_mooncake_time_going_back_is_an_error_or_skipped() -> None:
 
 def test_limit_and_unknown_format() -> None:
     assert len(parse_mooncake([GOOD] * 5, limit=2).requests) == 2
-    with pytest.raises(SagaConfigError, match="valid formats: agent, mooncake"):
-        get_trace_parser("csv")
+    with pytest.raises(SagaConfigError, match="valid formats: agent, atif, mini-swe-agent, "
+                                              "mooncake"):
+        get_trace_format("csv")
 
 
 def _session(sid: str, t0: float, steps: list[dict[str, object]]) -> str:

@@ -33,9 +33,10 @@ def engines(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
     kv = kv_bytes_for_blocks(BLOCKS)
     out = {
         "stock": LLM(**tiny_engine_kwargs(tiny_model_dir, kv)),
-        # vLLM's scheduler with tool-call TTL pins only.
-        "ttl": LLM(**tiny_engine_kwargs(tiny_model_dir, kv,
-                                        saga=SagaSchedulerConfig(ttl="tool_call"))),
+        # vLLM's scheduler with tool-call TTL pins only; an unseen tool is assumed to take
+        # p95 = 30 s (median ~5.8 s), the timeline the cap tests below are written against.
+        "ttl": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig(
+            ttl="tool_call", default_tool_p95_s=30.0))),
         "all": LLM(**tiny_engine_kwargs(tiny_model_dir, kv, saga=SagaSchedulerConfig.from_preset(
             "saga_no_afs", policy_kwargs={"queue": {"max_active": 3}}))),
         # SAGA's whole engine: WA-LRU, pins, the hybrid queue and AFS across tenants.

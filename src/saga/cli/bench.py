@@ -7,11 +7,14 @@ processes, and table 3c (table 3 on the whole 16-instance reference cluster, 4 s
 validate`` runs the real CPU vLLM engine (``saga vllm compare``) and the simulator configured as
 that engine, and reports the simulator's error. ``--out DIR`` writes each run to ``DIR/runs/`` as
 it finishes and ``--resume`` reuses them after an interruption (``saga.bench.store``);
-``--smoke`` runs the pipeline on a handful of tasks in seconds.
+``--smoke`` runs the pipeline on a handful of tasks in seconds. ``--tables map`` runs the regime
+map (``saga.bench.tables_map``: SAGA against the best peer over load, DRAM tier and tool latency),
+which is part of neither the quick grid nor ``--full``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -28,6 +31,7 @@ from saga.bench.report import write_report
 from saga.bench.runner import BenchRun, parse_tables, run_bench
 from saga.bench.store import RunStore
 from saga.bench.tables import TableResult
+from saga.bench.trace_workload import TraceSource, describe, open_trace_source
 from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress
 from saga.policy.errors import SagaConfigError
@@ -58,12 +62,14 @@ def _scale(full: bool, smoke: bool, nodes: int | None) -> Scale:
 
 def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int | None,
                  nodes: int | None = None, *, smoke: bool = False, out: Path | None = None,
-                 resume: bool = False) -> BenchRun:
+                 resume: bool = False, trace: TraceSource | None = None) -> BenchRun:
     """Run the bench with a progress bar and print each table.
 
     With ``out``, each finished run is written to ``out/runs/`` at once; with ``resume`` too,
     runs already there (same configuration hash) are loaded instead of run again."""
     scale = _scale(full, smoke, nodes)
+    if trace is not None:
+        scale = dataclasses.replace(scale, trace=trace)
     ids = parse_tables(tables if tables is not None else (None if full else QUICK_TABLES))
     seed_list = list(range(seeds)) if seeds is not None else None
     store = RunStore(out) if out is not None else None
@@ -87,6 +93,8 @@ def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int
         print_table(rich_table(t))
         for n in t.notes:
             console.print(f"  [dim]{escape(n)}[/]")
+        for line in t.summary:
+            console.print(escape(line), highlight=False)
     if store is not None:
         console.print(f"runs: {store.dir} ({run.reused} of {run.jobs} reused, "
                       f"{run.jobs - run.reused} run now)" if resume else
@@ -101,8 +109,9 @@ def bench(
     ctx: typer.Context,
     full: Annotated[bool, typer.Option("--full", help="Every table, 10 seeds (one simulated "
                                        "node; table 3c on the 16-instance cluster).")] = False,
-    tables: Annotated[str | None, typer.Option(help="Comma-separated table ids, e.g. 3,6 "
-                                               "(default: 3,4,6 quick; all with --full).")
+    tables: Annotated[str | None, typer.Option(help="Comma-separated table ids, e.g. 3,6, "
+                                               "or map: the regime map (default: 3,4,6 "
+                                               "quick; 3-10 with --full).")
                       ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per point (default: 2 "
                                               "quick, 10 full).")] = None,
@@ -120,23 +129,72 @@ def bench(
     smoke: Annotated[bool, typer.Option("--smoke", help="A few tasks per run: checks the "
                                         "pipeline in seconds (its numbers mean nothing).")
                      ] = False,
+    trace_path: Annotated[Path | None, typer.Option(
+        "--trace", help="Run the tables' SWE and WebArena workloads on this trace's sessions: "
+                        "a file, or a directory of trajectory JSON files (atif, "
+                        "mini-swe-agent).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Trace format: agent, atif, "
+                                     "mini-swe-agent (mooncake has no sessions).")] = "agent",
+    skip_bad_lines: Annotated[bool, typer.Option(
+        "--skip-bad-lines", help="Count and skip malformed trace lines (or files) instead of "
+                                 "stopping.")] = False,
+    trace_rate: Annotated[float | None, typer.Option(
+        "--trace-rate", help="Trace tasks per second per instance, Poisson (default: the "
+                             "scale's SWE rate).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Instead of --trace-rate: N trace tasks in flight (each further task "
+                    "starts when one would finish on an idle instance).")] = None,
+    trace_tasks: Annotated[int | None, typer.Option(
+        min=1, help="Use the trace's first N sessions (default: the scale's SWE task "
+                    "count).")] = None,
+    latency_model: Annotated[str, typer.Option(
+        help="Durations of the tool calls the trace did not time: swe-template or "
+             "lognormal.")] = "swe-template",
 ) -> None:
     """Compute the paper's tables by simulation (quick grid by default)."""
     if ctx.invoked_subcommand is not None:
         return
     with user_errors():
+        trace: TraceSource | None = None
+        trace_lines: list[str] = []
+        if trace_path is not None:
+            trace, trace_lines = open_bench_trace(
+                trace_path, fmt, _scale(full, smoke, nodes), skip_bad_lines=skip_bad_lines,
+                tasks=trace_tasks, rate_per_instance=trace_rate, concurrency=concurrency,
+                latency_model=latency_model)
         run = run_and_show(tables, full, seeds, workers, nodes, smoke=smoke, out=out,
-                           resume=resume)
+                           resume=resume, trace=trace)
         if out is not None:
             validation = _load_validation(out)
             args = ["saga", "bench", *(["--full"] if full else []),
-                    *(["--smoke"] if smoke else []), *(["--resume"] if resume else [])]
+                    *(["--smoke"] if smoke else []), *(["--resume"] if resume else []),
+                    *(["--skip-bad-lines"] if skip_bad_lines and trace else [])]
             for flag, value in (("--tables", tables), ("--seeds", seeds), ("--nodes", nodes),
-                                ("--workers", workers), ("--out", out)):
+                                ("--workers", workers), ("--out", out),
+                                ("--trace", trace_path), ("--format", trace and fmt),
+                                ("--trace-rate", trace_rate), ("--concurrency", concurrency),
+                                ("--trace-tasks", trace_tasks),
+                                ("--latency-model", trace and latency_model)):
                 if value is not None:
                     args += [flag, str(value)]
-            path = write_report(run, out, shlex.join(args), validation)
+            section = [TRACE_HEADING, "", *(f"- {x}" for x in trace_lines), ""]
+            path = write_report(run, out, shlex.join(args), validation,
+                                extra=section if trace_lines else ())
             console.print(f"report: {path}")
+
+
+TRACE_HEADING = "## Trace-driven workload"
+
+
+def open_bench_trace(path: Path, fmt: str, scale: Scale, **options: Any
+                     ) -> tuple[TraceSource, list[str]]:
+    """Read the ``--trace`` for the bench and print what it supplies and what was assumed
+    (fallbacks for missing timings, the latency model and its parameters, skipped lines)."""
+    src, trace = open_trace_source(path, fmt, **options)
+    lines = describe(src, trace, dataclasses.replace(scale, trace=src))
+    for line in lines:
+        console.print(escape(line), highlight=False)
+    return src, lines
 
 
 def _load_validation(out: Path) -> dict[str, Any] | None:

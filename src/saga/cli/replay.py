@@ -12,7 +12,7 @@ from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress, replay_table, write_csv, write_json
 from saga.policy.errors import SagaConfigError
 from saga.policy.replay import ReplayResult, make_policy, replay_policies
-from saga.policy.traces import Trace, bundled_trace_path, get_trace_parser
+from saga.policy.traces import TRACE_FORMATS, Trace, bundled_trace_path, read_trace
 
 DEFAULT_POLICIES = "lru,prefix_lru,walru,belady"
 
@@ -47,13 +47,9 @@ def parse_policies(text: str) -> list[str]:
 
 
 def load_trace(path: Path, fmt: str, *, skip_bad_lines: bool, limit: int | None) -> Trace:
-    parser = get_trace_parser(fmt)
-    if not path.is_file():
-        raise SagaConfigError(f"trace file {str(path)!r} does not exist")
-    # Binary lines: the parser decodes each as UTF-8, so a bad byte is one bad line
-    # (named, or skipped with --skip-bad-lines) instead of a UnicodeDecodeError.
-    with path.open("rb") as fh:
-        return parser(fh, name=path.name, skip_bad_lines=skip_bad_lines, limit=limit)
+    """The trace through saga-policy's reader of ``fmt`` (the readers `saga bench --trace`
+    uses): bad input names the line (or file) and field."""
+    return read_trace(path, fmt, skip_bad_lines=skip_bad_lines, limit=limit)
 
 
 def run_replays(trace: Trace, policies: list[str], capacities: list[int],
@@ -71,12 +67,15 @@ def run_replays(trace: Trace, policies: list[str], capacities: list[int],
 
 def replay(
     trace_path: Annotated[Path | None, typer.Argument(
-        metavar="TRACE", help="Trace file (default: the bundled Mooncake slice).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Trace format: mooncake.")] = "mooncake",
+        metavar="TRACE", help="Trace file, or a directory of trajectory JSON files (atif, "
+                              "mini-swe-agent; default: the bundled Mooncake slice).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Trace format: " + ", ".join(
+        TRACE_FORMATS) + ".")] = "mooncake",
     capacity_blocks: Annotated[str, typer.Option(
         help="HBM capacity in trace blocks; several as 1000,4000.")] = "2000",
     policies: Annotated[str, typer.Option(
-        help="Comma-separated: lru, prefix_lru, radix_lru, walru, kvflow, belady.")
+        help="Comma-separated: lru, prefix_lru, radix_lru, arc, s3fifo, walru, kvflow, "
+             "belady.")
     ] = DEFAULT_POLICIES,
     dram_blocks: Annotated[int, typer.Option(
         min=0, max=MAX_REPLAY_BLOCKS,
@@ -99,6 +98,8 @@ def replay(
             console.print(f"[yellow]skipped[/] {escape(reason)}", highlight=False)
         if trace.skipped:
             console.print(f"[yellow]{len(trace.skipped)} malformed line(s) skipped[/]")
+        for note in trace.notes:
+            console.print(f"{escape(trace.name)}: {escape(note)}", highlight=False)
         results = run_replays(trace, names, capacities, dram_blocks)
         console.print(f"{escape(trace.name)}: {len(trace.requests):,} requests, "
                       f"{trace.block_refs:,} block references of {trace.block_tokens} tokens")
@@ -109,6 +110,7 @@ def replay(
             write_json(json_out, {
                 "trace": str(path), "format": fmt, "requests": len(trace.requests),
                 "block_tokens": trace.block_tokens, "skipped_lines": len(trace.skipped),
+                "notes": list(trace.notes),
                 "results": flat})
             console.print(f"wrote {escape(str(json_out))}")
         if csv_out is not None:

@@ -17,10 +17,11 @@ from typing import Any
 
 from saga.bench.costmodel import RooflineCost, ideal_call_s
 from saga.bench.sim import SimConfig, simulate
+from saga.bench.trace_workload import TraceSource
 from saga.bench.workload import Task, WorkloadSpec, build_workload
 from saga.policy.errors import SagaConfigError
 from saga.policy.presets import Preset, get_preset, policy
-from saga.policy.spec import REFERENCE_CLUSTER
+from saga.policy.spec import REFERENCE_CLUSTER, GiB
 from saga.policy.stealing import R_MAX, T_IDLE_S
 from saga.policy.ttl import TTL_MAX_S
 
@@ -113,6 +114,11 @@ class Scale:
     """At most this many agent tasks per replayed trace of table 4 (Bélády is the slow part)."""
     cluster_seeds: int = 1
     """Seeds of table 3c, table 3 on the whole reference cluster (a run there costs 8x)."""
+    dram_gb_per_instance: float | None = None
+    """KV tier in host DRAM per instance, GiB (the regime map's DRAM axis); None: the node's
+    DRAM as the reference cluster has it. Only presets with a DRAM tier use it."""
+    trace: TraceSource | None = None
+    """``saga bench --trace``: the SWE and WebArena workloads run on this trace's sessions."""
 
     @property
     def instances(self) -> int:
@@ -122,10 +128,17 @@ class Scale:
         cluster = dataclasses.replace(REFERENCE_CLUSTER, nodes=self.nodes,
                                       instances=self.instances)
         theta_conf = 0.7 if v is None else v.param("theta_conf", 0.7)
-        return SimConfig(cluster=cluster, theta_conf=theta_conf)
+        cfg = SimConfig(cluster=cluster, theta_conf=theta_conf)
+        if self.dram_gb_per_instance is None:
+            return cfg
+        block_bytes = cfg.block_tokens * cfg.model.kv_bytes_per_token
+        return dataclasses.replace(cfg, dram_blocks=int(self.dram_gb_per_instance * GiB
+                                                        // block_bytes))
 
     def workload(self, kind: str, seed: int, *, tool_cv: float | None = None) -> WorkloadSpec:
         """The workload of ``kind`` ("swe", "web", "tenants") at this scale."""
+        if self.trace is not None and kind in ("swe", "web"):
+            return self.trace.spec(self, seed, tool_cv)
         if kind == "web":
             return WorkloadSpec("web", self.web_tasks, self.web_rate_per_instance
                                 * self.instances, seed, tool_cv)

@@ -40,19 +40,27 @@ def _clean(x: Any) -> Any:
 
 
 def write_table(t: TableResult, out: Path) -> dict[str, Path]:
-    """``table<id>.json``, ``.csv`` and ``.png`` under ``out``."""
+    """``table<id>.json``, ``.csv`` and ``.png`` under ``out`` (the map: a heatmap PNG per
+    workload, ``table<id>-<workload>.png``, keys ``png:<workload>``)."""
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"table{t.id}"
     paths = {"json": stem.with_suffix(".json"), "csv": stem.with_suffix(".csv"),
              "png": stem.with_suffix(".png")}
     paths["json"].write_text(json.dumps(_clean({
         "id": t.id, "title": t.title, "columns": t.columns, "rows": t.rows, "notes": t.notes,
-        "raw": t.raw}), indent=2, sort_keys=True) + "\n")
+        "raw": t.raw, **({"summary": t.summary} if t.summary else {})}), indent=2,
+        sort_keys=True) + "\n")
     with paths["csv"].open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=t.columns)
         w.writeheader()
         w.writerows(t.rows)
-    plot_table(t, paths["png"])
+    if t.plot.get("kind") == "heatmap":
+        from saga.bench.mapplot import plot_heatmaps
+
+        del paths["png"]
+        paths.update(plot_heatmaps(t.plot, stem, f"Table {t.id}"))
+    else:
+        plot_table(t, paths["png"])
     return paths
 
 
@@ -94,8 +102,7 @@ def write_report(run: BenchRun, out: Path, command: str,
                  extra: Sequence[str] = ()) -> Path:
     """Every table's files and ``report.md`` under ``out``; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    for t in run.tables:
-        write_table(t, out)
+    files = {t.id: write_table(t, out) for t in run.tables}
     rates = check_published_rates()
     md = [f"# SAGA benchmark report ({run.scale.name})", "",
           "Every number below was computed by running saga-bench's discrete-event simulator "
@@ -117,8 +124,10 @@ def write_report(run: BenchRun, out: Path, command: str,
     for t in run.tables:
         md += [f"## Table {t.id}: {t.title}", "", markdown_table(t), ""]
         md += [f"- {n}" for n in t.notes]
-        md += ["", f"![table {t.id}](table{t.id}.png)", "",
-               f"Files: `table{t.id}.json`, `table{t.id}.csv`, `table{t.id}.png`.", ""]
+        md += ["", *t.summary]
+        md += [f"![{f'table {t.id} {k[4:]}'.strip()}]({p.name})"
+               for k, p in files[t.id].items() if k.startswith("png")]
+        md += ["", "Files: " + ", ".join(f"`{p.name}`" for p in files[t.id].values()) + ".", ""]
     md += ["## Simulator validation against the real engine", ""]
     if validation is None:
         md += ["Not run in this invocation: `saga bench validate --out DIR` runs "

@@ -8,29 +8,34 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 from saga.bench.jobs import Job, Scale, run_job
 from saga.bench.store import RunStore
-from saga.bench.tables import TABLES, TableResult
+from saga.bench.tables import TABLES, TableDef, TableResult
+from saga.bench.tables_map import MAP_TABLES
 from saga.policy.errors import SagaConfigError
 
 OnJob = Callable[[Job, dict[str, Any]], None]
 
+TABLE_DEFS: dict[str, TableDef] = {**TABLES, **MAP_TABLES}
+"""Every table by id: tables 3-10, then the ones asked for by id only (the regime map)."""
+
 
 def parse_tables(text: str | None) -> list[str]:
-    """``"3,6"`` → ``["3", "6"]``; None or empty → every table. Unknown ids are named."""
+    """``"3,6"`` → ``["3", "6"]``; None or empty → tables 3-10 (the map only when asked for).
+    A table's companions come with it ("map" brings "map-ablation"). Unknown ids are named."""
     if not text:
         return list(TABLES)
     ids = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in ids if t not in TABLES]
+    bad = [t for t in ids if t not in TABLE_DEFS]
     if bad or not ids:
         raise SagaConfigError(f"--tables: unknown table(s) {bad}; choose from "
-                              f"{', '.join(TABLES)} (comma-separated, e.g. 3,6)")
-    return list(dict.fromkeys(ids))
+                              f"{', '.join(TABLE_DEFS)} (comma-separated, e.g. 3,6)")
+    return list(dict.fromkeys(c for t in ids for c in (t, *TABLE_DEFS[t].companions)))
 
 
 @dataclass
@@ -58,11 +63,24 @@ def plan_jobs(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int]) -> l
     """Every job the tables need, each once, in a stable order (slow kinds first)."""
     seen: dict[Job, None] = {}
     for t in table_ids:
-        for j in TABLES[t].jobs(scale, seeds):
+        for j in TABLE_DEFS[t].jobs(scale, seeds):
             seen.setdefault(j, None)
     jobs = list(seen)
     # Replays are the longest jobs: start them first so they overlap the rest.
     return [j for j in jobs if j.kind == "replay"] + [j for j in jobs if j.kind != "replay"]
+
+
+def plan_later_jobs(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int],
+                    results: Mapping[Job, dict[str, Any]]) -> list[Job]:
+    """The jobs tables choose from the first phase's ``results`` (``TableDef.later_jobs``; e.g.
+    the map's ablation where SAGA leads most), each once, those not in ``results``."""
+    seen: dict[Job, None] = {}
+    for t in table_ids:
+        later = TABLE_DEFS[t].later_jobs
+        for j in later(scale, seeds, results) if later is not None else ():
+            if j not in results:
+                seen.setdefault(j, None)
+    return list(seen)
 
 
 def run_bench(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int] | None = None, *,
@@ -83,25 +101,50 @@ def run_bench(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int] | Non
     results: dict[Job, dict[str, Any]] = {}
     if store is not None:
         store.remove_temporaries()
-        if resume:
-            results.update(store.load_many(jobs, warn))
-    reused = len(results)
-    todo = [j for j in jobs if j not in results]
-    if on_plan is not None:
-        on_plan(len(todo))
+    phase = _Phase(results, workers, store if resume else None, store, on_job, on_plan, warn)
     t0 = time.perf_counter()
-    for j, r in _execute(todo, workers):
-        results[j] = r
-        if store is not None:
-            store.save(j, r)
-        if on_job is not None:
-            on_job(j, r)
+    phase.run(jobs)
+    later = plan_later_jobs(table_ids, scale, seed_list, results)
+    if later:  # the second phase: jobs chosen from the first one's results
+        phase.run(later)
     wall = time.perf_counter() - t0
-    tables = [TABLES[t].build(scale, seed_list, results) for t in table_ids]
+    tables = [TABLE_DEFS[t].build(scale, seed_list, results) for t in table_ids]
     sims = [r for j, r in results.items() if j.kind == "sim"]
-    return BenchRun(scale, seed_list, tables, len(jobs), wall,
+    return BenchRun(scale, seed_list, tables, len(results), wall,
                     sum(int(r["calls"]) for r in sims), sum(float(r["cpu_s"]) for r in sims),
-                    results, reused)
+                    results, phase.reused)
+
+
+@dataclass
+class _Phase:
+    """Runs a list of jobs into ``results``: loads what ``load`` holds, runs the rest, saves each
+    to ``save`` as it finishes; ``on_plan`` hears the number left to run over all phases."""
+
+    results: dict[Job, dict[str, Any]]
+    workers: int | None
+    load: RunStore | None
+    save: RunStore | None
+    on_job: OnJob | None
+    on_plan: Callable[[int], None] | None
+    warn: Callable[[str], None] | None
+    reused: int = 0
+    planned: int = 0
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        if self.load is not None:
+            loaded = self.load.load_many(jobs, self.warn)
+            self.results.update(loaded)
+            self.reused += len(loaded)
+        todo = [j for j in jobs if j not in self.results]
+        self.planned += len(todo)
+        if self.on_plan is not None:
+            self.on_plan(self.planned)
+        for j, r in _execute(todo, self.workers):
+            self.results[j] = r
+            if self.save is not None:
+                self.save.save(j, r)
+            if self.on_job is not None:
+                self.on_job(j, r)
 
 
 def _execute(jobs: Sequence[Job], workers: int | None) -> Iterator[tuple[Job, dict[str, Any]]]:
@@ -117,4 +160,4 @@ def _execute(jobs: Sequence[Job], workers: int | None) -> Iterator[tuple[Job, di
             yield futures[f], f.result()
 
 
-__all__ = ["BenchRun", "parse_tables", "plan_jobs", "run_bench"]
+__all__ = ["TABLE_DEFS", "BenchRun", "parse_tables", "plan_jobs", "plan_later_jobs", "run_bench"]

@@ -52,6 +52,8 @@ class TableResult:
     raw: dict[str, Any] = field(default_factory=dict)
     plot: dict[str, Any] = field(default_factory=dict)
     """``{"ylabel": str, "groups": {series: {label: (mean, std)}}}`` for a bar chart."""
+    summary: list[str] = field(default_factory=list)
+    """Markdown lines that say in words what the table found (report.md, terminal)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class TableDef:
     title: str
     jobs: Callable[[Scale, Sequence[int]], list[Job]]
     build: Callable[[Scale, Sequence[int], Results], TableResult]
+    later_jobs: Callable[[Scale, Sequence[int], Results], list[Job]] | None = None
+    """Jobs chosen from the first jobs' results (run in a second phase), e.g. where to ablate."""
+    companions: tuple[str, ...] = ()
+    """Tables that come with this one when it is asked for."""
 
 
 def _sim(scale: Scale, seeds: Sequence[int], variant: Variant, kind: str,
@@ -158,7 +164,7 @@ def _t3c_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 # ---------------------------------------------------------------------------- table 4
 
 TABLE4_TRACES = ("swe", "web", "trace-swe", "mooncake")
-TABLE4_POLICIES = ("lru", "prefix_lru", "walru", "kvflow")
+TABLE4_POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow")
 
 
 def _t4_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
@@ -166,13 +172,15 @@ def _t4_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
 
 
 def _t4_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
+    runs = [res[ReplayJob(t, s, scale)] for t in TABLE4_TRACES for s in seeds]
+    ran = [p for p in TABLE4_POLICIES if all(p in r["ratio"] for r in runs)]
     ratios = {t: {p: [float(res[ReplayJob(t, s, scale)]["ratio"][p]) for s in seeds]
-                  for p in TABLE4_POLICIES} for t in TABLE4_TRACES}
+                  for p in ran} for t in TABLE4_TRACES}
     names = {"lru": "standard LRU", "prefix_lru": "LRU + prefix (vLLM)", "walru": "WA-LRU (SAGA)",
-             "kvflow": "KVFlow"}
+             "kvflow": "KVFlow", "arc": "ARC (vLLM offloading)", "s3fifo": "S3-FIFO"}
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TABLE4_TRACES}
-    for p in TABLE4_POLICIES:
+    for p in ran:
         ref = paper.TABLE4_RATIO.get(p)
         means = [mean_std(ratios[t][p])[0] for t in ("swe", "web")]
         rows.append({
@@ -198,6 +206,9 @@ def _t4_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
         "of the real conversation trace (no sessions, so no workflow hints: WA-LRU ranks by "
         f"recency and size only). {len(seeds)} seeds.",
     ]
+    if len(ran) < len(TABLE4_POLICIES):
+        notes.append("Not in these replay results: "
+                     f"{', '.join(p for p in TABLE4_POLICIES if p not in ran)}.")
     return TableResult("4", "Online eviction vs Bélády (competitive ratio, lower is better)",
                        list(rows[0]), rows, notes, {"ratios": ratios, "capacity": caps},
                        {"ylabel": "misses / Bélády misses", "groups": groups})
@@ -430,7 +441,7 @@ TABLES: dict[str, TableDef] = {
     "9": TableDef("9", "Sensitivity", _t9_jobs, _t9_build),
     "10": TableDef("10", "Efficiency", _t10_jobs, _t10_build),
 }
-"""Every table by id."""
+"""Every table by id (the regime map, asked for by id only, is in saga.bench.tables_map)."""
 
 
 __all__ = ["SYSTEMS", "TABLES", "TableDef", "TableResult"]

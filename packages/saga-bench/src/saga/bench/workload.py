@@ -9,6 +9,8 @@ or the whole first prompt) to the session's context, generates ``output_tokens``
   ``webarena_agent`` (WebArena's reference harness limits; assumed). See their docstrings.
 - Tool-latency variability: ``tool_cv`` replaces each tool's log-normal by one with the same mean
   and coefficient of variation ``tool_cv`` (``LogNormalLatency.from_mean_cv``), for table 8.
+- Tool-latency scale: ``tool_scale`` multiplies every drawn tool duration (same draws, so a task
+  keeps its tokens and only its tool time changes), for the regime map (``tables_map``).
 - The system prompt shared by an agent type's sessions: the first ``system_tokens`` of the first
   prompt (WebArena's few-shot prompt ~1.1K tokens; mini-swe-agent's system + instance template
   ~1.2K).
@@ -25,6 +27,7 @@ or the whole first prompt) to the session's context, generates ``output_tokens``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +44,8 @@ from saga.policy.traces import (
     parse_mooncake,
 )
 
-KINDS = ("swe", "web", "mixed", "tenants", "trace-swe")
+KINDS = ("swe", "web", "mixed", "tenants", "trace-swe", "trace")
+"""``trace``: a recorded trace's sessions (``saga.bench.trace_workload``, ``--trace``)."""
 ARRIVALS = ("poisson", "mooncake")
 
 _TEMPLATES: dict[str, Callable[[], AEG]] = {"swe": swe_bench_agent, "web": webarena_agent}
@@ -110,6 +114,8 @@ class WorkloadSpec:
     arrival: str = "poisson"
     max_context: int = 32_768
     slo_factor: float | None = None
+    tool_scale: float = 1.0
+    """Every tool duration is multiplied by this (the regime map's tool-latency axis)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -123,6 +129,9 @@ class WorkloadSpec:
             raise SagaConfigError(f"WorkloadSpec.rate_per_s must be > 0, got {self.rate_per_s}")
         if self.tool_cv is not None and not self.tool_cv > 0:
             raise SagaConfigError(f"WorkloadSpec.tool_cv must be > 0, got {self.tool_cv}")
+        if not (self.tool_scale > 0 and math.isfinite(self.tool_scale)):
+            raise SagaConfigError(f"WorkloadSpec.tool_scale must be a finite number > 0, "
+                                  f"got {self.tool_scale}")
         if self.max_context < 4096:
             raise SagaConfigError(f"WorkloadSpec.max_context must be >= 4096, "
                                   f"got {self.max_context}")
@@ -152,7 +161,8 @@ def tool_latencies(aeg: AEG, cv: float | None) -> dict[str, LogNormalLatency]:
 
 def _calls_from_steps(steps: Sequence[Step], lat: dict[str, LogNormalLatency],
                       rng: np.random.Generator, max_context: int, max_calls: int | None,
-                      group: Callable[[str], str] = lambda t: t) -> tuple[Call, ...]:
+                      group: Callable[[str], str] = lambda t: t,
+                      tool_scale: float = 1.0) -> tuple[Call, ...]:
     calls: list[Call] = []
     ctx = 0
     prev_total = 0
@@ -169,7 +179,7 @@ def _calls_from_steps(steps: Sequence[Step], lat: dict[str, LogNormalLatency],
         tool_s = float(model.sample(rng, 1)[0]) if model is not None else 0.0
         if tool is not None and model is None:
             tool_s = float(lat["python"].sample(rng, 1)[0]) if "python" in lat else 1.0
-        calls.append(Call(new, max(1, st.output_tokens), tool, tool_s))
+        calls.append(Call(new, max(1, st.output_tokens), tool, tool_s * tool_scale))
         ctx += new + st.output_tokens
     if calls and calls[-1].tool is not None:
         last = calls[-1]
@@ -217,6 +227,10 @@ def build_workload(spec: WorkloadSpec, ideal: Callable[[Task], float] | None = N
     ``ideal`` gives a task's ideal TCT, needed for deadlines when ``slo_factor`` is set or the
     kind is ``tenants``.
     """
+    if spec.kind == "trace":
+        from saga.bench.trace_workload import build_trace_workload
+
+        return build_trace_workload(spec, ideal)
     rng = np.random.default_rng(spec.seed)
     aegs = {k: build() for k, build in _TEMPLATES.items()}
     lats = {k: tool_latencies(a, spec.tool_cv) for k, a in aegs.items()}
@@ -239,10 +253,12 @@ def build_workload(spec: WorkloadSpec, ideal: Callable[[Task], float] | None = N
             if trace:
                 steps = trace[int(rng.integers(0, len(trace)))]
                 calls = _calls_from_steps(steps, lats["swe"], rng, spec.max_context, None,
-                                          lambda t: _SWE_TOOL_GROUP.get(t, "python"))
+                                          lambda t: _SWE_TOOL_GROUP.get(t, "python"),
+                                          spec.tool_scale)
             else:
                 calls = _calls_from_steps(aegs[kind].sample_trace(rng), lats[kind], rng,
-                                          spec.max_context, max_calls)
+                                          spec.max_context, max_calls,
+                                          tool_scale=spec.tool_scale)
             if len(calls) >= 2:
                 break
         task = Task(task_id=f"{kind}-{spec.seed}-{i}", agent_type=aegs[kind].agent_type,

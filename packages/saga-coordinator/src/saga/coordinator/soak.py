@@ -148,10 +148,9 @@ def coordinator_tables(server: CoordinatorServer, hosts: Mapping[str, WorkerHost
         "sessions": len(core.sessions),
         "finals": len(core._finals),
         "ended_ids": len(core._ended),
-        # What a router keeps per session, where it says (AffinityRouter: its homes and its
-        # move log, which the core empties every epoch).
+        # What a router keeps per session, where it says (AffinityRouter: its homes; its log
+        # of moves is bounded, ``saga.policy.routing.MOVES_KEPT``).
         "router_homes": len(core.router) if isinstance(core.router, Sized) else 0,
-        "router_moves": len(getattr(core.router, "moves", ())),
         "afs_tasks": len(core.afs.tasks()) if core.afs is not None else 0,
         "steal_orders": sum(len(w.steals_out) for w in core.workers.values()),
         "worker_waiting": sum(len(w.waiting) for w in core.workers.values()),

@@ -103,6 +103,8 @@ class CacheManager(SlotBook):
         self.table = BlockTable.empty(slots, self.block_tokens)
         self._hash_of = [None] * slots
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
+        if self.policy.observes:
+            self.policy.attach(slots, self.hbm_blocks)
 
     # ------------------------------------------------------------------ queries
 
@@ -165,6 +167,11 @@ class CacheManager(SlotBook):
         m = plan.resident
         seq = plan.slots[:m].copy()
         seq_tiers = plan.tiers[:m]
+        observes = self.policy.observes
+        if observes:  # blocks entering HBM: created or loaded back
+            entering = np.flatnonzero(seq_tiers != HBM)
+            entering_hs = [hs[i] for i in entering.tolist()]
+            self.policy.before_admit(entering_hs)
 
         victims, broken = self._choose_victims(max(0, plan.needed - self.free), plan.evictable,
                                                plan.breakable, now)
@@ -178,6 +185,9 @@ class CacheManager(SlotBook):
         if m:
             self._link_chain(seq)
         self._reference(seq, hit_end, now, {name: v[:m] for name, v in hint_cols.items()})
+        if observes:
+            self.policy.on_admit(seq[entering], entering_hs)
+            self.policy.on_hit(seq[seq_tiers != 0])  # resident before, hit or not
 
         out = Allocation(hit_blocks_hbm=hit_hbm, hit_blocks_dram=hit_dram,
                          new_blocks=m - hit_end, uncached_blocks=n - m,
@@ -259,10 +269,15 @@ class CacheManager(SlotBook):
                 f"release each allocated block once")
         self.table.ref_count[slots] -= 1
         self.table.last_access[slots] = now
+        if self.policy.observes:
+            self.policy.on_release(slots)
 
     def touch(self, hashes: Sequence[int], now: float) -> None:
         """Mark cached blocks as used at ``now`` (no reference taken)."""
-        self.table.last_access[self._slots(hashes, "touch")] = now
+        slots = self._slots(hashes, "touch")
+        self.table.last_access[slots] = now
+        if self.policy.observes:
+            self.policy.on_hit(slots[self.table.tier[slots] == HBM])
 
     # ------------------------------------------------------------------ pins
 
@@ -318,6 +333,7 @@ class CacheManager(SlotBook):
                 f"swap_out needs {down.size} DRAM blocks but only "
                 f"{self.dram_free + droppable.size} can be freed; raise dram_blocks")
         self._make_dram_room(int(down.size), now, exclude=slots)
+        self._tell_evicted(down)
         self._move(down, DRAM)
         seconds = self._seconds(int(down.size))
         self.stats.swapped_out += int(down.size)
@@ -333,7 +349,8 @@ class CacheManager(SlotBook):
         """
         hs = self._unique(hashes, "prefetch")
         slots = self._slots(hs, "prefetch")
-        up = slots[self.table.tier[slots] == DRAM]
+        in_dram = np.flatnonzero(self.table.tier[slots] == DRAM)
+        up = slots[in_dram]
         evictable = self._evictable(HBM, now, exclude=slots)
         room = self.free + int(evictable.size)
         if up.size > room:
@@ -346,6 +363,8 @@ class CacheManager(SlotBook):
         self._move(up, HBM)
         ev = self._evict_hbm(victims, now)
         self.table.last_access[up] = now
+        if self.policy.observes:
+            self.policy.on_admit(up, [hs[i] for i in in_dram[: up.size].tolist()])
         load_s = self._seconds(int(up.size))
         self.stats.swapped_in += int(up.size)
         self.stats.swap_seconds += load_s

@@ -113,6 +113,9 @@ class SlotBook:
                 bad = int(np.argmax(expect != col))
                 raise CacheError(f"slot {bad} counts {col[bad]} {Tier(tier).name} children, "
                                  f"has {expect[bad]}")
+        err = self.policy.state_error(t) if self.policy.observes else None
+        if err is not None:
+            raise CacheError(f"policy {self.policy.name}: {err}")
 
     def _unique(self, hashes: Iterable[int], op: str) -> list[int]:
         hs = list(hashes)
@@ -193,6 +196,7 @@ class SlotBook:
         """Swap victims to DRAM (dropping DRAM victims for room) or drop them."""
         if victims.size == 0:
             return EvictResult()
+        self._tell_evicted(victims)
         dropped_before = self.stats.dropped
         self._make_dram_room(int(victims.size), now)
         n_swap = min(int(victims.size), self.dram_free)
@@ -207,6 +211,11 @@ class SlotBook:
         s.swap_seconds += seconds
         return EvictResult(swapped=n_swap, dropped=self.stats.dropped - dropped_before,
                             seconds=seconds)
+
+    def _tell_evicted(self, slots: Slots) -> None:
+        """Tell an observing policy which HBM blocks leave (before they move or go)."""
+        if self.policy.observes:
+            self.policy.on_evict(slots, [self._hash_of_slot(s) for s in slots.tolist()])
 
     def _make_dram_room(self, blocks: int, now: float, exclude: Slots | None = None) -> None:
         if self.dram_blocks == 0:

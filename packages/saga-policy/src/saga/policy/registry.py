@@ -22,12 +22,14 @@ from saga.policy.afs import AFS
 from saga.policy.autellix import ATLAS, PLAS, AutellixRouter
 from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import (
+    ARCPolicy,
     BeladyPolicy,
     EvictionPolicy,
     KVFlowPolicy,
     LRUPolicy,
     PrefixLRUPolicy,
     RadixLRUPolicy,
+    S3FIFOPolicy,
     WALRUPolicy,
 )
 from saga.policy.queueing import BFSQueue, DFSQueue, FCFSQueue, HybridQueue, ProgramFCFSQueue
@@ -80,7 +82,8 @@ class KVMovement:
 _FACTORIES: Mapping[Layer, Mapping[str, Callable[..., Any]]] = MappingProxyType({
     "eviction": MappingProxyType({
         "lru": LRUPolicy, "prefix_lru": PrefixLRUPolicy, "radix_lru": RadixLRUPolicy,
-        "walru": WALRUPolicy, "kvflow": KVFlowPolicy}),
+        "walru": WALRUPolicy, "kvflow": KVFlowPolicy, "arc": ARCPolicy,
+        "s3fifo": S3FIFOPolicy}),
     "ttl": MappingProxyType({
         "fixed": FixedTTL.retention, "tool_call": ToolCallTTL.with_aeg_registry,
         "continuum": ContinuumTTL.with_aeg_registry}),

@@ -8,13 +8,14 @@ mode, so a line that is not UTF-8 is one bad line, not a crash). Every malformed
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from saga.policy.errors import SagaConfigError, TraceFormatError
 
@@ -58,6 +59,8 @@ class Trace:
     requests: tuple[TraceRequest, ...]
     skipped: tuple[tuple[int, str], ...] = field(default=())
     sessions: tuple[AgentSession, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+    """What the reader assumed where the trace is silent (missing timings, estimated tokens)."""
 
     @property
     def block_refs(self) -> int:
@@ -206,25 +209,31 @@ AGENT_BLOCK_TOKENS = 512
 
 @dataclass(frozen=True)
 class AgentStep:
-    """One step of an agent session: an LLM call (token counts) or a tool call (name)."""
+    """One step of an agent session: an LLM call (token counts) or a tool call (name, and its
+    recorded duration when the trace has one)."""
 
     kind: str  # "llm" or "tool"
     t_start: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     tool: str | None = None
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True)
 class AgentSession:
     """A recorded agent task: its start time and alternating LLM/tool steps.
 
-    ``t0`` None: the trace did not record the start (see :func:`agent_requests`)."""
+    ``t0`` None: the trace did not record the start (see :func:`agent_requests`);
+    ``untimed_calls``: LLM calls whose start was missing and was put right after the previous
+    call; ``estimated_calls``: LLM calls whose token counts the reader estimated."""
 
     session_id: str
     agent_type: str
     t0: float | None
     steps: tuple[AgentStep, ...]
+    untimed_calls: int = 0
+    estimated_calls: int = 0
 
 
 def _session_block_id(session_id: str, j: int) -> int:
@@ -251,7 +260,10 @@ def _agent_step(st: object, where: str, prev_t: float) -> AgentStep:
     if not isinstance(st, dict) or st.get("kind") not in ("llm", "tool"):
         raise TraceFormatError(f"{where}: field 'kind' must be 'llm' or 'tool'")
     if st["kind"] == "tool":
-        return AgentStep("tool", tool=_name(st.get("name"), where, "name"))
+        dur = _time(st.get("duration_s"), where, "duration_s")
+        if dur is not None and dur < 0:
+            raise TraceFormatError(f"{where}: field 'duration_s' must be >= 0 or null, got {dur}")
+        return AgentStep("tool", tool=_name(st.get("name"), where, "name"), duration_s=dur)
     n_in, n_out = st.get("input_tokens"), st.get("output_tokens")
     for field_name, v in (("input_tokens", n_in), ("output_tokens", n_out)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_AGENT_TOKENS:
@@ -281,8 +293,10 @@ def parse_agent_line(line: TraceLine, lineno: int) -> AgentSession:
     raw_steps = _field(obj, "steps", list, lineno)
     steps: list[AgentStep] = []
     prev_t = 0.0
+    untimed = 0
     for k, st in enumerate(raw_steps):
         step = _agent_step(st, f"line {lineno}: steps[{k}]", prev_t)
+        untimed += step.kind == "llm" and isinstance(st, dict) and st.get("t_start") is None
         prev_t = step.t_start if step.t_start is not None else prev_t
         steps.append(step)
     if not steps or steps[0].kind != "llm":
@@ -290,7 +304,8 @@ def parse_agent_line(line: TraceLine, lineno: int) -> AgentSession:
     agent = obj.get("agent")
     if agent is not None:
         agent = _name(agent, f"line {lineno}", "agent")
-    return AgentSession(session_id=sid, agent_type=agent or "agent", t0=t0, steps=tuple(steps))
+    return AgentSession(session_id=sid, agent_type=agent or "agent", t0=t0, steps=tuple(steps),
+                        untimed_calls=untimed)
 
 
 def _session_starts(sessions: Sequence[AgentSession]) -> list[float]:
@@ -347,7 +362,7 @@ def parse_agent(lines: Iterable[TraceLine], *, name: str = "agent", skip_bad_lin
         raise SagaConfigError(f"block_tokens must be an integer >= 1, got {block_tokens!r}")
     sessions: list[AgentSession] = []
     skipped: list[tuple[int, str]] = []
-    first_line: dict[str, int] = {}
+    first_line: dict[str, str] = {}
     for lineno, raw in enumerate(lines, start=1):
         if limit is not None and len(sessions) >= limit:
             break
@@ -355,35 +370,125 @@ def parse_agent(lines: Iterable[TraceLine], *, name: str = "agent", skip_bad_lin
             continue
         try:
             session = parse_agent_line(raw, lineno)
-            # Two lines of one id would merge two tasks into one prompt chain.
-            seen = first_line.setdefault(session.session_id, lineno)
-            if seen != lineno:
-                raise TraceFormatError(
-                    f"line {lineno}: field 'session_id' {session.session_id[:60]!r} is already "
-                    f"used on line {seen}; each line is one session, with its own id")
+            check_unique_session(session, first_line, f"line {lineno}")
             sessions.append(session)
         except TraceFormatError as exc:
             if not skip_bad_lines:
                 raise
             skipped.append((lineno, str(exc)))
+    return sessions_trace(sessions, name=name, skipped=skipped, block_tokens=block_tokens)
+
+
+def check_unique_session(session: AgentSession, seen: dict[str, str], where: str) -> None:
+    """Two sessions of one id would merge two tasks into one prompt chain: refuse the second."""
+    first = seen.setdefault(session.session_id, where)
+    if first != where:
+        raise TraceFormatError(
+            f"{where}: field 'session_id' {session.session_id[:60]!r} is already used on "
+            f"{first}; each session needs its own id")
+
+
+def timing_notes(sessions: Sequence[AgentSession]) -> list[str]:
+    """What was assumed for the timings the sessions lack, and how many were recorded."""
+    notes: list[str] = []
+    n_untimed = sum(s.t0 is None for s in sessions)
+    if n_untimed:
+        notes.append(f"start time missing in {n_untimed} of {len(sessions)} sessions: each "
+                     "starts with the session before it (0 s when none has one)")
+    calls = sum(st.kind == "llm" for s in sessions for st in s.steps)
+    untimed_calls = sum(s.untimed_calls for s in sessions)
+    if untimed_calls:
+        notes.append(f"start time missing for {untimed_calls} of {calls} LLM calls: each is "
+                     "placed right after the session's previous call")
+    estimated = sum(s.estimated_calls for s in sessions)
+    if estimated:
+        notes.append(f"token counts estimated (characters / 4) for {estimated} of {calls} LLM "
+                     "calls: the trace did not record them")
+    tools = [st.duration_s for s in sessions for st in s.steps if st.kind == "tool"]
+    timed = sum(d is not None for d in tools)
+    notes.append(f"tool durations recorded for {timed} of {len(tools)} tool calls")
+    return notes
+
+
+def sessions_trace(sessions: Sequence[AgentSession], *, name: str,
+                   skipped: Sequence[tuple[int, str]] = (),
+                   block_tokens: int = AGENT_BLOCK_TOKENS) -> Trace:
+    """A trace of agent sessions: their calls as requests, and notes on missing timings."""
     return Trace(name=name, block_tokens=block_tokens,
                  requests=tuple(agent_requests(sessions, block_tokens)), skipped=tuple(skipped),
-                 sessions=tuple(sessions))
+                 sessions=tuple(sessions), notes=tuple(timing_notes(sessions)))
 
 
-TraceParser = Callable[..., Trace]
-
-TRACE_FORMATS: Mapping[str, TraceParser] = {"mooncake": parse_mooncake, "agent": parse_agent}
-"""Trace formats `saga replay` reads, by name."""
+TraceReader = Callable[..., Trace]
+"""``read(path, *, name, skip_bad_lines, limit) -> Trace``."""
 
 
-def get_trace_parser(fmt: str) -> TraceParser:
-    """The parser of a trace format; unknown names list the valid ones."""
+@dataclass(frozen=True)
+class TraceFormat:
+    """A trace format `saga replay` and `saga bench --trace` read: its reader, whether it
+    records agent sessions (LLM calls and the tool calls between them) and whether PATH may be
+    a directory (one trajectory JSON file per run)."""
+
+    name: str
+    read: TraceReader
+    sessions: bool
+    directories: bool
+    summary: str
+
+
+def _line_reader(parser: TraceReader) -> TraceReader:
+    def read(path: Path, **kw: Any) -> Trace:
+        with path.open("rb") as fh:  # binary: a bad byte costs one line (see module doc)
+            return parser(fh, **kw)
+    return read
+
+
+def _lazy_reader(module: str, func: str) -> TraceReader:
+    """A reader imported on first use (the reader modules import this one)."""
+    def read(path: Path, **kw: Any) -> Trace:
+        return cast(Trace, getattr(importlib.import_module(module), func)(path, **kw))
+    return read
+
+
+TRACE_FORMATS: Mapping[str, TraceFormat] = {f.name: f for f in (
+    TraceFormat("agent", _line_reader(parse_agent), True, False,
+                "SAGA's agent-trace JSONL, one session per line (data/README.md)"),
+    TraceFormat("atif", _lazy_reader("saga.policy.trace_atif", "read_atif"), True, True,
+                "Agent Trajectory Interchange Format (Harbor): a trajectory JSON file, a "
+                ".jsonl of them, or a directory of them"),
+    TraceFormat("mini-swe-agent",
+                _lazy_reader("saga.policy.trace_miniswe", "read_mini_swe_agent"), True, True,
+                "mini-swe-agent .traj.json files (a file or a directory of them)"),
+    TraceFormat("mooncake", _line_reader(parse_mooncake), False, False,
+                "Mooncake request JSONL (independent requests, 512-token block ids)"),
+)}
+"""Every trace format, by name: the one registry `saga replay` and `saga bench` share."""
+
+
+def get_trace_format(fmt: str) -> TraceFormat:
+    """The trace format of that name; unknown names list the valid ones."""
     try:
         return TRACE_FORMATS[fmt]
     except KeyError:
         valid = ", ".join(sorted(TRACE_FORMATS))
         raise SagaConfigError(f"unknown trace format {fmt!r}; valid formats: {valid}") from None
+
+
+def read_trace(path: Path, fmt: str, *, skip_bad_lines: bool = False,
+               limit: int | None = None) -> Trace:
+    """Read a trace file (or directory, where the format allows) with its format's reader.
+
+    Malformed input raises `TraceFormatError` naming the line (or file) and field; with
+    ``skip_bad_lines`` it is counted in ``Trace.skipped`` instead."""
+    f = get_trace_format(fmt)
+    path = Path(path)
+    if path.is_dir() and not f.directories:
+        dirs = ", ".join(n for n, g in TRACE_FORMATS.items() if g.directories)
+        raise SagaConfigError(f"trace {str(path)!r} is a directory; --format {fmt} reads one "
+                              f"file (directories: {dirs})")
+    if not path.exists():
+        raise SagaConfigError(f"trace file {str(path)!r} does not exist")
+    return f.read(path, name=path.name, skip_bad_lines=skip_bad_lines, limit=limit)
 
 
 def bundled_trace_path(name: str = BUNDLED_MOONCAKE) -> Path:

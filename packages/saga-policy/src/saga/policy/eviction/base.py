@@ -5,11 +5,18 @@ class turns that order into victims. For ``leaves_only`` policies it does so exa
 "evict the best-ranked current leaf, repeat" would (what SGLang's radix cache does with a heap),
 but in vectorised rounds: each round takes the longest run of the current leaves, in rank order,
 that no parent freed earlier in the same run would have overtaken.
+
+A policy that remembers more than the table holds (ARC's lists and ghosts, S3-FIFO's queues)
+sets ``observes`` and is told what happens to its tier through the ``on_*`` hooks; the manager
+calls them for such policies only. `BlockQueues` and `GhostList` are the state they share.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -35,6 +42,39 @@ class EvictionPolicy(ABC):
     reads_hints: ClassVar[bool] = False
     """Whether the order reads per-block workflow hints (reuse probability, steps to
     execution): a deployment feeds hints only to policies that read them."""
+    observes: ClassVar[bool] = False
+    """Whether the policy keeps per-block state of its own, fed by the hooks below: the manager
+    calls them only for such a policy, so a stateless order depends on the table alone."""
+
+    def attach(self, slots: int, capacity: int) -> None:
+        """Start serving one cache: ``slots`` table slots, ``capacity`` blocks in the tier."""
+        return None
+
+    def before_admit(self, hashes: Sequence[int]) -> None:
+        """Blocks a request needs that are not in the tier (misses and loads from below), in
+        chain order, before victims are chosen to make room for them."""
+        return None
+
+    def on_admit(self, slots: Slots, hashes: Sequence[int]) -> None:
+        """Blocks that entered the tier (created, loaded back or prefetched), in chain order."""
+        return None
+
+    def on_hit(self, slots: Slots) -> None:
+        """Resident blocks used again, in chain order: a prefix hit (from either tier), a block
+        still cached past the end of the hit (recomputed, but its copy is reused) or a touch."""
+        return None
+
+    def on_release(self, slots: Slots) -> None:
+        """Blocks a request finished with, in chain order."""
+        return None
+
+    def on_evict(self, slots: Slots, hashes: Sequence[int]) -> None:
+        """Blocks leaving the tier (swapped to DRAM or dropped), best victim first."""
+        return None
+
+    def state_error(self, table: BlockTable) -> str | None:
+        """What disagrees between the policy's own state and ``table`` (None: nothing)."""
+        return None
 
     @abstractmethod
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
@@ -79,6 +119,125 @@ class EvictionPolicy(ABC):
         got = _leaves_first(table, ranked, k, complete=True)
         assert got is not None
         return got
+
+
+NOT_TRACKED = 0
+"""`BlockQueues.queue` of a slot on no queue (not in the tier, or never admitted)."""
+
+
+@dataclass(eq=False)
+class BlockQueues:
+    """Which of a policy's queues each slot is on, and where: one stamp per slot from a running
+    clock, smaller = nearer the tail (leaves sooner). Sizes count every member, in use or not."""
+
+    queue: npt.NDArray[np.int8]
+    stamp: npt.NDArray[np.int64]
+    sizes: list[int]
+    clock: int = 0
+
+    @classmethod
+    def empty(cls, slots: int, queues: int) -> BlockQueues:
+        """No slot on any of ``queues`` queues (numbered from 1)."""
+        return cls(np.zeros(slots, np.int8), np.zeros(slots, np.int64), [0] * (queues + 1))
+
+    def queue_of(self, slots: Slots) -> npt.NDArray[np.int8]:
+        """Each slot's queue; slots beyond the table this state was built for are untracked."""
+        if slots.size and int(slots.max()) >= self.queue.size:
+            out = np.zeros(slots.size, np.int8)
+            inside = slots < self.queue.size
+            out[inside] = self.queue[slots[inside]]
+            return out
+        got: npt.NDArray[np.int8] = self.queue[slots]
+        return got
+
+    def put(self, slots: Slots, queue: int, *, tail_first: bool) -> None:
+        """Put ``slots`` at the head of ``queue``, in the given order; ``tail_first``: a chain
+        given head first, so its deepest block gets the oldest stamp and leaves first."""
+        n = int(slots.size)
+        if n == 0:
+            return
+        self._count(slots, -1)
+        self.queue[slots] = queue
+        self.sizes[queue] += n
+        steps = np.arange(n - 1, -1, -1) if tail_first else np.arange(n)
+        self.stamp[slots] = self.clock + steps
+        self.clock += n
+
+    def refresh(self, slots: Slots) -> None:
+        """Move tracked ``slots`` (a chain, head first) to the head of the queue they are on."""
+        slots = slots[self.queue_of(slots) != NOT_TRACKED]
+        n = int(slots.size)
+        self.stamp[slots] = self.clock + np.arange(n - 1, -1, -1)
+        self.clock += n
+
+    def remove(self, slots: Slots) -> None:
+        """Take ``slots`` off whatever queue they are on."""
+        self._count(slots, -1)
+        self.queue[slots] = NOT_TRACKED
+
+    def _count(self, slots: Slots, sign: int) -> None:
+        for q, c in enumerate(np.bincount(self.queue_of(slots), minlength=len(self.sizes))):
+            if q != NOT_TRACKED:
+                self.sizes[q] += sign * int(c)
+
+    def oldest(self, slots: Slots, m: int) -> Slots:
+        """The ``m`` slots of ``slots`` nearest the tail, tail first (O(n) partition, m log m
+        sort; ties cannot occur: stamps are unique)."""
+        m = min(m, int(slots.size))
+        if m <= 0:
+            return np.empty(0, np.int64)
+        keys = self.stamp[slots]
+        if m < slots.size:
+            part = np.argpartition(keys, m - 1)[:m]
+            return slots[part[np.argsort(keys[part])]]
+        return slots[np.argsort(keys)]
+
+    def fifo_keys(self, table: BlockTable, slots: Slots) -> SortKeys:
+        """Lexsort keys: untracked slots first (least recently used first), then by queue
+        number, oldest stamp first within a queue."""
+        q = self.queue_of(slots)
+        known = q != NOT_TRACKED
+        within = table.last_access[slots].copy()
+        within[known] = self.stamp[slots[known]]
+        return (within, q)
+
+    def state_error(self, table: BlockTable, tier: int) -> str | None:
+        """Whether exactly the blocks in ``tier`` are tracked and the sizes add up."""
+        tracked = self.queue[: table.slots] != NOT_TRACKED
+        if not np.array_equal(tracked, table.tier == tier):
+            bad = int(np.argmax(tracked != (table.tier == tier)))
+            return f"slot {bad} is tracked={bool(tracked[bad])} but its tier is {table.tier[bad]}"
+        counts = np.bincount(self.queue, minlength=len(self.sizes))
+        if counts[1:].tolist() != self.sizes[1:]:
+            return f"queue sizes {self.sizes[1:]} != members {counts[1:].tolist()}"
+        return None
+
+
+@dataclass(eq=False)
+class GhostList:
+    """Hashes of blocks evicted recently, oldest first, at most ``capacity`` of them."""
+
+    capacity: int
+    keys: OrderedDict[int, None] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __contains__(self, block_hash: int) -> bool:
+        return block_hash in self.keys
+
+    def add(self, hashes: Iterable[int]) -> None:
+        """Remember ``hashes`` as the newest entries; forget the oldest beyond capacity."""
+        keys = self.keys
+        for h in hashes:
+            keys[h] = None
+            keys.move_to_end(h)
+        while len(keys) > self.capacity:
+            keys.popitem(last=False)
+
+    def take(self, block_hash: int) -> bool:
+        """Forget ``block_hash``; whether it was remembered."""
+        return self.keys.pop(block_hash, 0) is None
 
 
 def _leaves_first(table: BlockTable, ranked: Slots, k: int, *, complete: bool) -> Slots | None:
