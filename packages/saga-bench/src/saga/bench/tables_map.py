@@ -36,7 +36,16 @@ from typing import Any
 
 from saga.bench.jobs import QUICK, Job, Scale, SimJob, Variant, build_preset
 from saga.bench.stats import fmt_mean_std, fmt_p, mean_std, welch_p
-from saga.bench.tables import ABLATIONS, REF, SYSTEMS, TABLES, Results, TableDef, TableResult
+from saga.bench.tables import (
+    ABLATIONS,
+    REF,
+    SYSTEMS,
+    TABLES,
+    Results,
+    TableDef,
+    TableResult,
+    ablation_label,
+)
 
 LOADS = (8, 24, 48)
 """SWE tasks per instance at the quick scale (module docstring: why these three)."""
@@ -238,7 +247,7 @@ def _ablation_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableRe
     for p in ABLATIONS:
         d_vs, d_p = _vs_full(default, p)
         l_vs, l_p = _vs_full(at, p)
-        rows.append({"configuration": "full SAGA" if p == REF else p.replace("saga_no_", "w/o "),
+        rows.append({"configuration": ablation_label(p),
                      "default: TCT (s)": fmt_mean_std(default[p]), "default: vs full": d_vs,
                      "default: p": d_p, "lead cell: TCT (s)": fmt_mean_std(at[p]),
                      "lead cell: vs full": l_vs, "lead cell: p": l_p})
