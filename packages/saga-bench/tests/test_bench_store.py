@@ -103,7 +103,7 @@ def test_hash_changes_with_preset_parameters_nodes_and_format(
 
 def test_hash_ignores_the_scale_name_and_seed_count() -> None:
     """The quick and full grids share the runs they have in common."""
-    same = dataclasses.replace(TINY, name="other", seeds=7, cluster_seeds=3)
+    same = dataclasses.replace(TINY, name="other", seeds=7, seed_caps=(("3c", 3),))
     assert job_hash(SimJob(SIM.variant, SIM.workload, same)) == job_hash(SIM)
     assert job_hash(SimJob(Variant("saga"), QUICK.workload("swe", 1), QUICK)) == job_hash(
         SimJob(Variant("saga"), FULL.workload("swe", 1), FULL))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from saga.bench import paper
 from saga.bench.jobs import (
+    FULL,
     QUICK,
     Job,
     ReplayJob,
@@ -89,3 +91,25 @@ def test_stats() -> None:
 def test_paper_values_are_reference_only() -> None:
     assert paper.TABLE3_TCT_S["saga"] == (203.4, 82.1)
     assert "paper_reference.md" in paper.SOURCE
+
+
+def test_seed_caps_cut_a_tables_default_seeds_and_say_so(tiny_scale: Scale) -> None:
+    """A scale's cap runs a table on its first seeds and notes it; seeds asked for run whole."""
+    capped = dataclasses.replace(tiny_scale, seeds=2, seed_caps=(("7", 1),))
+    assert capped.seeds_for("7", [0, 1]) == [0] and capped.seeds_for("6", [0, 1]) == [0, 1]
+    jobs = plan_jobs(["7"], capped, [0, 1])
+    assert {j.workload.seed for j in jobs if isinstance(j, SimJob)} == {0}
+    run = run_bench(["7"], capped, workers=1)
+    assert any("1 of the 2 seeds" in n for n in run.tables[0].notes)
+    run = run_bench(["7"], capped, [0, 1], workers=1)
+    assert not any("of the 2 seeds" in n for n in run.tables[0].notes)
+    assert {j.workload.seed for j in run.results if isinstance(j, SimJob)} == {0, 1}
+
+
+def test_full_caps_its_sweeps_not_its_headline() -> None:
+    """``--full`` keeps table 3 (and 4, 10) at 10 seeds; the sweeps and 3c are cut to fit 15 min."""
+    assert FULL.seeds == 10
+    for t in ("3", "4", "10"):
+        assert len(FULL.seeds_for(t, range(10))) == 10
+    assert len(FULL.seeds_for("3c", range(10))) == 1
+    assert all(len(FULL.seeds_for(t, range(10))) == 5 for t in ("5", "6", "7", "8", "9"))

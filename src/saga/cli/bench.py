@@ -1,8 +1,9 @@
 """`saga bench`: the paper's tables 3-10 computed by saga-bench's simulator.
 
 ``saga bench`` runs a reduced grid (tables 3, 4 and 6 on one simulated node of 2 TP4 instances,
-2 seeds, about a minute on 2 cores); ``--full`` runs every table with 10 seeds, seeds in parallel
-processes, and table 3c (table 3 on the whole 16-instance reference cluster, 4 seeds);
+2 seeds, about a minute on 2 cores); ``--full`` runs every table (10 seeds; 5 for the sweeps of
+tables 5-9) in parallel processes, and table 3c (table 3 on the whole 16-instance reference
+cluster, 1 seed), within 15 minutes on 2 cores; ``--seeds N`` runs every table on N seeds;
 ``--nodes 8`` simulates every requested table on the reference cluster. ``saga bench
 validate`` runs the real CPU vLLM engine (``saga vllm compare``) and the simulator configured as
 that engine, and reports the simulator's error. ``--out DIR`` writes each run to ``DIR/runs/`` as
@@ -107,8 +108,9 @@ def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int
 @app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    full: Annotated[bool, typer.Option("--full", help="Every table, 10 seeds (one simulated "
-                                       "node; table 3c on the 16-instance cluster).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Every table, 10 seeds (5 for tables "
+                                       "5-9; one simulated node; table 3c on the 16-instance "
+                                       "cluster, 1 seed).")] = False,
     tables: Annotated[str | None, typer.Option(help="Comma-separated table ids, e.g. 3,6, "
                                                "or map: the regime map (default: 3,4,6 "
                                                "quick; 3-10 with --full).")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,13 +112,19 @@ class Scale:
     """Requests of the Mooncake window replayed for table 4."""
     replay_tasks: int = 96
     """At most this many agent tasks per replayed trace of table 4 (Bélády is the slow part)."""
-    cluster_seeds: int = 1
-    """Seeds of table 3c, table 3 on the whole reference cluster (a run there costs 8x)."""
+    seed_caps: tuple[tuple[str, int], ...] = (("3c", 1),)
+    """``(table id, n)``: that table runs on the first ``n`` seeds only. Table 3c (table 3 on the
+    whole reference cluster) costs 8x a one-node run per seed."""
     dram_gb_per_instance: float | None = None
     """KV tier in host DRAM per instance, GiB (the regime map's DRAM axis); None: the node's
     DRAM as the reference cluster has it. Only presets with a DRAM tier use it."""
     trace: TraceSource | None = None
     """``saga bench --trace``: the SWE and WebArena workloads run on this trace's sessions."""
+
+    def seeds_for(self, table_id: str, seeds: Sequence[int]) -> list[int]:
+        """The seeds table ``table_id`` runs on: ``seeds``, cut to its cap if it has one."""
+        cap = dict(self.seed_caps).get(table_id)
+        return list(seeds) if cap is None else list(seeds)[:max(1, cap)]
 
     @property
     def instances(self) -> int:
@@ -153,10 +159,12 @@ QUICK = Scale("quick", nodes=1, seeds=2, swe_tasks=96, web_tasks=128,
 """``saga bench``: one node (2 TP4 instances), 2 seeds — a reduced grid, about a minute. 48 SWE
 tasks per instance: enough that their contexts outgrow the KV pool, the regime SAGA is for."""
 FULL = Scale("full", nodes=1, seeds=10, swe_tasks=96, web_tasks=128,
-             swe_rate_per_instance=0.4, web_rate_per_instance=0.75, cluster_seeds=4)
-"""``saga bench --full``: the same node and load as the quick grid, 10 seeds, every table, and
-table 3 again on the whole 16-instance reference cluster (table 3c) with 4 seeds: one seed of
-it costs ~2 CPU-minutes, so all tables there would take ~8x the 15-minute budget on 2 cores."""
+             swe_rate_per_instance=0.4, web_rate_per_instance=0.75,
+             seed_caps=(("3c", 1), ("5", 5), ("6", 5), ("7", 5), ("8", 5), ("9", 5)))
+"""``saga bench --full``: the same node and load as the quick grid, every table, within 15
+minutes on 2 cores: tables 3, 4 and 10 with 10 seeds, the sweeps (tables 5-9) with 5, and table
+3 again on the whole 16-instance reference cluster (table 3c) with 1 (a seed there costs ~4
+minutes: ``saga bench --tables 3 --nodes 8 --seeds N`` runs more)."""
 
 
 def with_nodes(scale: Scale, nodes: int) -> Scale:

@@ -6,6 +6,7 @@ seeds give the same numbers with any number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,7 +64,7 @@ def plan_jobs(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int]) -> l
     """Every job the tables need, each once, in a stable order (slow kinds first)."""
     seen: dict[Job, None] = {}
     for t in table_ids:
-        for j in TABLE_DEFS[t].jobs(scale, seeds):
+        for j in TABLE_DEFS[t].jobs(scale, scale.seeds_for(t, seeds)):
             seen.setdefault(j, None)
     jobs = list(seen)
     # Replays are the longest jobs: start them first so they overlap the rest.
@@ -77,7 +78,7 @@ def plan_later_jobs(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int]
     seen: dict[Job, None] = {}
     for t in table_ids:
         later = TABLE_DEFS[t].later_jobs
-        for j in later(scale, seeds, results) if later is not None else ():
+        for j in later(scale, scale.seeds_for(t, seeds), results) if later is not None else ():
             if j not in results:
                 seen.setdefault(j, None)
     return list(seen)
@@ -93,6 +94,8 @@ def run_bench(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int] | Non
     runs already there are loaded instead of run (``on_plan`` gets the number left to run,
     ``warn`` hears of run files that could not be read and are run again)."""
     seed_list = list(range(scale.seeds)) if seeds is None else list(seeds)
+    if seeds is not None:  # seeds asked for are run on every table
+        scale = dataclasses.replace(scale, seed_caps=())
     if not seed_list:
         raise SagaConfigError("--seeds must be >= 1")
     if resume and store is None:
@@ -108,11 +111,23 @@ def run_bench(table_ids: Sequence[str], scale: Scale, seeds: Sequence[int] | Non
     if later:  # the second phase: jobs chosen from the first one's results
         phase.run(later)
     wall = time.perf_counter() - t0
-    tables = [TABLE_DEFS[t].build(scale, seed_list, results) for t in table_ids]
+    tables = [_build(t, scale, seed_list, results) for t in table_ids]
     sims = [r for j, r in results.items() if j.kind == "sim"]
     return BenchRun(scale, seed_list, tables, len(results), wall,
                     sum(int(r["calls"]) for r in sims), sum(float(r["cpu_s"]) for r in sims),
                     results, phase.reused)
+
+
+def _build(table_id: str, scale: Scale, seeds: list[int],
+           results: Mapping[Job, dict[str, Any]]) -> TableResult:
+    """Build a table on its seeds; a note says so when its cap cut them."""
+    used = scale.seeds_for(table_id, seeds)
+    t = TABLE_DEFS[table_id].build(scale, used, results)
+    if len(used) < len(seeds):
+        t.notes.append(f"{len(used)} of the {len(seeds)} seeds: the {scale.name} scale runs this "
+                       "table on fewer seeds to keep within its time budget (`--seeds N` runs "
+                       "every table on N).")
+    return t
 
 
 @dataclass
