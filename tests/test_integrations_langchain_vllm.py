@@ -44,7 +44,7 @@ NOISE_TOKENS = 30 * BLOCK  # two such prompts overrun the pool's free blocks
 
 
 class WordTokenizer:
-    """One token per word (the tiny model has no tokenizer): ``t<id>`` is token ``id`` itself,
+    """One token per word (the engine runs on token ids here): ``t<id>`` is token ``id`` itself,
     any other word a stable hash. Messages tokenize independently, so a conversation's tokens
     only ever grow at the end — what makes a session's context a cacheable prefix."""
 

@@ -43,23 +43,28 @@ def _vllm_app() -> typer.Typer:
 app.add_typer(_vllm_app(), name="vllm")
 
 
-def _cluster_app(module: str) -> typer.Typer:
-    """`saga coordinator|cluster ...` when saga-coordinator is installed; else a group saying
-    how to get it."""
+_GATEWAY_DEPS = ("saga.coordinator", "saga.vllm", "uvicorn", "fastapi", "httpx", "starlette")
+
+
+def _cluster_app(module: str, extra: str = "cluster",
+                 deps: tuple[str, ...] = ("saga.coordinator", "saga.vllm")) -> typer.Typer:
+    """`saga coordinator|cluster|serve|gateway ...` when what they need is installed; else a
+    group saying which extra gives it (``deps``: the top-level modules that may be missing)."""
     import importlib
 
     try:
         return importlib.import_module(f"saga.cli.{module}").app  # type: ignore[no-any-return]
     except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith(("saga.coordinator", "saga.vllm")):
+        if not (exc.name or "").startswith(deps):
             raise
-        missing = typer.Typer(help="SAGA's coordinator and Ray workers (not installed: "
-                                   "pip install 'saga[cluster]').")
+        missing = typer.Typer(help=f"SAGA's {module} command (not installed: "
+                                   f"pip install 'saga[{extra}]').")
+        name = exc.name
 
         @missing.callback(invoke_without_command=True)
         def _missing() -> None:
-            typer.echo("error: saga-coordinator is not installed; install it with "
-                       "pip install 'saga[cluster]' (or uv sync --all-packages)", err=True)
+            typer.echo(f"error: {name} is not installed; install it with "
+                       f"pip install 'saga[{extra}]' (or uv sync --all-packages)", err=True)
             raise typer.Exit(code=2)
 
         return missing
@@ -67,6 +72,8 @@ def _cluster_app(module: str) -> typer.Typer:
 
 app.add_typer(_cluster_app("coordinator"), name="coordinator")
 app.add_typer(_cluster_app("cluster"), name="cluster")
+app.add_typer(_cluster_app("gateway", "serve", _GATEWAY_DEPS), name="gateway")
+app.add_typer(_cluster_app("serve", "serve", _GATEWAY_DEPS), name="serve")
 
 
 def main() -> None:

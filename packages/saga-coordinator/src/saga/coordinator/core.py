@@ -239,14 +239,15 @@ class CoordinatorCore:
     # -- routing ----------------------------------------------------------------------------
     def route(self, session_id: str, tenant_id: str, now: float, *, prompt_tokens: int = 0,
               deadline_s: float = 0.0, work_tokens: float = 0.0,
-              avoid_worker: str = "") -> RouteDecision:
+              avoid_worker: str = "", block_hashes: tuple[int, ...] = ()) -> RouteDecision:
         """Route one call with the bundle's router and update the session table; enrols the
         task in AFS (when the preset has it) if it has a deadline and a work estimate.
 
         The reason comes from the table: ``NEW_SESSION`` (no row), ``HOME`` (the router kept
         the row's worker), ``REHOMED`` (the row's worker is not routable: dead, left or
         avoided), ``OVERLOADED`` (the router moved the session off a routable worker; for
-        SAGA's affinity router, a home at or above theta)."""
+        SAGA's affinity router, a home at or above theta). ``block_hashes`` (the gateway, which
+        sees the prompt, sends them) let prefix-aware routers find where a prefix is cached."""
         if avoid_worker:
             w = self.workers.get(avoid_worker)
             if w is not None and not w.avoided:
@@ -258,8 +259,7 @@ class CoordinatorCore:
                 "no live worker is registered; start workers (saga cluster up) and retry")
         entry = self.sessions.get(session_id)
         old = entry.worker_id if entry is not None else None
-        dst = self.router.route(RouteRequest(session_id, prompt_tokens=prompt_tokens, now=now),
-                                loads)
+        dst = self.router.route(RouteRequest(session_id, block_hashes, prompt_tokens, now), loads)
         w = self.workers[dst]
         self._ended.pop(session_id, None)
         if entry is None:

@@ -5,13 +5,16 @@ A model is named ``tiny`` or ``small`` (a random Llama of that shape, built with
 prefix hashes and KV blocks behave as with a trained model) or given as the path of a local
 Hugging Face model directory (``config.json`` and weights, as ``save_pretrained`` writes them).
 Either way its shape (layers, KV heads, head dim, dtype) sizes the KV pool in blocks, so a budget
-in blocks means the same on every model. Engines are driven with token ids
-(``skip_tokenizer_init=True``): a tokenizer in the directory is allowed, never needed.
+in blocks means the same on every model. The random models come with a small byte-level BPE
+tokenizer and a chat template (:mod:`saga.vllm.tokenizer`), so an OpenAI server can serve them
+text; SAGA's own engines are driven with token ids (``skip_tokenizer_init=True``): a tokenizer in
+the directory is allowed, never needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -230,31 +233,59 @@ def model_shape(model: str | os.PathLike[str]) -> ModelShape:
 
 def build_tiny_llama(path: str | os.PathLike[str], seed: int = 0,
                      shape: Mapping[str, int] | None = None) -> Path:
-    """Save a random Llama (float32) of ``shape`` (default :data:`TINY_LLAMA`) under ``path``.
+    """Save a random Llama (float32) of ``shape`` (default :data:`TINY_LLAMA`) under ``path``,
+    with its chat tokenizer (:func:`saga.vllm.tokenizer.build_chat_tokenizer`: every token id
+    below the model's vocabulary, bos and eos as ``config.json`` declares them).
 
-    Cached by path: a directory already holding the model built with the same ``seed`` and shape
-    is returned without touching ``transformers`` (importing it alone takes seconds).
+    Cached by path: a directory already holding the model built with the same ``seed``, shape
+    and tokenizer version is returned without touching ``transformers`` (importing it alone
+    takes seconds); an older one (e.g. without a tokenizer) is built again.
     """
+    from saga.vllm.tokenizer import TOKENIZER_VERSION, build_chat_tokenizer
+
     shape = TINY_LLAMA if shape is None else shape
     out = Path(path)
     marker = out / _MARKER
-    want = {"seed": seed, **shape}
-    if marker.is_file() and (out / "config.json").is_file():
-        try:
-            if json.loads(marker.read_text()) == want:
-                return out
-        except (OSError, ValueError):
-            pass
+    want = {"seed": seed, **shape, "tokenizer": TOKENIZER_VERSION}
+    if _built(out, want):
+        return out
+    # Several engines may start at once on a cold cache: one builds, the others wait for it.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _built(out, want):
+            return out
+        _save_random_llama(out, seed, shape)
+        build_chat_tokenizer(out, vocab_size=shape["vocab_size"])
+        marker.write_text(json.dumps(want))
+    return out
+
+
+def _built(out: Path, want: Mapping[str, Any]) -> bool:
+    """True when ``out`` holds a complete build of ``want`` (its marker is written last)."""
+    marker = out / _MARKER
+    if not (marker.is_file() and (out / "config.json").is_file()):
+        return False
+    try:
+        return bool(json.loads(marker.read_text()) == want)
+    except (OSError, ValueError):
+        return False
+
+
+def _save_random_llama(out: Path, seed: int, shape: Mapping[str, int]) -> None:
+    """The random weights and config.json (the marker goes first: a half build is no build)."""
+    from saga.vllm.tokenizer import BOS_TOKEN_ID, EOS_TOKEN_ID
+
+    (out / _MARKER).unlink(missing_ok=True)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(**shape, dtype="float32", tie_word_embeddings=False)
+    config = LlamaConfig(**shape, dtype="float32", tie_word_embeddings=False,
+                         bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
     model = LlamaForCausalLM(config)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    marker.write_text(json.dumps(want))
-    return out
 
 
 def vllm_engine_kwargs(model_dir: str | os.PathLike[str], kv_cache_bytes: int, *,

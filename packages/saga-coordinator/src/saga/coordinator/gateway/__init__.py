@@ -1,0 +1,1 @@
+"""SAGA's OpenAI-compatible HTTP gateway in front of vLLM engines."""

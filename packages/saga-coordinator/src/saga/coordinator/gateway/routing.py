@@ -1,0 +1,216 @@
+"""Where the gateway's routing decisions come from: a coordinator core in this process, or a
+shared gRPC coordinator (``--coordinator ADDR``) when several gateway replicas front the same
+engines.
+
+Either way the engines are the coordinator's workers: the gateway registers each engine it
+reaches, reports its scraped load as the worker's heartbeat and drops it when it stops
+answering, so the preset's router (SAGA's affinity with headroom, llm-d-like prefix + queue
+scoring for ``vllm_apc``, least-loaded for ``vllm``) decides exactly as it does in the
+simulator and behind ``saga cluster up``. The gateway sees the prompt, so in-process routing
+also gets the prompt's prefix hashes (chained hashes of fixed-size chunks of its text, as
+llm-d's approximate prefix scorer does); the gRPC protocol carries no prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from saga.coordinator.core import CoordinatorCore
+from saga.coordinator.gateway.engines import EngineState
+from saga.coordinator.table import RouteDecision
+
+__all__ = ["CHUNK_CHARS", "LocalRouting", "RemoteRouting", "Routing", "prompt_hashes",
+           "prompt_text"]
+
+CHUNK_CHARS = 256
+"""Characters per hashed prompt chunk (about 64 tokens of English: a few KV blocks)."""
+MAX_CHUNKS = 512
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The prompt as one string: chat messages as ``role: content`` lines, else ``prompt``."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        lines = []
+        for m in messages:
+            if not isinstance(m, Mapping):
+                continue
+            content = m.get("content")
+            if isinstance(content, list):
+                content = "".join(str(p.get("text", "")) for p in content
+                                  if isinstance(p, Mapping))
+            lines.append(f"{m.get('role', '')}: {content if content is not None else ''}")
+        return "\n".join(lines)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        return " ".join(str(x) for x in prompt)
+    return str(prompt) if prompt is not None else ""
+
+
+def prompt_hashes(text: str, chunk: int = CHUNK_CHARS) -> tuple[int, ...]:
+    """Chained 63-bit hashes of the text's full ``chunk``-character chunks (equal hashes mean
+    equal prefixes; at most :data:`MAX_CHUNKS`)."""
+    out: list[int] = []
+    h = b""
+    for i in range(0, min(len(text) // chunk, MAX_CHUNKS) * chunk, chunk):
+        h = hashlib.blake2b(h + text[i:i + chunk].encode(), digest_size=8).digest()
+        out.append(int.from_bytes(h, "big") >> 1)
+    return tuple(out)
+
+
+class Routing(Protocol):
+    """The decisions the gateway asks for and the facts it reports."""
+
+    async def attach(self, engine: EngineState, now: float) -> None: ...
+
+    async def report(self, engine: EngineState, now: float) -> None: ...
+
+    async def detach(self, engine_id: str, now: float) -> None: ...
+
+    async def route(self, session_id: str, tenant: str, now: float, *, prompt_tokens: int,
+                    block_hashes: tuple[int, ...], avoid: str, deadline_s: float = 0.0,
+                    work_tokens: float = 0.0) -> RouteDecision: ...
+
+    async def finished(self, session_id: str, engine_id: str, now: float, *, prompt_tokens: int,
+                       output_tokens: int, cached_tokens: int, final: bool,
+                       pending_tool: str | None, tool_latency_s: float | None) -> float: ...
+
+    async def tool_returned(self, session_id: str, tool: str, latency_s: float) -> None: ...
+
+    async def tick(self, now: float) -> None: ...
+
+    def order(self, session_ids: list[str], now: float) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRouting:
+    """Routing by a :class:`CoordinatorCore` in this process (the default)."""
+
+    def __init__(self, core: CoordinatorCore) -> None:
+        self.core = core
+
+    async def attach(self, engine: EngineState, now: float) -> None:
+        self.core.register(engine.id, "gateway", engine.slots, now)
+        await self.report(engine, now)
+
+    async def report(self, engine: EngineState, now: float) -> None:
+        if engine.id in self.core.workers:
+            self.core.heartbeat(engine.id, engine.load, -1.0, (), 0.0, now)
+
+    async def detach(self, engine_id: str, now: float) -> None:
+        if engine_id in self.core.workers:
+            self.core.deregister(engine_id)
+
+    async def route(self, session_id: str, tenant: str, now: float, *, prompt_tokens: int,
+                    block_hashes: tuple[int, ...], avoid: str, deadline_s: float = 0.0,
+                    work_tokens: float = 0.0) -> RouteDecision:
+        return self.core.route(session_id, tenant, now, prompt_tokens=prompt_tokens,
+                               avoid_worker=avoid, block_hashes=block_hashes,
+                               deadline_s=deadline_s, work_tokens=work_tokens)
+
+    async def finished(self, session_id: str, engine_id: str, now: float, *, prompt_tokens: int,
+                       output_tokens: int, cached_tokens: int, final: bool,
+                       pending_tool: str | None, tool_latency_s: float | None) -> float:
+        """Account the call; pin the session through the tool it now waits on (returns the
+        pin's seconds, 0 without one)."""
+        core = self.core
+        if session_id not in core.sessions:
+            return 0.0
+        core.call_finished(session_id, prompt_tokens, output_tokens, cached_tokens, engine_id,
+                           final=final, now=now)
+        if pending_tool is not None and not final:
+            pressure = core.workers[engine_id].load if engine_id in core.workers else 0.0
+            return core.tool_started(session_id, pending_tool, min(pressure, 1.0), now)
+        return 0.0
+
+    async def tool_returned(self, session_id: str, tool: str, latency_s: float) -> None:
+        """A call arrived saying its previous tool ran ``latency_s``: train the TTL model."""
+        if session_id in self.core.sessions:
+            self.core.tool_finished(session_id, tool, latency_s)
+
+    async def tick(self, now: float) -> None:
+        self.core.epoch(now)
+
+    def order(self, session_ids: list[str], now: float) -> list[str]:
+        """Queued calls in AFS order (tasks enrolled with a deadline first), else as given."""
+        return self.core.afs_order(session_ids, now)
+
+    async def close(self) -> None:
+        return None
+
+
+class RemoteRouting:
+    """Routing by a shared gRPC coordinator: engines are registered and heartbeated by every
+    replica that reaches them (the same worker ids), calls are routed by the coordinator."""
+
+    def __init__(self, address: str, token: str) -> None:
+        from saga.coordinator.client import CoordinatorClient
+
+        self.client = CoordinatorClient(address, token)
+        self._pb: Any = None
+        self._known: set[str] = set()
+
+    def _proto(self) -> Any:
+        if self._pb is None:
+            from saga.coordinator._proto import saga_coordinator_pb2 as pb
+
+            self._pb = pb
+        return self._pb
+
+    async def _call(self, what: str, rpc: str, req: Any) -> Any:
+        c = self.client
+        return await c._retry(what, lambda: getattr(c.stub, rpc)(
+            req, metadata=c.metadata, timeout=c.timeout_s))
+
+    async def attach(self, engine: EngineState, now: float) -> None:
+        pb = self._proto()
+        await self._call("Register", "Register", pb.RegisterRequest(
+            worker_id=engine.id, node="gateway", slots=engine.slots))
+        self._known.add(engine.id)
+        await self.report(engine, now)
+
+    async def report(self, engine: EngineState, now: float) -> None:
+        if engine.id not in self._known:
+            return
+        pb = self._proto()
+        await self._call("Heartbeat", "Heartbeat", pb.HeartbeatRequest(
+            worker_id=engine.id, load=engine.load, idle_for_s=-1.0))
+
+    async def detach(self, engine_id: str, now: float) -> None:
+        if engine_id in self._known:
+            self._known.discard(engine_id)
+            pb = self._proto()
+            await self._call("Deregister", "Deregister",
+                             pb.DeregisterRequest(worker_id=engine_id))
+
+    async def route(self, session_id: str, tenant: str, now: float, *, prompt_tokens: int,
+                    block_hashes: tuple[int, ...], avoid: str, deadline_s: float = 0.0,
+                    work_tokens: float = 0.0) -> RouteDecision:
+        pb = self._proto()
+        reply = await self.client.route(session_id, tenant, prompt_tokens=prompt_tokens,
+                                        avoid_worker=avoid, deadline_s=deadline_s,
+                                        work_tokens=work_tokens)
+        return RouteDecision(reply.worker_id, reply.node, pb.RouteReason.Name(reply.reason),
+                             reply.pinned_for_s)
+
+    async def finished(self, session_id: str, engine_id: str, now: float, *, prompt_tokens: int,
+                       output_tokens: int, cached_tokens: int, final: bool,
+                       pending_tool: str | None, tool_latency_s: float | None) -> float:
+        if final:
+            await self.client.end_session(session_id)
+        return 0.0
+
+    async def tool_returned(self, session_id: str, tool: str, latency_s: float) -> None:
+        return None  # the engine's scheduler learns tool latencies from the call's metadata
+
+    async def tick(self, now: float) -> None:
+        return None
+
+    def order(self, session_ids: list[str], now: float) -> list[str]:
+        return list(session_ids)  # fairness state lives in the shared coordinator
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,409 @@
+"""The gateway's work for one request: who, which session, which engine, forward, account.
+
+Requests pass through unchanged except for what SAGA adds: the session's metadata in
+``vllm_xargs`` (the flat ``saga_*`` keys SagaScheduler reads; a stock engine ignores them), the
+tenant's ``cache_salt``, and ``cache_control`` removed (vLLM does not know it). Responses pass
+through unchanged: JSON as the engine wrote it, SSE streams chunk by chunk as they arrive.
+
+Faults: an engine that refuses the connection or times out before answering is marked down
+(routed around until a scrape finds it again) and the request goes once to another engine; a
+stream that breaks after its first byte cannot be retried, so it ends with an SSE error event.
+Every upstream call has a connect and a total timeout, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from saga.coordinator.gateway.engines import EngineState, parse_vllm_metrics
+from saga.coordinator.gateway.hints import CallHints, HintError, read_hints, strip_cache_control
+from saga.coordinator.gateway.metrics import GatewayMetrics
+from saga.coordinator.gateway.routing import Routing, prompt_hashes, prompt_text
+from saga.coordinator.gateway.tenants import AuthError, Tenants
+from saga.coordinator.table import CoordinatorError, NoWorkerError
+
+__all__ = ["Gateway", "Timeouts"]
+
+log = logging.getLogger("saga.gateway")
+
+_TAIL_CHUNKS = 8
+"""Last chunks of a stream kept to read its usage event from."""
+_PENDING_KEPT = 65_536
+"""Sessions whose announced tool the gateway remembers (to name it when it returns)."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds an upstream call may take: to connect, and in all (a stream: between chunks)."""
+
+    connect_s: float = 2.0
+    total_s: float = 600.0
+    scrape_s: float = 1.0
+
+
+def error_body(message: str, kind: str, code: int, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error object (clients print ``error.message``)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(message: str, kind: str, code: int, param: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, code, param), status_code=code)
+
+
+@dataclass
+class _Call:
+    """One request on its way: what it asked, for whom, and where it went."""
+
+    endpoint: str
+    body: dict[str, Any]
+    hints: CallHints
+    tenant: str
+    arrived: float
+    stream: bool
+    engine: EngineState | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+class Gateway:
+    """Engines, routing, tenants and metrics of one gateway process."""
+
+    def __init__(self, engines: list[EngineState], routing: Routing, tenants: Tenants,
+                 timeouts: Timeouts = Timeouts(), metrics: GatewayMetrics | None = None,
+                 queue_at: int | None = None) -> None:
+        if not engines:
+            raise CoordinatorError("the gateway needs at least one engine URL")
+        self.engines = {e.id: e for e in engines}
+        self.routing = routing
+        self.tenants = tenants
+        self.timeouts = timeouts
+        self.metrics = metrics or GatewayMetrics()
+        self._session: aiohttp.ClientSession | None = None
+        self._scrape_timeout = aiohttp.ClientTimeout(total=timeouts.scrape_s)
+        self._pending: OrderedDict[str, str] = OrderedDict()
+        self.queue_at = queue_at
+        self._waiting: dict[str, list[tuple[str, asyncio.Future[None]]]] = {
+            e.id: [] for e in engines}
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The upstream HTTP client (made in the serving event loop on first use): keep-alive
+        connections to every engine, no proxy from the environment, no cookies kept."""
+        if self._session is None:
+            t = self.timeouts
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                skip_auto_headers=("User-Agent",))
+        return self._session
+
+    # -- engines -------------------------------------------------------------------------------
+    async def scrape(self, engine: EngineState) -> None:
+        """Read one engine's ``/metrics``: up (attached to routing) or down (detached)."""
+        try:
+            async with self.session.get(engine.url + "/metrics",
+                                        timeout=self._scrape_timeout) as r:
+                r.raise_for_status()
+                engine.apply(parse_vllm_metrics(await r.text()))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.mark_down(engine, f"/metrics: {type(exc).__name__}")
+            return
+        if not engine.up:
+            engine.up, engine.down_reason = True, ""
+            await self.routing.attach(engine, self.now())
+            log.info("engine %s at %s is up", engine.id, engine.url)
+        else:
+            await self.routing.report(engine, self.now())
+        self._gauges(engine)
+
+    async def scrape_all(self) -> None:
+        await asyncio.gather(*(self.scrape(e) for e in self.engines.values()))
+        await self.routing.tick(self.now())
+
+    async def mark_down(self, engine: EngineState, why: str) -> None:
+        if engine.up:
+            log.warning("engine %s at %s is down (%s); its sessions re-home", engine.id,
+                        engine.url, why)
+            await self.routing.detach(engine.id, self.now())
+        engine.up, engine.down_reason = False, why
+        for _, fut in self._waiting[engine.id]:
+            if not fut.done():
+                fut.set_exception(_EngineDown(engine.id))
+        self._waiting[engine.id].clear()
+        self._gauges(engine)
+
+    def _gauges(self, e: EngineState) -> None:
+        m = self.metrics
+        m.engine_up.labels(e.id, e.url).set(1.0 if e.up else 0.0)
+        m.engine_load.labels(e.id).set(e.load)
+        m.engine_kv.labels(e.id).set(e.kv_usage)
+
+    async def models(self) -> dict[str, Any]:
+        """``GET /v1/models`` of every engine that is up, merged (each model once)."""
+        async def one(e: EngineState) -> list[dict[str, Any]]:
+            try:
+                async with self.session.get(e.url + "/v1/models",
+                                            timeout=self._scrape_timeout) as r:
+                    r.raise_for_status()
+                    data = (await r.json()).get("data", [])
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+                return []
+            return [m for m in data if isinstance(m, dict) and "id" in m]
+
+        found = await asyncio.gather(*(one(e) for e in self.engines.values() if e.up))
+        merged: dict[str, dict[str, Any]] = {}
+        for models in found:
+            for m in models:
+                merged.setdefault(str(m["id"]), m)
+        return {"object": "list", "data": list(merged.values())}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.routing.close()
+
+    # -- requests ------------------------------------------------------------------------------
+    async def handle(self, endpoint: str, headers: Mapping[str, str], raw: bytes) -> Response:
+        """Answer one ``/v1/chat/completions`` or ``/v1/completions`` request."""
+        arrived = self.now()
+        try:
+            tenant = self.tenants.tenant_of(headers.get("authorization"))
+        except AuthError as exc:
+            self.metrics.errors.labels("auth").inc()
+            return _error(str(exc), "authentication_error", 401)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as exc:
+            body = None
+            why = f"the request body is not valid JSON ({exc})"
+        else:
+            why = "the request body must be a JSON object"
+        if not isinstance(body, dict):
+            self.metrics.errors.labels("bad_request").inc()
+            return _error(why, "invalid_request_error", 400)
+        try:
+            hints = read_hints(headers, body, tenant, uuid.uuid4().hex[:16])
+            body = self._upstream_body(body, hints, tenant)
+        except HintError as exc:
+            self.metrics.errors.labels("bad_request").inc()
+            return _error(str(exc), "invalid_request_error", 400, exc.where)
+        self.tenants.count(tenant, request=True)
+        self.metrics.tenant_requests.labels(tenant).inc()
+        call = _Call(endpoint, body, hints, tenant, arrived, body.get("stream") is True)
+        await self._tool_returned(hints)
+        return await self._forward(call, headers)
+
+    def _upstream_body(self, body: dict[str, Any], hints: CallHints,
+                       tenant: str) -> dict[str, Any]:
+        body = strip_cache_control(body)
+        xargs = body.get("vllm_xargs")
+        if xargs is not None and not isinstance(xargs, dict):
+            raise HintError("vllm_xargs must be an object", "vllm_xargs")
+        body["vllm_xargs"] = {**(xargs or {}), **hints.meta.vllm_xargs()}
+        salt = self.tenants.cache_salt(tenant)
+        if salt is not None:
+            own = body.get("cache_salt")
+            body["cache_salt"] = salt if not own else f"{salt}:{own}"
+        return body
+
+    async def _tool_returned(self, hints: CallHints) -> None:
+        meta = hints.meta
+        tool = self._pending.pop(meta.session_id, None)
+        if tool is not None and meta.tool_latency_s is not None:
+            await self.routing.tool_returned(meta.session_id, tool, meta.tool_latency_s)
+
+    async def _route(self, call: _Call) -> EngineState:
+        meta = call.hints.meta
+        text = prompt_text(call.body)
+        prompt_tokens = len(text) // 4  # about 4 characters a token; only an estimate
+        max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens")
+        work = prompt_tokens + (max_tokens if isinstance(max_tokens, int) else 256)
+        decision = await self.routing.route(
+            meta.session_id, call.tenant, self.now(), prompt_tokens=prompt_tokens,
+            block_hashes=prompt_hashes(text), avoid=call.tried[-1] if call.tried else "",
+            deadline_s=meta.deadline_s or 0.0, work_tokens=float(work))
+        engine = self.engines[decision.worker_id]
+        self.metrics.routes.labels(engine.id, decision.reason).inc()
+        if decision.reason in ("OVERLOADED", "REHOMED"):
+            self.metrics.rehomes.inc()
+        return engine
+
+    async def _forward(self, call: _Call, headers: Mapping[str, str]) -> Response:
+        fwd = {"content-type": "application/json"}
+        if "x-request-id" in headers:
+            fwd["x-request-id"] = headers["x-request-id"]
+        data = json.dumps(call.body).encode()
+        for attempt in (0, 1):
+            try:
+                engine = await self._route(call)
+            except NoWorkerError:
+                self.metrics.errors.labels("no_engine").inc()
+                return _error("no engine is up behind the gateway; check `saga serve`'s "
+                              "engines (GET /health lists them)", "service_unavailable", 503)
+            call.engine = engine
+            call.tried.append(engine.id)
+            try:
+                await self._admit(engine, call.hints.meta.session_id)
+            except _EngineDown:
+                self.metrics.retries.inc()
+                continue
+            self.metrics.queue_s.observe(self.now() - call.arrived)
+            try:
+                resp = await self.session.post(engine.url + call.endpoint, data=data,
+                                               headers=fwd)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._done(engine)
+                await self.mark_down(engine, f"request failed: {type(exc).__name__}")
+                self.metrics.errors.labels("upstream_" + type(exc).__name__).inc()
+                if attempt == 0:
+                    self.metrics.retries.inc()
+                    continue
+                return _error(f"engines {call.tried} failed this request "
+                              f"({type(exc).__name__}); retry later", "upstream_error", 502)
+            if call.stream and resp.status == 200:
+                return StreamingResponse(self._relay(call, resp), status_code=200,
+                                         media_type=resp.headers.get("content-type",
+                                                                     "text/event-stream"))
+            return await self._whole(call, resp)
+        raise AssertionError("unreachable")
+
+    async def _admit(self, engine: EngineState, session_id: str) -> None:
+        """Take one of the engine's places; past ``queue_at`` in flight, wait in the gateway's
+        queue for one, served in the routing's fairness order (AFS when the preset has it)."""
+        if self.queue_at is None or engine.in_flight < self.queue_at:
+            engine.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting[engine.id]
+        waiters.append((session_id, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.timeouts.total_s)
+        except BaseException:
+            if (session_id, fut) in waiters:
+                waiters.remove((session_id, fut))
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._done(engine)  # the place was handed over: pass it on
+            raise
+
+    def _done(self, engine: EngineState) -> None:
+        """A request left the engine: hand its place to the next waiter, or free it."""
+        waiters = self._waiting[engine.id]
+        while waiters:
+            order = self.routing.order([sid for sid, _ in waiters], self.now())
+            pick = next(w for w in waiters if w[0] == order[0])
+            waiters.remove(pick)
+            if not pick[1].done():
+                pick[1].set_result(None)
+                return
+        engine.in_flight -= 1
+
+    async def _whole(self, call: _Call, resp: aiohttp.ClientResponse) -> Response:
+        engine = call.engine
+        assert engine is not None
+        try:
+            content = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.metrics.errors.labels("upstream_" + type(exc).__name__).inc()
+            await self.mark_down(engine, f"response broke: {type(exc).__name__}")
+            return _error(f"engine {engine.id} broke off its answer ({type(exc).__name__})",
+                          "upstream_error", 502)
+        finally:
+            self._done(engine)
+            resp.release()
+        usage = None
+        if resp.status == 200:
+            try:
+                usage = json.loads(content).get("usage")
+            except (ValueError, AttributeError):
+                usage = None
+        await self._account(call, resp.status, usage)
+        return Response(content, status_code=resp.status,
+                        media_type=resp.headers.get("content-type", "application/json"))
+
+    async def _relay(self, call: _Call, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Pass an SSE stream through chunk by chunk; read its usage chunk on the way."""
+        engine = call.engine
+        assert engine is not None
+        last: deque[bytes] = deque(maxlen=_TAIL_CHUNKS)
+        status = 200
+        try:
+            async for chunk in resp.content.iter_any():
+                last.append(chunk)
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = 502
+            self.metrics.errors.labels("stream_broken").inc()
+            log.error("502: stream from engine %s broke after its first byte (%s)", engine.id,
+                      type(exc).__name__)
+            await self.mark_down(engine, f"stream broke: {type(exc).__name__}")
+            err = error_body(f"engine {engine.id} broke off the stream "
+                             f"({type(exc).__name__}); the answer is incomplete",
+                             "upstream_error", 502)
+            yield b"data: " + json.dumps(err).encode() + b"\n\n"
+        finally:
+            self._done(engine)
+            resp.release()
+        await self._account(call, status, _stream_usage(b"".join(last)))
+
+    async def _account(self, call: _Call, status: int, usage: Any) -> None:
+        engine = call.engine
+        assert engine is not None
+        m = self.metrics
+        m.requests.labels(engine.id, call.endpoint, str(status)).inc()
+        prompt = completion = cached = 0
+        if isinstance(usage, dict):
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                cached = int(details.get("cached_tokens") or 0)
+        m.prompt_tokens.labels(engine.id).inc(prompt)
+        m.cached_tokens.labels(engine.id).inc(cached)
+        self.tenants.count(call.tenant, tokens=prompt + completion)
+        m.tenant_tokens.labels(call.tenant).inc(prompt + completion)
+        if status != 200:
+            return
+        meta = call.hints.meta
+        pinned = await self.routing.finished(
+            meta.session_id, engine.id, self.now(), prompt_tokens=prompt,
+            output_tokens=completion, cached_tokens=cached, final=meta.final,
+            pending_tool=meta.pending_tool, tool_latency_s=meta.tool_latency_s)
+        if meta.pending_tool is not None and not meta.final:
+            self._pending[meta.session_id] = meta.pending_tool
+            self._pending.move_to_end(meta.session_id)
+            if len(self._pending) > _PENDING_KEPT:
+                self._pending.popitem(last=False)
+            if pinned > 0:
+                m.pins.inc()
+
+
+class _EngineDown(Exception):
+    """The engine a queued request waited for went down (the request is routed again)."""
+
+
+def _stream_usage(tail: bytes) -> Any:
+    """The ``usage`` of the last SSE ``data:`` event in ``tail`` that has one."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            try:
+                usage = json.loads(line[6:]).get("usage")
+            except ValueError:
+                continue
+            if usage:
+                return usage
+    return None
