@@ -253,3 +253,37 @@ def test_past_queue_at_requests_wait_in_the_gateway_and_all_complete() -> None:
             assert slowest > 0.3  # queued requests waited for places
         finally:
             gw.stop()
+
+
+def test_gateway_replicas_share_a_grpc_coordinator(
+        two_engines: tuple[list[TrivialEngine], list[str]]) -> None:
+    """Two gateways with --coordinator route one session to the same engine (real gRPC
+    coordinator on loopback), and its session table holds the session."""
+    import threading
+
+    from saga.coordinator.server import CoordinatorServer, ServerConfig
+
+    engines, urls = two_engines
+    loop = asyncio.new_event_loop()
+    server = CoordinatorServer(ServerConfig(token="t", worker_timeout_s=30.0))
+    address = loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    gws = [_gateway(urls, coordinator=address, coordinator_token="t") for _ in range(2)]
+    try:
+        for i in range(4):
+            r = httpx.post(gws[i % 2].url + CHAT, json=_msg("hello"),
+                           headers={"X-Session-Id": "shared"}, timeout=10)
+            assert r.status_code == 200, r.text
+        assert sorted(e.requests for e in engines) == [0, 4]
+        assert "shared" in server.core.sessions
+        r = httpx.post(gws[0].url + CHAT, json=_msg("bye"),
+                       headers={"X-Session-Id": "shared", "X-Saga-Final": "true"}, timeout=10)
+        assert r.status_code == 200
+        assert "shared" not in server.core.sessions  # the final call ended it
+    finally:
+        for g in gws:
+            g.stop()
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

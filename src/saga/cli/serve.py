@@ -62,6 +62,8 @@ def serve(
                                               )] = 8,
     log_dir: Annotated[Path | None, typer.Option(help="Engine logs (default: a temp dir)."
                                                  )] = None,
+    start_timeout: Annotated[float, typer.Option(min=1, help="Seconds the started engines "
+                                                 "get to answer /health.")] = 600.0,
 ) -> None:
     """Serve the gateway; stop with Ctrl-C (its engines stop with it)."""
     with user_errors():
@@ -76,9 +78,10 @@ def serve(
         token = os.environ.get(TOKEN_ENV, "")
         spec = EngineSpec(model=model, preset=preset, kv_blocks=kv_blocks,
                           max_num_seqs=max_num_seqs)
-        asyncio.run(_run(spec, n, urls, ray, log_dir, GatewayConfig(
-            ("http://placeholder",), preset, keys, slots=max_num_seqs,
-            coordinator=coordinator, coordinator_token=token), host, port))
+        config = GatewayConfig(("http://engines-not-started-yet",), preset, keys,
+                               slots=max_num_seqs, coordinator=coordinator,
+                               coordinator_token=token)  # checked before engines start
+        asyncio.run(_run(spec, n, urls, ray, log_dir, config, host, port, start_timeout))
 
 
 def _check_port(host: str, port: int) -> None:
@@ -92,7 +95,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 async def _run(spec: EngineSpec, n: int, urls: list[str], ray: str | None,
-               log_dir: Path | None, base: GatewayConfig, host: str, port: int) -> None:
+               log_dir: Path | None, base: GatewayConfig, host: str, port: int,
+               start_timeout_s: float) -> None:
     """Start the engines, serve until a signal, stop the engines (also on failure)."""
     main = asyncio.current_task()
     stopping = False
@@ -109,7 +113,7 @@ async def _run(spec: EngineSpec, n: int, urls: list[str], ray: str | None,
             launcher = (RayEngines(n, spec, ray) if ray is not None
                         else EngineProcesses(n, spec, log_dir))
             console.print(f"starting {n} vLLM engine(s) ({spec.model}, preset {spec.preset})...")
-            urls = urls + await launcher.start()
+            urls = urls + await launcher.start(timeout_s=start_timeout_s)
         config = dataclasses.replace(base, engines=tuple(urls))
         server = uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port,
                                                log_level="warning", access_log=False))

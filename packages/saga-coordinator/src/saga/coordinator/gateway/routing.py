@@ -147,11 +147,20 @@ class RemoteRouting:
     replica that reaches them (the same worker ids), calls are routed by the coordinator."""
 
     def __init__(self, address: str, token: str) -> None:
-        from saga.coordinator.client import CoordinatorClient
-
-        self.client = CoordinatorClient(address, token)
+        self.address, self._token = address, token
+        self._client: Any = None
         self._pb: Any = None
         self._known: set[str] = set()
+
+    @property
+    def client(self) -> Any:
+        """The gRPC client, opened in the serving event loop on first use (a grpc.aio channel
+        belongs to the loop it was made in)."""
+        if self._client is None:
+            from saga.coordinator.client import CoordinatorClient
+
+            self._client = CoordinatorClient(self.address, self._token)
+        return self._client
 
     def _proto(self) -> Any:
         if self._pb is None:
@@ -213,4 +222,5 @@ class RemoteRouting:
         return list(session_ids)  # fairness state lives in the shared coordinator
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
