@@ -151,7 +151,7 @@ def test_a_session_stays_on_one_engine_and_carries_its_metadata(
             served = [e for e in engines if e.requests]
             assert len(served) == 1 and served[0].requests == 3
             sent = served[0].seen[-1]
-            assert sent["vllm_xargs"]["saga_session_id"] == "s1"
+            assert sent["vllm_xargs"]["saga_session_id"] == "acme:s1"  # tenant-scoped
             assert sent["vllm_xargs"]["saga_tenant_id"] == "acme"
             assert sent["vllm_xargs"]["saga_pending_tool"] == "ls"
             assert sent["cache_salt"] == Tenants.cache_salt("acme")

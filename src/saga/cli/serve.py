@@ -122,7 +122,8 @@ async def _run(spec: EngineSpec, n: int, urls: list[str], ray: str | None,
             await asyncio.sleep(0.05)
         if server.started:
             console.print(f"SAGA gateway on http://{host}:{port} ({len(urls)} engines: "
-                          f"{', '.join(urls)}; preset {base.preset})", highlight=False)
+                          f"{', '.join(urls)}; preset {base.preset})", highlight=False,
+                          soft_wrap=True)
         await task
     except asyncio.CancelledError:
         pass

@@ -43,6 +43,8 @@ class GatewayConfig:
     slots: int = 8
     """Requests each engine runs at once (its ``--max-num-seqs``): the load's denominator."""
     scrape_s: float = 0.5
+    scrape_timeout_s: float = 3.0
+    """How long one ``/metrics`` scrape may take (an engine busy prefilling answers late)."""
     connect_timeout_s: float = 2.0
     request_timeout_s: float = 600.0
     coordinator: str | None = None
@@ -60,7 +62,7 @@ class GatewayConfig:
         bad = [u for u in self.engines if not u.startswith(("http://", "https://"))]
         if bad:
             raise SagaConfigError(f"engine URL {bad[0]!r} must start with http:// or https://")
-        for name in ("scrape_s", "connect_timeout_s", "request_timeout_s"):
+        for name in ("scrape_s", "scrape_timeout_s", "connect_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise SagaConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.queue_at is not None and self.queue_at < 0:
@@ -86,7 +88,7 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     queue_at = 2 * config.slots if config.queue_at is None else config.queue_at or None
     return Gateway(engines, routing, Tenants(config.api_keys),
                    Timeouts(config.connect_timeout_s, config.request_timeout_s,
-                            max(config.scrape_s, 0.5)), queue_at=queue_at)
+                            config.scrape_timeout_s), queue_at=queue_at)
 
 
 async def _scrape_forever(gw: Gateway, period_s: float) -> None:

@@ -60,6 +60,8 @@ class EngineState:
     prefix_hits: float = 0.0
     prefix_queries: float = 0.0
     in_flight: int = 0
+    late_scrapes: int = 0
+    """Scrapes in a row that timed out."""
     models: list[str] = field(default_factory=list)
     down_reason: str = ""
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from saga.aeg.metadata import MetadataError, RequestMetadata
+from saga.aeg.metadata import DEFAULT_TENANT, MetadataError, RequestMetadata
 from saga.policy.errors import SagaError
 
 __all__ = [
@@ -186,6 +186,8 @@ def read_hints(headers: Mapping[str, str], body: Mapping[str, Any], tenant: str,
     """The call's :class:`CallHints` (``headers`` with lower-case names). Without a session the
     call is a session of its own (``req-<request_id>``), final: nothing of it is reused."""
     sid, source = _session(headers, body)
+    if sid is not None and tenant != DEFAULT_TENANT:
+        sid = f"{tenant}:{sid}"  # tenants name sessions independently: never one row for two
     final = _final(headers.get(FINAL_HEADER))
     retain = _retention(body)
     try:

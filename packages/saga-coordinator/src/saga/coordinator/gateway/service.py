@@ -37,6 +37,9 @@ __all__ = ["Gateway", "Timeouts"]
 
 log = logging.getLogger("saga.gateway")
 
+LATE_SCRAPES_DOWN = 3
+"""Scrapes in a row that time out before an engine is marked down (a refused connection marks
+it down at once)."""
 _TAIL_CHUNKS = 8
 """Last chunks of a stream kept to read its usage event from."""
 _PENDING_KEPT = 65_536
@@ -120,9 +123,18 @@ class Gateway:
                                         timeout=self._scrape_timeout) as r:
                 r.raise_for_status()
                 engine.apply(parse_vllm_metrics(await r.text()))
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError:
+            # A busy engine answers late: down only after several late scrapes in a row.
+            engine.late_scrapes += 1
+            if engine.late_scrapes >= LATE_SCRAPES_DOWN or not engine.up:
+                await self.mark_down(engine, f"/metrics: no answer in {engine.late_scrapes} "
+                                     "scrapes")
+            return
+        except aiohttp.ClientError as exc:
+            # Refused, reset or an error status: it is down now.
             await self.mark_down(engine, f"/metrics: {type(exc).__name__}")
             return
+        engine.late_scrapes = 0
         if not engine.up:
             engine.up, engine.down_reason = True, ""
             await self.routing.attach(engine, self.now())
@@ -253,15 +265,18 @@ class Gateway:
                 engine = await self._route(call)
             except NoWorkerError:
                 self.metrics.errors.labels("no_engine").inc()
-                return _error("no engine is up behind the gateway; check `saga serve`'s "
-                              "engines (GET /health lists them)", "service_unavailable", 503)
+                return self._failed(call, 503, "no engine is up behind the gateway; check "
+                                    "`saga serve`'s engines (GET /health lists them)")
             call.engine = engine
             call.tried.append(engine.id)
             try:
                 await self._admit(engine, call.hints.meta.session_id)
             except _EngineDown:
-                self.metrics.retries.inc()
-                continue
+                if attempt == 0:
+                    self.metrics.retries.inc()
+                    continue
+                return self._failed(call, 502, f"engines {call.tried} went down while this "
+                                    "request waited for them; retry later")
             self.metrics.queue_s.observe(self.now() - call.arrived)
             try:
                 resp = await self.session.post(engine.url + call.endpoint, data=data,
@@ -273,14 +288,22 @@ class Gateway:
                 if attempt == 0:
                     self.metrics.retries.inc()
                     continue
-                return _error(f"engines {call.tried} failed this request "
-                              f"({type(exc).__name__}); retry later", "upstream_error", 502)
+                return self._failed(call, 502, f"engines {call.tried} failed this request "
+                                    f"({type(exc).__name__}); retry later")
             if call.stream and resp.status == 200:
                 return StreamingResponse(self._relay(call, resp), status_code=200,
                                          media_type=resp.headers.get("content-type",
                                                                      "text/event-stream"))
             return await self._whole(call, resp)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the second attempt returns")
+
+    def _failed(self, call: _Call, status: int, message: str) -> JSONResponse:
+        """The gateway's own error answer, counted like an engine's (engine ``none`` when no
+        engine was tried)."""
+        engine = call.tried[-1] if call.tried else "none"
+        self.metrics.requests.labels(engine, call.endpoint, str(status)).inc()
+        kind = "service_unavailable" if status == 503 else "upstream_error"
+        return _error(message, kind, status)
 
     async def _admit(self, engine: EngineState, session_id: str) -> None:
         """Take one of the engine's places; past ``queue_at`` in flight, wait in the gateway's
@@ -320,8 +343,8 @@ class Gateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.metrics.errors.labels("upstream_" + type(exc).__name__).inc()
             await self.mark_down(engine, f"response broke: {type(exc).__name__}")
-            return _error(f"engine {engine.id} broke off its answer ({type(exc).__name__})",
-                          "upstream_error", 502)
+            return self._failed(call, 502, f"engine {engine.id} broke off its answer "
+                                f"({type(exc).__name__})")
         finally:
             self._done(engine)
             resp.release()
