@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -14,6 +15,15 @@ class GatewayMetrics:
     """Counters of what the gateway did, per engine, route reason, tenant and error kind."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False)
+
+    def of(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (the hot path's cost)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def __post_init__(self) -> None:
         r = self.registry

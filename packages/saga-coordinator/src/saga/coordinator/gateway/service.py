@@ -161,9 +161,9 @@ class Gateway:
 
     def _gauges(self, e: EngineState) -> None:
         m = self.metrics
-        m.engine_up.labels(e.id, e.url).set(1.0 if e.up else 0.0)
-        m.engine_load.labels(e.id).set(e.load)
-        m.engine_kv.labels(e.id).set(e.kv_usage)
+        m.of(m.engine_up, e.id, e.url).set(1.0 if e.up else 0.0)
+        m.of(m.engine_load, e.id).set(e.load)
+        m.of(m.engine_kv, e.id).set(e.kv_usage)
 
     async def models(self) -> dict[str, Any]:
         """``GET /v1/models`` of every engine that is up, merged (each model once)."""
@@ -196,7 +196,7 @@ class Gateway:
         try:
             tenant = self.tenants.tenant_of(headers.get("authorization"))
         except AuthError as exc:
-            self.metrics.errors.labels("auth").inc()
+            self.metrics.of(self.metrics.errors, "auth").inc()
             return _error(str(exc), "authentication_error", 401)
         try:
             body = json.loads(raw) if raw else None
@@ -206,16 +206,16 @@ class Gateway:
         else:
             why = "the request body must be a JSON object"
         if not isinstance(body, dict):
-            self.metrics.errors.labels("bad_request").inc()
+            self.metrics.of(self.metrics.errors, "bad_request").inc()
             return _error(why, "invalid_request_error", 400)
         try:
             hints = read_hints(headers, body, tenant, uuid.uuid4().hex[:16])
             body = self._upstream_body(body, hints, tenant)
         except HintError as exc:
-            self.metrics.errors.labels("bad_request").inc()
+            self.metrics.of(self.metrics.errors, "bad_request").inc()
             return _error(str(exc), "invalid_request_error", 400, exc.where)
         self.tenants.count(tenant, request=True)
-        self.metrics.tenant_requests.labels(tenant).inc()
+        self.metrics.of(self.metrics.tenant_requests, tenant).inc()
         call = _Call(endpoint, body, hints, tenant, arrived, body.get("stream") is True)
         await self._tool_returned(hints)
         return await self._forward(call, headers)
@@ -250,7 +250,7 @@ class Gateway:
             block_hashes=prompt_hashes(text), avoid=call.tried[-1] if call.tried else "",
             deadline_s=meta.deadline_s or 0.0, work_tokens=float(work))
         engine = self.engines[decision.worker_id]
-        self.metrics.routes.labels(engine.id, decision.reason).inc()
+        self.metrics.of(self.metrics.routes, engine.id, decision.reason).inc()
         if decision.reason in ("OVERLOADED", "REHOMED"):
             self.metrics.rehomes.inc()
         return engine
@@ -264,7 +264,7 @@ class Gateway:
             try:
                 engine = await self._route(call)
             except NoWorkerError:
-                self.metrics.errors.labels("no_engine").inc()
+                self.metrics.of(self.metrics.errors, "no_engine").inc()
                 return self._failed(call, 503, "no engine is up behind the gateway; check "
                                     "`saga serve`'s engines (GET /health lists them)")
             call.engine = engine
@@ -284,7 +284,7 @@ class Gateway:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self._done(engine)
                 await self.mark_down(engine, f"request failed: {type(exc).__name__}")
-                self.metrics.errors.labels("upstream_" + type(exc).__name__).inc()
+                self.metrics.of(self.metrics.errors, "upstream_" + type(exc).__name__).inc()
                 if attempt == 0:
                     self.metrics.retries.inc()
                     continue
@@ -301,7 +301,7 @@ class Gateway:
         """The gateway's own error answer, counted like an engine's (engine ``none`` when no
         engine was tried)."""
         engine = call.tried[-1] if call.tried else "none"
-        self.metrics.requests.labels(engine, call.endpoint, str(status)).inc()
+        self.metrics.of(self.metrics.requests, engine, call.endpoint, str(status)).inc()
         kind = "service_unavailable" if status == 503 else "upstream_error"
         return _error(message, kind, status)
 
@@ -341,7 +341,7 @@ class Gateway:
         try:
             content = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.metrics.errors.labels("upstream_" + type(exc).__name__).inc()
+            self.metrics.of(self.metrics.errors, "upstream_" + type(exc).__name__).inc()
             await self.mark_down(engine, f"response broke: {type(exc).__name__}")
             return self._failed(call, 502, f"engine {engine.id} broke off its answer "
                                 f"({type(exc).__name__})")
@@ -370,7 +370,7 @@ class Gateway:
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = 502
-            self.metrics.errors.labels("stream_broken").inc()
+            self.metrics.of(self.metrics.errors, "stream_broken").inc()
             log.error("502: stream from engine %s broke after its first byte (%s)", engine.id,
                       type(exc).__name__)
             await self.mark_down(engine, f"stream broke: {type(exc).__name__}")
@@ -387,7 +387,7 @@ class Gateway:
         engine = call.engine
         assert engine is not None
         m = self.metrics
-        m.requests.labels(engine.id, call.endpoint, str(status)).inc()
+        m.of(m.requests, engine.id, call.endpoint, str(status)).inc()
         prompt = completion = cached = 0
         if isinstance(usage, dict):
             prompt = int(usage.get("prompt_tokens") or 0)
@@ -395,10 +395,10 @@ class Gateway:
             details = usage.get("prompt_tokens_details")
             if isinstance(details, dict):
                 cached = int(details.get("cached_tokens") or 0)
-        m.prompt_tokens.labels(engine.id).inc(prompt)
-        m.cached_tokens.labels(engine.id).inc(cached)
+        m.of(m.prompt_tokens, engine.id).inc(prompt)
+        m.of(m.cached_tokens, engine.id).inc(cached)
         self.tenants.count(call.tenant, tokens=prompt + completion)
-        m.tenant_tokens.labels(call.tenant).inc(prompt + completion)
+        m.of(m.tenant_tokens, call.tenant).inc(prompt + completion)
         if status != 200:
             return
         meta = call.hints.meta
