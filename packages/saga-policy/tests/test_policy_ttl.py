@@ -164,3 +164,25 @@ def test_continuum_ttl_vectorised_cdf_gives_the_same_ttl() -> None:
         for q, r in ((1.0, 5.0), (10.0, 40.0), (0.0, 0.5)):
             assert continuum_ttl(lat.cdf, q, r, cdf_array=lat.cdf_array) == continuum_ttl(
                 lat.cdf, q, r)
+
+
+def _full_grid_ttl(lat: LogNormalLatency, q: float, r: float, cost: float) -> float:
+    """The argmax over the whole grid, every point read (what the cut must reproduce)."""
+    grid = np.arange(3001, dtype=np.float64) * 0.1
+    utility = lat.cdf_array(grid) * (q * 1.0 + r) - cost * grid
+    return float(grid[int(np.argmax(utility))])
+
+
+def test_continuum_ttl_cut_grid_gives_the_full_grid_argmax() -> None:
+    """Reading F only where a point can still win gives the full grid's TTL, bit for bit,
+    including ties (flat CDFs), no benefit, no memory cost and a benefit past TTL_max."""
+    rng = np.random.default_rng(7)
+    cases = [(0.0, 1e-9, 0.0, 0.0, 1.0), (0.0, 1e-9, 5.0, 0.0, 1.0), (0.0, 1.0, 2.0, 3.0, 0.0),
+             (3.0, 0.5, 1e4, 0.0, 1.0), (1.0, 2.0, 0.0, 1e3, 1.0)]
+    cases += [(float(rng.uniform(-2, 4)), float(rng.uniform(0.05, 2.5)),
+               float(rng.uniform(0, 60)), float(rng.uniform(0, 60)), float(rng.uniform(0.2, 3)))
+              for _ in range(200)]
+    for mu, sigma, q, r, cost in cases:
+        lat = LogNormalLatency(mu, sigma)
+        got = continuum_ttl(lat.cdf, q, r, cost_per_s=cost, cdf_array=lat.cdf_array)
+        assert got == _full_grid_ttl(lat, q, r, cost), (mu, sigma, q, r, cost)

@@ -115,6 +115,12 @@ class CacheManager(SlotBook):
         """Whether the block is resident in either tier."""
         return block_hash in self._index
 
+    def resident(self, hashes: Iterable[int]) -> list[int]:
+        """The given blocks that are resident in either tier, in the given order (one pass,
+        for callers that filter many hashes at a time)."""
+        index = self._index
+        return [h for h in hashes if h in index]
+
     def tier_of(self, block_hash: int) -> Tier | None:
         """The block's tier, or None when it is not cached."""
         slot = self._index.get(block_hash)
@@ -213,6 +219,9 @@ class CacheManager(SlotBook):
         tiers[known] = t.tier[slots[known]]
         run = int(np.argmin(known)) if not known.all() else n
         need = np.cumsum(tiers != HBM)
+        if int(need[-1]) <= self.free:  # fits in free slots: no victims, so no candidate scan
+            none = np.empty(0, np.int64)
+            return _Plan(slots, tiers, run, n, int(need[-1]), none, none)
 
         evictable, breakable = self._hbm_candidates(now, exclude=slots[known])
         room = self.free + int(evictable.size) + int(breakable.size)

@@ -245,16 +245,22 @@ class _PrefixIndex:
 
     def insert(self, worker: str, hashes: Sequence[int]) -> None:
         held = self._held.setdefault(worker, OrderedDict())
+        where = self._where
+        if self.capacity is None:  # unbounded: the LRU order is never read, so not kept
+            for h in hashes:
+                if h not in held:
+                    held[h] = None
+                    where.setdefault(h, set()).add(worker)
+            return
         for h in hashes:
             if h in held:
                 held.move_to_end(h)
             else:
                 held[h] = None
-                self._where.setdefault(h, set()).add(worker)
-        if self.capacity is not None:
-            while len(held) > self.capacity:
-                old, _ = held.popitem(last=False)
-                self._drop(worker, old)
+                where.setdefault(h, set()).add(worker)
+        while len(held) > self.capacity:
+            old, _ = held.popitem(last=False)
+            self._drop(worker, old)
 
     def remove(self, worker: str, hashes: Sequence[int]) -> None:
         held = self._held.get(worker)
@@ -280,15 +286,21 @@ class _PrefixIndex:
         """Blocks of the longest cached prefix of ``hashes`` on each of ``workers``."""
         matched = dict.fromkeys(workers, 0)
         alive = set(workers)
-        for depth, h in enumerate(hashes):
-            owners = self._where.get(h)
+        where = self._where
+        depth = 0  # blocks every worker in ``alive`` holds so far
+        for h in hashes:
+            owners = where.get(h)
             if not owners:
                 break
-            alive &= owners
-            if not alive:
-                break
-            for w in alive:
-                matched[w] = depth + 1
+            if not alive <= owners:  # a worker's run ends here: record it once, not per block
+                for w in alive - owners:
+                    matched[w] = depth
+                alive &= owners
+                if not alive:
+                    return matched
+            depth += 1
+        for w in alive:
+            matched[w] = depth
         return matched
 
 

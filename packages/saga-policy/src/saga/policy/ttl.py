@@ -152,6 +152,11 @@ def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s:
     Evaluated on the grid ``0, step_s, 2 step_s, ..., TTL_max`` (and TTL_max itself); the smallest
     maximiser wins, so the result is deterministic. ``cdf_array``, when given, is ``F`` over the
     whole grid at once (the same function, vectorised).
+
+    ``F`` is read only on the leading grid points that can still win: as ``F <= 1``, no point
+    whose ``benefit - c * tau`` bound (in the same float arithmetic) is at most the best utility
+    already found can beat it, so the grid is cut there; the argmax is the full grid's, bit for
+    bit, and ``F`` is checked on the points read.
     """
     _check_ttl_max(ttl_max)
     for name, value in (("queue_delay_s", queue_delay_s), ("reload_s", reload_s),
@@ -164,15 +169,31 @@ def continuum_ttl(cdf: Callable[[float], float], queue_delay_s: float, reload_s:
     grid = np.arange(n + 1, dtype=np.float64) * step_s
     if grid[-1] < ttl_max:
         grid = np.append(grid, ttl_max)
+    benefit = queue_delay_s * eta + reload_s
+    held = cost_per_s * grid
+    # Utility can reach at most this at each point (F <= 1 + 1e-12); non-increasing in tau.
+    bound = (1 + 1e-12) * benefit - held
+    k = min(grid.size, int(np.count_nonzero(bound > 0.0)) + 1)
+    while True:
+        utility = _cdf_prefix(cdf, cdf_array, grid, k) * benefit - held[:k]
+        best = int(np.argmax(utility))
+        cut = int(np.searchsorted(-bound, -utility[best], side="left"))  # points that may beat it
+        if cut <= k:
+            return float(grid[best])
+        k = cut
+
+
+def _cdf_prefix(cdf: Callable[[float], float], cdf_array: Callable[[FloatArray], FloatArray] | None,
+                grid: FloatArray, k: int) -> FloatArray:
+    """``F`` at the first ``k`` grid points, checked to be probabilities."""
+    head = grid[:k]
     if cdf_array is not None:
-        f = np.asarray(cdf_array(grid), dtype=np.float64)
+        f = np.asarray(cdf_array(head), dtype=np.float64)
     else:
-        f = np.fromiter((cdf(float(x)) for x in grid), dtype=np.float64, count=grid.size)
+        f = np.fromiter((cdf(float(x)) for x in head), dtype=np.float64, count=head.size)
     if np.any(np.isnan(f)) or np.any(f < -1e-12) or np.any(f > 1 + 1e-12):
         raise SagaConfigError("cdf must return probabilities in [0, 1]")
-    benefit = queue_delay_s * eta + reload_s
-    utility = f * benefit - cost_per_s * grid
-    return float(grid[int(np.argmax(utility))])
+    return f
 
 
 class _PerTool(Generic[_M]):

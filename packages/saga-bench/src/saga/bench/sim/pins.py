@@ -57,7 +57,7 @@ class PinBook:
         if p is None:
             return
         cache = self._inst.pop(session).cache
-        own = [h for h in p.own if cache.contains(h)]
+        own = cache.resident(p.own)
         if own:
             cache.unpin(own)
 

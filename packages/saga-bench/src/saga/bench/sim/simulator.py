@@ -90,7 +90,9 @@ class Simulation:
         dram = cfg.dram_blocks if cfg.dram_blocks is not None else int(
             cfg.cluster.dram_kv_bytes_per_node() // (b * kv_token)
             // cfg.cluster.instances_per_node)
-        capacity = 1.0 / max(self.cost.prefill_token_s(), 1e-12)
+        # A constant of the cost model, read once: a re-prefill's seconds per token.
+        self._token_s = self.cost.prefill_token_s()
+        capacity = 1.0 / max(self._token_s, 1e-12)
         self.instances = [self._instance(i, hbm, dram, capacity)
                           for i in range(cfg.cluster.instances)]
         self.names = [f"w{i}" for i in range(len(self.instances))]
@@ -307,7 +309,7 @@ class Simulation:
             self._task_done(st, inst, now)
             return
         if self.ttl is not None:
-            reload_s = (r.prompt_tokens + r.output_tokens) * self.cost.prefill_token_s()
+            reload_s = (r.prompt_tokens + r.output_tokens) * self._token_s
             ttl = self.ttl.ttl(call.tool, inst.pressure(now), queue_delay_s=n.queue_delay_ema,
                                reload_s=reload_s)
             n.pins += 1
