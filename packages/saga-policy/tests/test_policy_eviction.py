@@ -172,7 +172,8 @@ def test_next_use_positions_by_hand() -> None:
 
 def test_registry_names_every_policy() -> None:
     assert set(registry.replay_eviction_names()) == {"lru", "prefix_lru", "radix_lru", "walru",
-                                                     "kvflow", "arc", "s3fifo", "belady"}
+                                                     "kvflow", "arc", "s3fifo", "eta",
+                                                     "belady"}
     assert "belady" not in registry.names("eviction")  # an oracle is no preset's policy
     for name in registry.replay_eviction_names():
         policy = registry.replay_eviction(name)

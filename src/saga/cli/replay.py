@@ -11,6 +11,7 @@ from rich.markup import escape
 from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress, replay_table, write_csv, write_json
 from saga.policy.errors import SagaConfigError
+from saga.policy.registry import replay_eviction_names
 from saga.policy.replay import ReplayResult, make_policy, replay_policies
 from saga.policy.traces import TRACE_FORMATS, Trace, bundled_trace_path, read_trace
 
@@ -37,8 +38,18 @@ def parse_int_list(text: str, what: str, maximum: int | None = None) -> list[int
     return values
 
 
+ALL_POLICIES = "all"
+"""``--policies all``: every registered eviction policy, then Bélády."""
+
+
 def parse_policies(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
+    """Comma-separated policy names (``all`` expands in place), each checked."""
+    names: list[str] = []
+    for x in (x.strip() for x in text.split(",")):
+        if x == ALL_POLICIES:
+            names.extend(n for n in replay_eviction_names() if n not in names)
+        elif x and x not in names:
+            names.append(x)
     if not names:
         raise SagaConfigError("--policies must name at least one policy")
     for name in names:
@@ -74,8 +85,7 @@ def replay(
     capacity_blocks: Annotated[str, typer.Option(
         help="HBM capacity in trace blocks; several as 1000,4000.")] = "2000",
     policies: Annotated[str, typer.Option(
-        help="Comma-separated: lru, prefix_lru, radix_lru, arc, s3fifo, walru, kvflow, "
-             "belady.")
+        help="Comma-separated: " + ", ".join(replay_eviction_names()) + "; or all.")
     ] = DEFAULT_POLICIES,
     dram_blocks: Annotated[int, typer.Option(
         min=0, max=MAX_REPLAY_BLOCKS,

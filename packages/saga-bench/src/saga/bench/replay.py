@@ -31,7 +31,7 @@ from saga.policy.traces import (
 if TYPE_CHECKING:
     from saga.bench.jobs import ReplayJob
 
-POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow", "belady")
+POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow", "eta", "belady")
 CAPACITY_SHARE = 0.125
 """Cache capacity as a share of the trace's distinct blocks."""
 MOONCAKE_WINDOW = 1500

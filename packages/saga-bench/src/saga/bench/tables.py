@@ -170,7 +170,7 @@ def _t3c_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 # ---------------------------------------------------------------------------- table 4
 
 TABLE4_TRACES = ("swe", "web", "trace-swe", "mooncake")
-TABLE4_POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow")
+TABLE4_POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow", "eta")
 
 
 def _t4_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:

@@ -24,6 +24,7 @@ from saga.policy.errors import SagaConfigError
 from saga.policy.eviction import (
     ARCPolicy,
     BeladyPolicy,
+    ETAPolicy,
     EvictionPolicy,
     KVFlowPolicy,
     LRUPolicy,
@@ -83,7 +84,7 @@ _FACTORIES: Mapping[Layer, Mapping[str, Callable[..., Any]]] = MappingProxyType(
     "eviction": MappingProxyType({
         "lru": LRUPolicy, "prefix_lru": PrefixLRUPolicy, "radix_lru": RadixLRUPolicy,
         "walru": WALRUPolicy, "kvflow": KVFlowPolicy, "arc": ARCPolicy,
-        "s3fifo": S3FIFOPolicy}),
+        "s3fifo": S3FIFOPolicy, "eta": ETAPolicy}),
     "ttl": MappingProxyType({
         "fixed": FixedTTL.retention, "tool_call": ToolCallTTL.with_aeg_registry,
         "continuum": ContinuumTTL.with_aeg_registry}),

@@ -5,7 +5,10 @@ prompt resident (hits are touched, DRAM blocks loaded back, missing blocks prefi
 evicting through the policy), then release it — the request's KV becomes evictable, as in vLLM
 when a request finishes. Prompt blocks beyond the pool's capacity are prefilled but not cached.
 Bélády gets each block's next use from the whole trace before every request (it is the offline
-oracle); online policies see only the past. On agent traces (requests carry a session and a
+oracle); online policies see only the past. A policy with a next-use estimator
+(`EvictionPolicy.next_use_model`, e.g. ``eta``) is told each request after it is served: its
+blocks, and for a session its pending tool, reuse probability and whether it was the last call.
+On agent traces (requests carry a session and a
 pending tool) a `SessionHinter` sets each session's reuse probability and steps to its next call
 from the AEG learned so far — the workflow knowledge WA-LRU and KVFlow use.
 """
@@ -79,7 +82,8 @@ def replay_trace(trace: Trace, policy: EvictionPolicy, capacity_blocks: int, *,
     cache = CacheManager(capacity_blocks, policy, dram_blocks=dram_blocks,
                          block_tokens=trace.block_tokens)
     hinter = SessionHinter() if workflow else None
-    last_call = _last_call_of_sessions(trace) if hinter is not None else {}
+    estimator = policy.next_use_model()
+    last_call = _last_call_of_sessions(trace) if workflow or estimator is not None else {}
     hit = dram_hit = miss = hit_tok = in_tok = 0
     for i, req in enumerate(trace.requests):
         # Arrival order inside a quantised timestamp bucket is kept by a microsecond offset.
@@ -87,6 +91,8 @@ def replay_trace(trace: Trace, policy: EvictionPolicy, capacity_blocks: int, *,
         hashes = list(req.block_hashes)
         if next_use is not None:
             cache.set_hints(hashes, next_use=list(next_use[i]))
+        if estimator is not None and req.session_id is not None:
+            estimator.call_started(req.session_id, now)
         alloc = cache.allocate(hashes, now, partial=True)
         counts = req.block_token_counts()
         n_hit = alloc.hit_blocks_hbm + alloc.hit_blocks_dram
@@ -97,14 +103,21 @@ def replay_trace(trace: Trace, policy: EvictionPolicy, capacity_blocks: int, *,
         in_tok += req.input_tokens
         resident = hashes[: alloc.resident_blocks]
         cache.release(resident, now)
+        final = req.session_id is not None and last_call.get(req.session_id) == i
+        reuse_prob = 1.0
         if hinter is not None and req.session_id is not None:
             agent = req.agent_type or "agent"
             hinter.observe_call(req.session_id, req.input_tokens, req.output_tokens,
                                 req.pending_tool)
             h = hinter.hint(agent, req.pending_tool)
+            reuse_prob = h.reuse_prob
             cache.set_hints(resident, reuse_prob=h.reuse_prob, steps_to_exec=h.steps_to_exec)
-            if last_call.get(req.session_id) == i:  # the framework closes the finished task
+            if final:  # the framework closes the finished task
                 hinter.finish(req.session_id, agent)
+        if estimator is not None:  # what was served, after the fact: the past only
+            estimator.observe_request(hashes, now, session_id=req.session_id,
+                                      pending_tool=req.pending_tool, reuse_prob=reuse_prob,
+                                      final=final)
         if on_progress is not None:
             on_progress(1)
     return ReplayResult(

@@ -17,12 +17,15 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from saga.policy.block_table import NO_PARENT, BlockTable
+
+if TYPE_CHECKING:
+    from saga.policy.nextuse import NextUseEstimator
 
 Slots = npt.NDArray[np.int64]
 SortKeys = tuple[npt.NDArray[np.generic], ...]
@@ -45,6 +48,11 @@ class EvictionPolicy(ABC):
     observes: ClassVar[bool] = False
     """Whether the policy keeps per-block state of its own, fed by the hooks below: the manager
     calls them only for such a policy, so a stateless order depends on the table alone."""
+
+    def next_use_model(self) -> NextUseEstimator | None:
+        """The next-use estimator the serving path feeds (calls, sessions, requests served) for
+        this policy to rank by; None: the policy predicts nothing and needs no feed."""
+        return None
 
     def attach(self, slots: int, capacity: int) -> None:
         """Start serving one cache: ``slots`` table slots, ``capacity`` blocks in the tier."""
