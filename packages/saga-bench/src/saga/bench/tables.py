@@ -183,7 +183,8 @@ def _t4_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     ratios = {t: {p: [float(res[ReplayJob(t, s, scale)]["ratio"][p]) for s in seeds]
                   for p in ran} for t in TABLE4_TRACES}
     names = {"lru": "standard LRU", "prefix_lru": "LRU + prefix (vLLM)", "walru": "WA-LRU (SAGA)",
-             "kvflow": "KVFlow", "arc": "ARC (vLLM offloading)", "s3fifo": "S3-FIFO"}
+             "kvflow": "KVFlow", "arc": "ARC (vLLM offloading)", "s3fifo": "S3-FIFO",
+             "eta": "eta (next use)"}
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TABLE4_TRACES}
     for p in ran:
