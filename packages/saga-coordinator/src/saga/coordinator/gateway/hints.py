@@ -105,30 +105,26 @@ def _final(value: str | None) -> bool:
     return flag
 
 
-def _deadline_s(value: str | None) -> float | None:
+def _number(value: str | None, header: str, what: str, low: float) -> float | None:
+    """A numeric header: None when absent or blank; refused unless finite and >= ``low``."""
     if value is None or not value.strip():
         return None
     try:
-        seconds = float(value)
+        x = float(value)
     except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds):
-        raise HintError("X-Saga-Deadline-S must be a finite number of seconds, got "
-                        f"{value[:40]!r}", "X-Saga-Deadline-S header")
-    return seconds
+        x = math.nan
+    if not (math.isfinite(x) and x >= low):
+        raise HintError(f"{header} must be {what}, got {value[:40]!r}", f"{header} header")
+    return x
+
+
+def _deadline_s(value: str | None) -> float | None:
+    return _number(value, "X-Saga-Deadline-S", "a finite number of seconds", -math.inf)
 
 
 def _latency_s(value: str | None) -> float | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        ms = float(value)
-    except ValueError:
-        ms = math.nan
-    if not (math.isfinite(ms) and ms >= 0):
-        raise HintError("X-Saga-Tool-Latency-Ms must be a finite number of milliseconds >= 0, "
-                        f"got {value[:40]!r}", "X-Saga-Tool-Latency-Ms header")
-    return ms / 1000.0
+    ms = _number(value, "X-Saga-Tool-Latency-Ms", "a finite number of milliseconds >= 0", 0.0)
+    return None if ms is None else ms / 1000.0
 
 
 def parse_ttl(value: Any, where: str) -> float:

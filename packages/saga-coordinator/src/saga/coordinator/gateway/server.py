@@ -6,23 +6,16 @@ before it returns, so its URL is live at once, and stops within seconds.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
 
 import uvicorn
 
+from saga.coordinator.gateway.launch import free_port
 from saga.policy.errors import SagaError
 
 __all__ = ["ServerThread", "free_port"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:
