@@ -57,7 +57,9 @@ def trace_lines(draw: st.DrawFn, fmt: str) -> list[bytes]:
             lines[i] = json.dumps(obj).encode()
         elif how == 2:
             cut = draw(st.integers(0, len(lines[i])))
-            lines[i] = lines[i][:cut] + draw(st.binary(max_size=4)) + lines[i][cut + 1:]
+            # A line holds no newline: one inside would make it two lines of the file.
+            junk = draw(st.binary(max_size=4)).replace(b"\n", b" ")
+            lines[i] = lines[i][:cut] + junk + lines[i][cut + 1:]
         elif how == 3:
             lines[i] = draw(st.binary(max_size=30)).replace(b"\n", b" ")
     return lines
