@@ -53,6 +53,17 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def _group_gone(pgid: int, within_s: float = 15.0) -> bool:
+    """Whether process group ``pgid`` has no live process within ``within_s`` (a SIGKILLed
+    process takes a moment to die: the check polls instead of racing it)."""
+    deadline = time.monotonic() + within_s
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _get(url: str) -> int:
     """Status of GET ``url``; 0 when nothing answers."""
     try:
@@ -130,7 +141,7 @@ def test_an_engine_that_exits_at_once_fails_fast_with_its_log_tail(tmp_path: Pat
         assert "unknown model" in msg and str(missing) in msg    # the engine's own words
         assert str(engines.logs()[0]) in msg
         assert engines.logs()[0].parent == tmp_path / "logs"
-        assert not _group_alive(engines.pids()[0])
+        assert _group_gone(engines.pids()[0])
         await engines.stop()      # again after the failed start's own stop: nothing to do
         await engines.stop()
         with pytest.raises(EngineStartError, match="make a new EngineProcesses"):
@@ -147,7 +158,7 @@ def test_a_start_past_its_time_limit_names_the_engine_and_stops_it(spec: EngineS
                            r"(.|\n)*engine 0 \(http://127\.0\.0\.1:"):
             await engines.start(timeout_s=0.5)
         assert engines.log_dir is not None and engines.log_dir.name.startswith("saga-engines-")
-        assert not _group_alive(engines.pids()[0])
+        assert _group_gone(engines.pids()[0])
         shutil.rmtree(engines.log_dir)    # the default log folder is kept for reading
 
     run(body, timeout_s=60)
@@ -181,11 +192,11 @@ def test_two_engines_serve_and_one_killed_leaves_the_other_serving(spec: EngineS
             pids = engines.pids()
             assert all(_group_alive(p) for p in pids)
             engines.kill(0)
-            assert not _group_alive(pids[0])      # the API server and its engine core
+            assert _group_gone(pids[0])      # the API server and its engine core
             assert _get(f"{urls[0]}/health") == 0
             assert _get(f"{urls[1]}/health") == 200 and _model_ids(urls[1]) == ["tiny"]
         for p in pids:
-            assert not _group_alive(p)
+            assert _group_gone(p)
         assert _get(f"{urls[1]}/health") == 0
         await engines.stop()     # idempotent
 
@@ -200,6 +211,6 @@ def test_engines_log_under_their_log_dir(spec: EngineSpec, tmp_path: Path) -> No
             await engines.start(timeout_s=0.1)
         assert [p.name for p in engines.logs()] == ["engine-0.log", "engine-1.log"]
         assert all(p.exists() for p in engines.logs())
-        assert all(not _group_alive(p) for p in engines.pids())
+        assert all(_group_gone(p) for p in engines.pids())
 
     run(body, timeout_s=60)
