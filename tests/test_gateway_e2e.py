@@ -298,11 +298,14 @@ def test_tenants_share_no_cached_prefix(served: Served) -> None:
     assert (first, again_at) == (0, home) and again > 0, (first, again, home, again_at)
     # Tenant b sends the very same prompt; it must land on the engine that holds tenant a's
     # copy for the test to mean anything (a few sessions are tried until one does).
-    seen = []
+    # Only tenant b's first call on an engine says anything: a later one there may read b's
+    # own copy of the prompt, which is allowed.
+    seen: list[tuple[str, int]] = []
     for attempt in range(6):
         engine, cached = _tenant_call(served, "key-b", f"{sid}-b{attempt}", messages)
+        if engine not in {e for e, _ in seen}:
+            assert cached == 0, f"tenant b read {cached} tokens of tenant a's cache on {engine}"
         seen.append((engine, cached))
-        assert cached == 0, f"tenant b read {cached} tokens of tenant a's cache on {engine}"
         if engine == home:
             break
     assert any(e == home for e, _ in seen), f"tenant b never reached engine {home}: {seen}"
