@@ -3,7 +3,8 @@
 ```
 python -m saga.vllm.serve --model tiny|small|PATH --port P [--host 127.0.0.1]
     [--preset saga] [--kv-blocks N] [--max-num-seqs 8] [--max-model-len L]
-    [--cache-dir DIR] [--seed 0] [--served-model-name NAME] [-- <extra vLLM api_server args>]
+    [--cache-dir DIR] [--seed 0] [--served-model-name NAME] [--kv-store DIR]
+    [-- <extra vLLM api_server args>]
 ```
 
 The model is resolved (:func:`saga.vllm.models.resolve_model`; ``tiny`` and ``small`` are built
@@ -13,6 +14,11 @@ under ``--cache-dir`` with their chat tokenizer), then this process replaces its
 it (a gateway's launcher) holds the server's own pid and signals reach vLLM directly. Everything
 is checked before vLLM starts: a bad option is one line ``error: ...`` naming it, exit code 2.
 :func:`api_server_argv` builds the command line without starting anything.
+
+``--kv-store DIR`` turns on SAGA's KV connector (:mod:`saga.vllm.kv_connector`): the engine
+writes every full KV block to the node store ``DIR`` and loads a moved session's prefix from it
+when a request asks (``kv_transfer_params: {"saga_load": true}``, which the gateway sends). Give
+every engine of a node the same directory.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import NoReturn
 
 from saga.policy.errors import SagaConfigError, SagaError
 from saga.vllm.config import SagaSchedulerConfig
+from saga.vllm.kv_store import kv_transfer_config
 from saga.vllm.models import (
     MODEL_SHAPES,
     SCHEDULER_CLS,
@@ -78,6 +85,9 @@ def _parser() -> _Parser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--served-model-name", default=None,
                    help="default: the --model argument (a directory's name for a path)")
+    p.add_argument("--kv-store", default=None, metavar="DIR",
+                   help="node-local KV store shared by this node's engines: a moved "
+                        "session's prefix is loaded from it instead of recomputed")
     return p
 
 
@@ -104,6 +114,7 @@ def api_server_argv(model_dir: str | os.PathLike[str], shape: ModelShape, *, por
                     kv_blocks: int | None = None, max_num_seqs: int = 8,
                     max_model_len: int | None = None, seed: int = 0,
                     skip_tokenizer_init: bool = False, extra_args: Sequence[str] = (),
+                    kv_store: str | os.PathLike[str] | None = None,
                     python: str = sys.executable) -> list[str]:
     """The command line of vLLM's OpenAI server running SAGA's scheduler on ``model_dir``.
 
@@ -152,7 +163,24 @@ def api_server_argv(model_dir: str | os.PathLike[str], shape: ModelShape, *, por
                  str(kv_bytes_for_blocks(kv_blocks, BLOCK_SIZE, shape))]
     if skip_tokenizer_init:
         argv.append("--skip-tokenizer-init")
+    if kv_store is not None:
+        if not os.fspath(kv_store).strip():
+            raise SagaConfigError("--kv-store must not be empty")
+        store = os.fspath(Path(kv_store).expanduser().absolute())
+        argv += ["--kv-transfer-config", json.dumps(kv_transfer_config(store))]
     return argv + list(extra_args)
+
+
+def _make_store(kv_store: str) -> None:
+    """Create the KV store directory if missing; refuse one this engine cannot write."""
+    where = Path(kv_store).expanduser().absolute()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SagaConfigError(f"--kv-store: cannot create {where}: {exc.strerror or exc}; give "
+                              "a writable directory") from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise SagaConfigError(f"--kv-store: {where} is not writable; give a writable directory")
 
 
 def _model_dir(source: ModelSource, cache_dir: str, seed: int) -> Path:
@@ -182,13 +210,16 @@ def build_command(argv: Sequence[str]) -> list[str]:
     api_server_argv(source.path or args.model, source.shape, port=args.port,
                     served_model_name=name, host=args.host, preset=args.preset,
                     kv_blocks=args.kv_blocks, max_num_seqs=args.max_num_seqs,
-                    max_model_len=args.max_model_len, seed=args.seed)
+                    max_model_len=args.max_model_len, seed=args.seed, kv_store=args.kv_store)
+    if args.kv_store is not None:
+        _make_store(args.kv_store)
     model_dir = _model_dir(source, args.cache_dir, args.seed)
     no_tokenizer = not any((model_dir / f).is_file() for f in _TOKENIZER_FILES)
     return api_server_argv(model_dir, source.shape, port=args.port, served_model_name=name,
                            host=args.host, preset=args.preset, kv_blocks=args.kv_blocks,
                            max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                           seed=args.seed, skip_tokenizer_init=no_tokenizer, extra_args=extra)
+                           seed=args.seed, skip_tokenizer_init=no_tokenizer, extra_args=extra,
+                           kv_store=args.kv_store)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

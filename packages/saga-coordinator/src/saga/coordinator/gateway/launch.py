@@ -62,6 +62,8 @@ class EngineSpec:
 
     ``extra_args`` go to vLLM's API server as they are; ``env`` is added to (and overrides) the
     engine's environment. ``num_cpus`` is what a Ray actor running the engine reserves.
+    ``kv_store``: the node-local KV store directory every engine shares (``--kv-store``), so a
+    session's KV follows it when the gateway moves it; None: moved sessions recompute.
     """
 
     model: str = "tiny"
@@ -73,6 +75,7 @@ class EngineSpec:
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     num_cpus: float = 1.0
+    kv_store: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -97,6 +100,8 @@ def engine_command(spec: EngineSpec, host: str, port: int) -> list[str]:
         cmd += ["--max-model-len", str(spec.max_model_len)]
     if spec.cache_dir is not None:
         cmd += ["--cache-dir", spec.cache_dir]
+    if spec.kv_store is not None:
+        cmd += ["--kv-store", spec.kv_store]
     if spec.extra_args:
         cmd += ["--", *spec.extra_args]
     return cmd

@@ -5,6 +5,12 @@ Requests pass through unchanged except for what SAGA adds: the session's metadat
 tenant's ``cache_salt``, and ``cache_control`` removed (vLLM does not know it). Responses pass
 through unchanged: JSON as the engine wrote it, SSE streams chunk by chunk as they arrive.
 
+KV moves: the gateway remembers which engine served each session's last call. A call that lands
+on another engine (re-homed, stolen, or its engine down) carries
+``kv_transfer_params: {"saga_load": true}``, so an engine started with ``--kv-store`` loads the
+session's prefix from the node's KV store instead of computing it again (an engine without a
+store ignores it); counted in ``saga_gateway_kv_moves``.
+
 Faults: an engine that refuses the connection or times out before answering is marked down
 (routed around until a scrape finds it again) and the request goes once to another engine; a
 stream that breaks after its first byte cannot be retried, so it ends with an SSE error event.
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from prometheus_client import Counter
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from saga.coordinator.gateway.engines import EngineState, parse_vllm_metrics
@@ -44,6 +51,10 @@ _TAIL_CHUNKS = 8
 """Last chunks of a stream kept to read its usage event from."""
 _PENDING_KEPT = 65_536
 """Sessions whose announced tool the gateway remembers (to name it when it returns)."""
+_HOMES_KEPT = 65_536
+"""Sessions whose last engine the gateway remembers (to tell a moved call to load its KV)."""
+KV_LOAD = {"saga_load": True}
+"""``kv_transfer_params`` of a call whose session moved: load its prefix from the KV store."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ class Gateway:
 
     def __init__(self, engines: list[EngineState], routing: Routing, tenants: Tenants,
                  timeouts: Timeouts = Timeouts(), metrics: GatewayMetrics | None = None,
-                 queue_at: int | None = None) -> None:
+                 queue_at: int | None = None, kv_moves: bool = True) -> None:
         if not engines:
             raise CoordinatorError("the gateway needs at least one engine URL")
         self.engines = {e.id: e for e in engines}
@@ -97,6 +108,11 @@ class Gateway:
         self.queue_at = queue_at
         self._waiting: dict[str, list[tuple[str, asyncio.Future[None]]]] = {
             e.id: [] for e in engines}
+        self.kv_moves = kv_moves
+        self._homes: OrderedDict[str, str] = OrderedDict()
+        self.kv_moved = Counter("saga_gateway_kv_moves", "Calls sent to an engine other than "
+                                "their session's last one with an instruction to load its KV",
+                                registry=self.metrics.registry)
 
     @staticmethod
     def now() -> float:
@@ -259,7 +275,6 @@ class Gateway:
         fwd = {"content-type": "application/json"}
         if "x-request-id" in headers:
             fwd["x-request-id"] = headers["x-request-id"]
-        data = json.dumps(call.body).encode()
         for attempt in (0, 1):
             try:
                 engine = await self._route(call)
@@ -278,6 +293,7 @@ class Gateway:
                 return self._failed(call, 502, f"engines {call.tried} went down while this "
                                     "request waited for them; retry later")
             self.metrics.queue_s.observe(self.now() - call.arrived)
+            data = self._payload(call, engine)
             try:
                 resp = await self.session.post(engine.url + call.endpoint, data=data,
                                                headers=fwd)
@@ -296,6 +312,16 @@ class Gateway:
                                                                      "text/event-stream"))
             return await self._whole(call, resp)
         raise AssertionError("unreachable: the second attempt returns")
+
+    def _payload(self, call: _Call, engine: EngineState) -> bytes:
+        """The upstream body; a session that moved here asks the engine to load its KV."""
+        home = self._homes.get(call.hints.meta.session_id)
+        if not self.kv_moves or home is None or home == engine.id:
+            return json.dumps(call.body).encode()
+        own = call.body.get("kv_transfer_params")
+        params = {**own, **KV_LOAD} if isinstance(own, dict) else dict(KV_LOAD)
+        self.kv_moved.inc()
+        return json.dumps({**call.body, "kv_transfer_params": params}).encode()
 
     def _failed(self, call: _Call, status: int, message: str) -> JSONResponse:
         """The gateway's own error answer, counted like an engine's (engine ``none`` when no
@@ -402,6 +428,13 @@ class Gateway:
         if status != 200:
             return
         meta = call.hints.meta
+        if meta.final:
+            self._homes.pop(meta.session_id, None)
+        else:
+            self._homes[meta.session_id] = engine.id
+            self._homes.move_to_end(meta.session_id)
+            if len(self._homes) > _HOMES_KEPT:
+                self._homes.popitem(last=False)
         pinned = await self.routing.finished(
             meta.session_id, engine.id, self.now(), prompt_tokens=prompt,
             output_tokens=completion, cached_tokens=cached, final=meta.final,
