@@ -16,8 +16,9 @@ from autogen_core import FunctionCall
 from autogen_core.models import CreateResult, ModelFamily, RequestUsage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
+from saga.aeg.graph import ParallelNode
 from saga.aeg.inference import PatternInference
-from saga.aeg.steps import LLMStep, ToolStep
+from saga.aeg.steps import LLMStep, ParallelStep, ToolStep
 from saga.integrations import IntegrationError, WorkflowFeed
 from saga.integrations.autogen import attach
 
@@ -174,3 +175,31 @@ def test_a_call_that_cannot_ask_for_tools_is_sent_as_final(clock: Any) -> None:
     (sent,) = [c["extra_create_args"]["extra_body"]["vllm_xargs"] for c in client.create_calls]
     assert sent["saga_final"] is True and "saga_pending_tool" not in sent
     assert ended == []  # the engine already knows: no end signal needed
+
+
+def test_parallel_function_calls_are_one_fan_out(clock: Any) -> None:
+    """A CreateResult with two FunctionCalls: the AssistantAgent runs them as one batch; SAGA
+    records one fan-out, the next call is sent its node and the batch's join time, and the
+    learnt graph holds the fan-out."""
+    plans = [[["lookup", "book"], []] for _ in range(3)]
+    agent, replay = _agent(clock, [r for plan in plans for r in _script(plan)])
+    feed = WorkflowFeed(PatternInference(cold_start_tasks=2))
+    saga = attach(agent, feed, clock=clock)
+
+    async def run_all() -> None:
+        for _ in plans:
+            await saga.run("book me a flight")
+
+    asyncio.run(run_all())
+    s = feed.sessions[-1]
+    fan = s.steps()[1]
+    assert isinstance(fan, ParallelStep)
+    assert [t.tool for t in fan.tools] == ["lookup", "book"]
+    sent = [c["extra_create_args"]["extra_body"]["vllm_xargs"] for c in replay.create_calls]
+    assert [x["saga_aeg_node"] for x in sent[-2:]] == ["llm@start", "llm@par:book+lookup"]
+    assert sent[-1]["saga_tool_latency_s"] == pytest.approx(5.5)  # 1.5 + 4.0, one batch
+    aeg = feed.inference.aeg_for("travel")
+    node = aeg.node("par:book+lookup")
+    assert isinstance(node, ParallelNode)
+    assert sorted(b.name for b in node.branches) == ["book", "lookup"]
+    assert sent[-2]["saga_pending_tool"] == node.slowest().name

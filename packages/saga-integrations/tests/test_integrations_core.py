@@ -10,7 +10,7 @@ import pytest
 
 from saga.aeg.errors import SagaError
 from saga.aeg.inference import PatternInference
-from saga.aeg.steps import LLMStep, ToolStep
+from saga.aeg.steps import LLMStep, ParallelStep, ToolStep
 from saga.integrations import (
     FRAMEWORKS,
     FrameworkNotInstalledError,
@@ -172,3 +172,30 @@ def test_importing_the_adapters_needs_no_framework() -> None:
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_reply_asking_for_several_tools_or_sub_agents_is_one_fan_out() -> None:
+    s = SessionTrace("s", "orchestrator", "test")
+    c = s.llm_started(0.0, 100)
+    s.llm_finished(c, 1.0, output_tokens=10, tool_calls=("search", "coder"))
+    a = s.tool_started("search", 1.0)
+    b = s.tool_started("coder", 1.0, agent=True)
+    s.tool_finished(a, 3.0)
+    assert s.last_tool_latency() is None  # the sub-agent is still running: no join yet
+    s.tool_finished(b, 9.0)
+    assert s.last_tool_latency() == 8.0
+    assert s.next_llm_node() == "llm@par:search+@coder"
+    assert s.steps()[1] == ParallelStep((ToolStep("search", 2.0),), (ToolStep("coder", 8.0),))
+    # A name that cannot spell a fan-out id is recorded call by call.
+    t = SessionTrace("t", "x", "test")
+    c = t.llm_started(0.0, 100)
+    t.llm_finished(c, 1.0, output_tokens=10, tool_calls=("a+b", "c"))
+    for name in ("a+b", "c"):
+        t.tool_finished(t.tool_started(name, 1.0), 2.0)
+    assert t.steps()[1:] == [ToolStep("a+b", 1.0), ToolStep("c", 1.0)]
+    # A reply that asked for two tools of which one ran is that one call.
+    u = SessionTrace("u", "x", "test")
+    c = u.llm_started(0.0, 100)
+    u.llm_finished(c, 1.0, output_tokens=10, tool_calls=("a", "b"))
+    u.tool_finished(u.tool_started("a", 1.0), 2.0)
+    assert u.steps()[1:] == [ToolStep("a", 1.0)] and u.last_tool_latency() == 1.0

@@ -14,8 +14,9 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import ToolException, tool
 from pydantic import Field
 
+from saga.aeg.graph import ParallelNode
 from saga.aeg.inference import PatternInference
-from saga.aeg.steps import LLMStep, ToolStep
+from saga.aeg.steps import LLMStep, ParallelStep, ToolStep
 from saga.integrations import IntegrationError, WorkflowFeed
 from saga.integrations.langchain import (
     LangChainTracker,
@@ -280,3 +281,38 @@ def test_an_async_end_hook_is_run_to_completion(clock: Any) -> None:
 def test_on_end_must_be_callable(clock: Any) -> None:
     with pytest.raises(IntegrationError, match="on_end takes callables"):
         attach(WorkflowFeed(), on_end=["not callable"])  # type: ignore[list-item]
+
+
+def test_parallel_tool_calls_are_one_fan_out_that_inference_learns(clock: Any) -> None:
+    """One AIMessage asking for two tools: LangChain runs them at once; SAGA records one
+    fan-out, times the next call by the join, learns the fan-out node, and predicts the pending
+    tool of a call about to fan out as the slowest branch (the one the session waits on)."""
+    agent, model = _agent(clock)
+    feed = WorkflowFeed(PatternInference(cold_start_tasks=3))
+    handler = attach(feed, clock=clock)
+    for _ in range(4):
+        _run(agent, model, handler, [["search", "edit"], ["run_tests"], []])
+    s = feed.sessions[-1]
+    steps = s.steps()
+    assert [type(x).__name__ for x in steps] == ["LLMStep", "ParallelStep", "LLMStep",
+                                                 "ToolStep", "LLMStep"]
+    fan = steps[1]
+    assert isinstance(fan, ParallelStep)
+    assert sorted(t.tool for t in fan.tools) == ["edit", "search"] and fan.agents == ()
+    metas = model.seen[-3:]
+    assert [m.aeg_node for m in metas] == ["llm@start", "llm@par:edit+search",
+                                          "llm@tool:run_tests"]
+    # The call after the fan-out is told the join: from the first start to the last return.
+    joined = TOOL_SECONDS["search"] + TOOL_SECONDS["edit"]  # the clock moves once per tool
+    assert metas[1].tool_latency_s == pytest.approx(joined)
+    aeg = feed.inference.aeg_for("coder")
+    assert feed.inference.aeg_source("coder") == "inferred"
+    node = aeg.node("par:edit+search")
+    assert isinstance(node, ParallelNode)
+    assert dict(aeg.successors("llm@start")) == {"par:edit+search": 1.0}
+    # The last task's first call was told the slowest learnt branch as its pending tool.
+    assert node.slowest().name == "search"
+    assert metas[0].pending_tool == "search"
+    assert feed.predict_pending_tool("coder", "llm@start") == "search"
+    sp = aeg.shared_prefix("par:edit+search")
+    assert sp is not None and sp.p_reuse == 1.0 and sp.next_use_s == pytest.approx(sp.join_s)

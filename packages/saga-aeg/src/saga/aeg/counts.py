@@ -18,24 +18,37 @@ from typing import Any
 
 from saga.aeg import _serde
 from saga.aeg.errors import AEGError
-from saga.aeg.graph import AEG, Edge, LLMNode, Node, TerminalNode, ToolNode
+from saga.aeg.graph import AEG, Edge, LLMNode, Node, ParallelNode, TerminalNode, ToolNode
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
-from saga.aeg.steps import END_NODE_ID, LLMStep, Step, ToolStep, path_node_ids
+from saga.aeg.parallel import Branch
+from saga.aeg.steps import (
+    AGENT_MARK,
+    END_NODE_ID,
+    PARALLEL_PREFIX,
+    LLMStep,
+    ParallelStep,
+    TaskStep,
+    ToolStep,
+    parallel_branches,
+    path_node_ids,
+)
 
 __all__ = ["TransitionCounts", "node_kind_of_id"]
 
 
 def node_kind_of_id(node_id: str) -> str:
-    """Kind ("llm", "tool" or "terminal") of an id of the inference naming scheme."""
+    """Kind ("llm", "tool", "parallel" or "terminal") of an id of the inference naming scheme."""
     if node_id == END_NODE_ID:
         return "terminal"
     if node_id.startswith("tool:"):
         return "tool"
+    if node_id.startswith(PARALLEL_PREFIX):
+        return "parallel"
     if node_id.startswith("llm@"):
         return "llm"
     raise AEGError(
         f"node id {node_id!r} is not of the inference naming scheme "
-        "('llm@...', 'tool:<name>' or 'end')"
+        "('llm@...', 'tool:<name>', 'par:<a>+<b>' or 'end')"
     )
 
 
@@ -44,7 +57,15 @@ def _kind_of_node(node: Node) -> str:
         return "llm"
     if isinstance(node, ToolNode):
         return "tool"
+    if isinstance(node, ParallelNode):
+        return "parallel"
     return "terminal"
+
+
+def _latency_key(branch_kind: str, name: str) -> str:
+    """The latency model's key of a fan-out branch: a tool by its name, a sub-agent by
+    ``@<type>`` (its time to return is not a tool's latency)."""
+    return AGENT_MARK + name if branch_kind == "agent" else name
 
 
 @dataclass
@@ -59,6 +80,7 @@ class _Blend:
     tool_of: dict[str, str] = field(default_factory=dict)
     lat_priors: dict[str, LogNormalLatency] = field(default_factory=dict)
     start_weight: dict[str, tuple[float, int]] = field(default_factory=dict)  # (w, observed)
+    parallel: dict[str, ParallelNode] = field(default_factory=dict)  # the prior's fan-outs
 
     def add_prior(self, prior: AEG, prior_strength: float) -> None:
         """Each prior node as ``prior_strength`` × its expected visits pseudo-departures."""
@@ -81,6 +103,10 @@ class _Blend:
             elif isinstance(node, ToolNode):
                 self.tool_of[node.id] = node.tool
                 self.lat_priors[node.tool] = node.latency
+            elif isinstance(node, ParallelNode):
+                self.parallel[node.id] = node
+                for b in node.branches:
+                    self.lat_priors[_latency_key(b.kind, b.name)] = b.latency
         self.start_weight[prior.start] = (prior_strength, 0)
 
 
@@ -94,7 +120,7 @@ class TransitionCounts:
     llm_stats: dict[str, list[float]] = field(default_factory=dict)  # id -> [calls, growth, out]
     latency: ToolLatencyModel = field(default_factory=ToolLatencyModel)
 
-    def add_task(self, steps: Sequence[Step]) -> None:
+    def add_task(self, steps: Sequence[TaskStep]) -> None:
         """Record one complete task; validates the whole task before changing anything."""
         ids = path_node_ids(steps)  # raises on empty tasks or foreign step types
         llm_updates: list[tuple[str, float, float]] = []
@@ -115,6 +141,10 @@ class TransitionCounts:
                 prev_llm = step
             elif isinstance(step, ToolStep) and step.duration_s is not None:
                 durations.append((step.tool, float(step.duration_s)))
+            elif isinstance(step, ParallelStep):
+                durations.extend((_latency_key(kind, b.tool), float(b.duration_s))
+                                 for kind, group in (("tool", step.tools), ("agent", step.agents))
+                                 for b in group if b.duration_s is not None)
         self.n_tasks += 1
         self.starts[ids[0]] = self.starts.get(ids[0], 0) + 1
         for src, dst in itertools.pairwise(ids):
@@ -221,6 +251,8 @@ class TransitionCounts:
             if kind == "llm":
                 w, g, o, g0, o0 = blend.tokens.get(node_id, [0.0, 0.0, 0.0, 0.0, 0.0])
                 nodes.append(LLMNode(node_id, g / w if w > 0 else g0, o / w if w > 0 else o0))
+            elif kind == "parallel":
+                nodes.append(self._parallel_node(node_id, blend))
             else:
                 tool = blend.tool_of[node_id]
                 nodes.append(
@@ -233,6 +265,20 @@ class TransitionCounts:
             else:
                 edges.extend(Edge(node_id, d, p) for d, p in blend.fallback.get(node_id, []))
         return AEG(agent_type, nodes, edges, start)
+
+    def _parallel_node(self, node_id: str, blend: _Blend) -> ParallelNode:
+        """The fan-out its id names, each branch's latency pooled with the priors (a prior's
+        fan-out named outside the inference scheme is kept as it is)."""
+        if node_id in blend.parallel and not node_id.startswith(PARALLEL_PREFIX):
+            return blend.parallel[node_id]
+        tools, agents = parallel_branches(node_id)
+        branches: list[Branch] = []
+        for kind, names in (("tool", tools), ("agent", agents)):
+            for name in names:
+                key = _latency_key(kind, name)
+                lat = self.latency.latency(key, blend.lat_priors.get(key))
+                branches.append(Branch(name, "tool" if kind == "tool" else "agent", lat))
+        return ParallelNode(node_id, tuple(branches))
 
     # --- serde --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -33,11 +33,13 @@ from saga.aeg.nodes import (
     Edge,
     LLMNode,
     Node,
+    ParallelNode,
     TerminalNode,
     ToolNode,
     node_from_dict,
 )
-from saga.aeg.steps import LLMStep, Step, ToolStep
+from saga.aeg.parallel import SharedPrefix, shared_prefix
+from saga.aeg.steps import LLMStep, ParallelStep, Step, TaskStep, ToolStep
 
 __all__ = [
     "AEG",
@@ -45,6 +47,8 @@ __all__ = [
     "Edge",
     "LLMNode",
     "Node",
+    "ParallelNode",
+    "SharedPrefix",
     "TerminalNode",
     "ToolNode",
     "node_from_dict",
@@ -88,10 +92,10 @@ class _Chain:
     N: _FloatArray  # fundamental matrix over transient nodes, (I − Q)⁻¹
     is_llm: _FloatArray  # 1.0 where the node is an LLM node
     tokens: _FloatArray  # prompt + output tokens of LLM nodes, 0 elsewhere
-    gap: np.ndarray[Any, np.dtype[np.intp]]  # indices of tool nodes (transient, non-LLM)
+    gap: np.ndarray[Any, np.dtype[np.intp]]  # indices of tool and fan-out nodes
     N_gap: _FloatArray  # fundamental matrix of the chain stopped at LLM or terminal nodes
     h_gap: _FloatArray  # P(reach an LLM node before a terminal) from each tool node
-    gap_nodes: tuple[ToolNode, ...]  # the tool nodes at `gap` (latencies are read per call)
+    gap_nodes: tuple[ToolNode | ParallelNode, ...]  # the nodes at `gap` (durations per call)
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,9 @@ class AEG:
         where = f"AEG '{self.agent_type}'"
         index: dict[str, int] = {}
         for node in nodes:
-            if not isinstance(node, LLMNode | ToolNode | TerminalNode):
+            if not isinstance(node, LLMNode | ToolNode | ParallelNode | TerminalNode):
                 raise AEGError(
-                    f"{where}: nodes must be LLMNode, ToolNode or TerminalNode, "
+                    f"{where}: nodes must be LLMNode, ToolNode, ParallelNode or TerminalNode, "
                     f"got {type(node).__name__}"
                 )
             if node.id in index:
@@ -235,9 +239,15 @@ class AEG:
         """The tool-call nodes."""
         return [n for n in self.nodes if isinstance(n, ToolNode)]
 
+    def parallel_nodes(self) -> list[ParallelNode]:
+        """The fan-out nodes."""
+        return [n for n in self.nodes if isinstance(n, ParallelNode)]
+
     def tools(self) -> list[str]:
-        """Distinct tool names, sorted."""
-        return sorted({n.tool for n in self.tool_nodes()})
+        """Distinct tool names (fan-out tool branches included), sorted."""
+        names = {n.tool for n in self.tool_nodes()}
+        names.update(t for n in self.parallel_nodes() for t in n.tools)
+        return sorted(names)
 
     def with_agent_type(self, agent_type: str) -> AEG:
         """The same graph under another agent type name."""
@@ -256,7 +266,8 @@ class AEG:
         transient = np.array(
             [i for i, k in enumerate(kinds) if k is not TerminalNode], dtype=np.intp
         )
-        gap = np.array([i for i, k in enumerate(kinds) if k is ToolNode], dtype=np.intp)
+        gap = np.array([i for i, k in enumerate(kinds) if k in (ToolNode, ParallelNode)],
+                       dtype=np.intp)
         is_llm = np.array([1.0 if k is LLMNode else 0.0 for k in kinds], dtype=np.float64)
         tokens = np.array(
             [
@@ -273,7 +284,7 @@ class AEG:
         N_gap = np.asarray(np.linalg.solve(np.eye(len(gap)) - Qg, np.eye(len(gap))), np.float64)
         to_llm = P[gap] @ is_llm  # one-step probability of entering an LLM node
         h_gap = np.asarray(N_gap @ to_llm, dtype=np.float64)
-        gap_nodes = tuple(n for n in self.nodes if isinstance(n, ToolNode))
+        gap_nodes = tuple(n for n in self.nodes if isinstance(n, ToolNode | ParallelNode))
         return _Chain(ids, P, transient, N, is_llm, tokens, gap, N_gap, h_gap, gap_nodes)
 
     def _transient_row(self, node_id: str) -> _FloatArray | None:
@@ -370,13 +381,13 @@ class AEG:
         if H <= 0.0:
             return math.inf
         c = self._chain
-        means = np.array([n.latency.mean() for n in c.gap_nodes], dtype=np.float64)
+        means = np.array([_mean_s(n) for n in c.gap_nodes], dtype=np.float64)
         weighted = c.N_gap @ (means * c.h_gap)
         total = float(to_gap @ weighted) / H
         if include_current:
             node = self.node(node_id)
-            if isinstance(node, ToolNode):
-                total += node.latency.mean()
+            if isinstance(node, ToolNode | ParallelNode):
+                total += _mean_s(node)
             elif isinstance(node, LLMNode):
                 total += llm_call_s
         return total
@@ -385,8 +396,9 @@ class AEG:
         """`P_reuse` of a session at `node_id`, composing the module-level `p_reuse`.
 
         `overlap` maps each successor to `overlap(s, u)`. When omitted, a successor LLM call
-        reuses the whole prefix (1), a terminal none (0), and a tool call as much as the chance
-        that an LLM call follows it (its `p_next_llm`).
+        reuses the whole prefix (1), a terminal none (0), a fan-out with a sub-agent branch the
+        whole prefix (the sub-agent forks from it), and a tool call or a fan-out of tools as
+        much as the chance that an LLM call follows it (its `p_next_llm`).
         """
         if overlap is None:
             c = self._chain
@@ -394,12 +406,23 @@ class AEG:
 
             def default_overlap(u: str) -> float:
                 node = self.node(u)
-                if isinstance(node, LLMNode):
+                if isinstance(node, LLMNode) or (
+                        isinstance(node, ParallelNode) and node.sharing):
                     return 1.0
                 return float(min(max(h.get(u, 0.0), 0.0), 1.0))
 
             return p_reuse(self.successors(node_id), default_overlap)
         return p_reuse(self.successors(node_id), overlap)
+
+    def shared_prefix(self, node_id: str) -> SharedPrefix | None:
+        """What the fan-out at ``node_id`` says about the caller's cached prefix (readers,
+        reuse probability, seconds to its next use; `saga.aeg.parallel`), or None when
+        ``node_id`` is not a fan-out. For a session at an LLM call, pass its likeliest
+        successor (`successors`)."""
+        node = self.node(node_id)
+        if not isinstance(node, ParallelNode):
+            return None
+        return shared_prefix(node, self.p_next_llm(node_id))
 
     # --- sampling -----------------------------------------------------------------------
     @cached_property
@@ -429,14 +452,15 @@ class AEG:
             raise AEGError(f"AEG '{self.agent_type}': sampled task exceeded max_steps={max_steps}")
         return path
 
-    def sample_trace(self, rng: np.random.Generator, max_steps: int = 100_000) -> list[Step]:
-        """Steps of one sampled task: LLM calls with growing prompts, tools with sampled durations.
+    def sample_task(self, rng: np.random.Generator, max_steps: int = 100_000) -> list[TaskStep]:
+        """Steps of one sampled task: LLM calls with growing prompts, tools (and fan-outs, as
+        `ParallelStep`s) with sampled durations.
 
         Token counts are the nodes' expected values rounded to integers; the prompt of each
         call is the running context (growths and outputs so far), as observed from a real
         agent. Deterministic given `rng`.
         """
-        steps: list[Step] = []
+        steps: list[TaskStep] = []
         context = 0
         for nid in self.sample_path(rng, max_steps):
             node = self.node(nid)
@@ -447,7 +471,21 @@ class AEG:
                 context = prompt + out
             elif isinstance(node, ToolNode):
                 steps.append(ToolStep(node.tool, float(node.latency.sample(rng, 1)[0])))
+            elif isinstance(node, ParallelNode):
+                steps.append(ParallelStep(
+                    tools=tuple(ToolStep(b.name, float(b.latency.sample(rng, 1)[0]))
+                                for b in node.branches if b.kind == "tool"),
+                    agents=tuple(ToolStep(b.name, float(b.latency.sample(rng, 1)[0]))
+                                 for b in node.branches if b.kind == "agent")))
         return steps
+
+    def sample_trace(self, rng: np.random.Generator, max_steps: int = 100_000) -> list[Step]:
+        """`sample_task` of a graph without fan-outs, as sequential steps (raises `AEGError` for
+        a graph with one: use `sample_task`, whose `ParallelStep`s keep the branches apart)."""
+        if self.parallel_nodes():
+            raise AEGError(f"AEG '{self.agent_type}' has fan-outs "
+                           f"{[n.id for n in self.parallel_nodes()]}; sample it with sample_task")
+        return [s for s in self.sample_task(rng, max_steps) if not isinstance(s, ParallelStep)]
 
     # --- serde --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -478,3 +516,8 @@ class AEG:
     def from_json(cls, text: str) -> AEG:
         """Inverse of `to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+def _mean_s(node: ToolNode | ParallelNode) -> float:
+    """Expected seconds a tool call (its latency's mean) or a fan-out (its join) lasts."""
+    return node.latency.mean() if isinstance(node, ToolNode) else node.mean()

@@ -22,7 +22,7 @@ from saga.aeg.errors import AEGError
 from saga.aeg.graph import AEG
 from saga.aeg.hints import DEFAULT_LLM_CALLS, WorkflowHint, hint_aeg
 from saga.aeg.latency import LogNormalLatency, ToolLatencyModel
-from saga.aeg.steps import Step
+from saga.aeg.steps import TaskStep
 
 __all__ = ["DEFAULT_COLD_START_TASKS", "DEFAULT_THETA_CONF", "PatternInference", "infer_aeg"]
 
@@ -30,7 +30,7 @@ DEFAULT_THETA_CONF = 0.7
 DEFAULT_COLD_START_TASKS = 30
 
 
-def infer_aeg(agent_type: str, tasks: Iterable[Sequence[Step]]) -> AEG:
+def infer_aeg(agent_type: str, tasks: Iterable[Sequence[TaskStep]]) -> AEG:
     """The AEG implied by a batch of complete tasks alone (no prior, no gating)."""
     counts = TransitionCounts()
     for steps in tasks:
@@ -93,7 +93,7 @@ class PatternInference:
                     raise AEGError(f"PatternInference.prior['{k}'] must be an AEG")
 
     # --- input --------------------------------------------------------------------------
-    def observe(self, agent_type: str, steps: Sequence[Step]) -> None:
+    def observe(self, agent_type: str, steps: Sequence[TaskStep]) -> None:
         """Record one complete task of `agent_type` (validated before anything changes)."""
         _check_agent_type(agent_type)
         counts = self._counts.get(agent_type)

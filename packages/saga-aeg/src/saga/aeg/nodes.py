@@ -1,5 +1,5 @@
-"""The vocabulary of an AEG: its nodes (kinds of LLM call, tool call, terminal state) and
-its edges, each validated on construction and (de)serialised as plain dicts."""
+"""The vocabulary of an AEG: its nodes (kinds of LLM call, tool call, parallel fan-out, terminal
+state) and its edges, each validated on construction and (de)serialised as plain dicts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any, ClassVar
 from saga.aeg import _serde
 from saga.aeg.errors import AEGError
 from saga.aeg.latency import LogNormalLatency
+from saga.aeg.parallel import ParallelNode
 
 __all__ = [
     "PROBABILITY_TOLERANCE",
     "Edge",
     "LLMNode",
     "Node",
+    "ParallelNode",
     "TerminalNode",
     "ToolNode",
     "node_from_dict",
@@ -108,11 +110,11 @@ class TerminalNode:
         return {"kind": self.kind, "id": self.id}
 
 
-Node = LLMNode | ToolNode | TerminalNode
+Node = LLMNode | ToolNode | ParallelNode | TerminalNode
 
 
 def node_from_dict(data: Mapping[str, Any]) -> Node:
-    """Parse a node dict by its `kind` ("llm", "tool" or "terminal")."""
+    """Parse a node dict by its `kind` ("llm", "tool", "parallel" or "terminal")."""
     d = _serde.as_mapping(data, "node")
     kind = d.get("kind")
     what = f"node {d.get('id')!r}"
@@ -130,7 +132,10 @@ def node_from_dict(data: Mapping[str, Any]) -> Node:
         )
     if kind == "terminal":
         return TerminalNode(id=_serde.get_str(d, "id", what))
-    raise AEGError(f"{what}: field 'kind' must be 'llm', 'tool' or 'terminal', got {kind!r}")
+    if kind == "parallel":
+        return ParallelNode.from_dict(d)
+    raise AEGError(
+        f"{what}: field 'kind' must be 'llm', 'tool', 'parallel' or 'terminal', got {kind!r}")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
 """Observed task steps and the node-naming scheme shared by inference, hints and templates.
 
 A task is observed as a sequence of steps: LLM calls (with the whole prompt's token count and
-the output's) and tool calls (tool name, duration if measured). Inference maps each step to an
+the output's), tool calls (tool name, duration if measured) and fan-outs (several tool calls or
+sub-agents run at once, `ParallelStep`). Inference maps each step to an
 AEG node id with the functions below; templates and hint-derived AEGs use the same ids, so an
 AEG inferred from a template's sampled tasks has exactly the template's nodes, and a hint's
 prior can be blended node by node with observations.
 
 Node ids:
 - `tool:<name>` — a call of tool `<name>` (whatever came before it);
+- `par:<a>+<b>+@<agent>` — a fan-out: its tool branches and its `@`-marked sub-agent branches,
+  each list sorted (`parallel_node_id`);
 - `llm@start` — the task's first LLM call; `llm@tool:<name>` — an LLM call right after tool
   `<name>` (it reads that tool's output, so its prompt growth depends on the tool);
   `llm@llm` — an LLM call right after another LLM call;
@@ -27,11 +30,16 @@ from saga.aeg.errors import AEGError
 
 __all__ = [
     "END_NODE_ID",
+    "PARALLEL_PREFIX",
     "START_LLM_NODE_ID",
     "LLMStep",
+    "ParallelStep",
     "Step",
+    "TaskStep",
     "ToolStep",
     "llm_node_id",
+    "parallel_branches",
+    "parallel_node_id",
     "path_node_ids",
     "step_from_dict",
     "steps_from_trace_record",
@@ -40,6 +48,9 @@ __all__ = [
 
 END_NODE_ID = "end"
 START_LLM_NODE_ID = "llm@start"
+PARALLEL_PREFIX = "par:"
+AGENT_MARK = "@"
+BRANCH_SEP = "+"
 
 
 @dataclass(frozen=True)
@@ -124,21 +135,81 @@ class ToolStep:
         return cls.from_dict(json.loads(text))
 
 
+def _check_branch_name(name: str, what: str) -> None:
+    if BRANCH_SEP in name or name.startswith(AGENT_MARK):
+        raise AEGError(f"{what} '{name}': a branch name of a fan-out may not contain "
+                       f"'{BRANCH_SEP}' nor start with '{AGENT_MARK}' (they spell its node id); "
+                       "rename it or record the calls one by one")
+
+
+@dataclass(frozen=True)
+class ParallelStep:
+    """One observed fan-out: tool calls (``tools``) and sub-agents started from the caller's
+    context (``agents``, each as a `ToolStep` of the sub-agent's type and the seconds until it
+    returned) that ran at once; the task moved on when all had returned. At least two."""
+
+    tools: tuple[ToolStep, ...] = ()
+    agents: tuple[ToolStep, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("tools", "agents"):
+            value = getattr(self, name)
+            if isinstance(value, ToolStep | str):
+                raise AEGError(f"ParallelStep.{name} must be a sequence of ToolStep")
+            items = tuple(value)
+            for x in items:
+                if not isinstance(x, ToolStep):
+                    raise AEGError(f"ParallelStep.{name} must hold ToolSteps, got "
+                                   f"{type(x).__name__}")
+                _check_branch_name(x.tool, "ParallelStep branch")
+            object.__setattr__(self, name, items)
+        if len(self.tools) + len(self.agents) < 2:
+            raise AEGError("a ParallelStep needs at least 2 branches (tools + agents); record a "
+                           "single call as a ToolStep")
+
+    @property
+    def node_id(self) -> str:
+        """Its AEG node id (`parallel_node_id`)."""
+        return parallel_node_id([t.tool for t in self.tools], [a.tool for a in self.agents])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"kind": "parallel", "tools": [t.to_dict() for t in self.tools],
+                "agents": [a.to_dict() for a in self.agents]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParallelStep:
+        """Inverse of `to_dict` (``agents`` may be absent)."""
+        d = _serde.as_mapping(data, "ParallelStep")
+        agents = d.get("agents", [])
+        if not isinstance(agents, list):
+            raise AEGError("ParallelStep: field 'agents' must be a list")
+        tools = _serde.get_list(d, "tools", "ParallelStep")
+        return cls(tuple(ToolStep.from_dict(t) for t in tools),
+                   tuple(ToolStep.from_dict(a) for a in agents))
+
+
 Step = LLMStep | ToolStep
+"""A sequential step (what `AEG.sample_trace` yields and callers build by hand)."""
+
+TaskStep = LLMStep | ToolStep | ParallelStep
+"""Any observed step, fan-outs included (what inference and the adapters handle)."""
 
 
-def step_from_dict(data: Mapping[str, Any]) -> Step:
-    """Parse one step dict by its `kind` ("llm" or "tool")."""
+def step_from_dict(data: Mapping[str, Any]) -> TaskStep:
+    """Parse one step dict by its `kind` ("llm", "tool" or "parallel")."""
     d = _serde.as_mapping(data, "step")
     kind = d.get("kind")
     if kind == "llm":
         return LLMStep.from_dict(d)
     if kind == "tool":
         return ToolStep.from_dict(d)
-    raise AEGError(f"step: field 'kind' must be 'llm' or 'tool', got {kind!r}")
+    if kind == "parallel":
+        return ParallelStep.from_dict(d)
+    raise AEGError(f"step: field 'kind' must be 'llm', 'tool' or 'parallel', got {kind!r}")
 
 
-def steps_from_trace_record(record: Mapping[str, Any]) -> list[Step]:
+def steps_from_trace_record(record: Mapping[str, Any]) -> list[TaskStep]:
     """Steps of one line of the agent-trace JSONL format (`{"steps": [...]}`); extra fields
     of each step (`t_start`, `cached_tokens`, ...) are ignored."""
     d = _serde.as_mapping(record, "trace record")
@@ -152,28 +223,59 @@ def tool_node_id(tool: str) -> str:
     return f"tool:{tool}"
 
 
-def llm_node_id(previous: Step | None) -> str:
+def parallel_node_id(tools: Sequence[str], agents: Sequence[str] = ()) -> str:
+    """Node id of a fan-out: ``par:`` and its sorted tool names then its sorted ``@``-marked
+    sub-agent types, joined by ``+`` (repeats kept: two searches are ``par:search+search``)."""
+    for name in (*tools, *agents):
+        if not isinstance(name, str) or not name:
+            raise AEGError(f"branch names must be non-empty strings, got {name!r}")
+        _check_branch_name(name, "branch")
+    if len(tools) + len(agents) < 2:
+        raise AEGError("a fan-out needs at least 2 branches")
+    parts = sorted(tools) + [AGENT_MARK + a for a in sorted(agents)]
+    return PARALLEL_PREFIX + BRANCH_SEP.join(parts)
+
+
+def parallel_branches(node_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Inverse of `parallel_node_id`: ``(tool names, sub-agent types)``."""
+    if not node_id.startswith(PARALLEL_PREFIX):
+        raise AEGError(f"{node_id!r} is not a fan-out node id (it starts with "
+                       f"'{PARALLEL_PREFIX}')")
+    parts = node_id[len(PARALLEL_PREFIX):].split(BRANCH_SEP)
+    tools = tuple(p for p in parts if not p.startswith(AGENT_MARK))
+    agents = tuple(p[len(AGENT_MARK):] for p in parts if p.startswith(AGENT_MARK))
+    if parallel_node_id(tools, agents) != node_id:
+        raise AEGError(f"{node_id!r} is not a well-formed fan-out node id")
+    return tools, agents
+
+
+def llm_node_id(previous: TaskStep | None) -> str:
     """Node id of an LLM call given the step before it (None: the task's first step)."""
     if previous is None:
         return START_LLM_NODE_ID
     if isinstance(previous, LLMStep):
         return "llm@llm"
+    if isinstance(previous, ParallelStep):
+        return "llm@" + previous.node_id
     return "llm@" + tool_node_id(previous.tool)
 
 
-def path_node_ids(steps: Sequence[Step]) -> list[str]:
+def path_node_ids(steps: Sequence[TaskStep]) -> list[str]:
     """The node ids a task visits, ending with `end`; rejects an empty task."""
     if len(steps) == 0:
         raise AEGError("a task needs at least one step; got an empty sequence")
     ids: list[str] = []
-    previous: Step | None = None
+    previous: TaskStep | None = None
     for i, step in enumerate(steps):
         if isinstance(step, LLMStep):
             ids.append(llm_node_id(previous))
         elif isinstance(step, ToolStep):
             ids.append(tool_node_id(step.tool))
+        elif isinstance(step, ParallelStep):
+            ids.append(step.node_id)
         else:
-            raise AEGError(f"step #{i} must be an LLMStep or ToolStep, got {type(step).__name__}")
+            raise AEGError(f"step #{i} must be an LLMStep, ToolStep or ParallelStep, got "
+                           f"{type(step).__name__}")
         previous = step
     ids.append(END_NODE_ID)
     return ids

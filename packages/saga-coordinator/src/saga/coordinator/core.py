@@ -38,7 +38,7 @@ from saga.coordinator.table import (
 from saga.policy.afs import AFS, EPOCH_S
 from saga.policy.errors import UnknownSessionError
 from saga.policy.presets import PolicyBundle, Preset, get_preset
-from saga.policy.routing import Router, RouteRequest
+from saga.policy.routing import Router, RouteRequest, expected_home_held
 from saga.policy.stealing import Steal, WaitingSession, WorkerState, WorkStealer
 from saga.policy.ttl import TTLPolicy
 
@@ -95,17 +95,27 @@ class CoordinatorCore:
     Routers see ``RouteRequest(session_id, prompt_tokens=..., now=...)`` without block hashes:
     the coordinator is not sent the prompt, so prefix-aware routers (``prefix_affinity``,
     ``cache_aware``) find no cached prefix anywhere and route by load alone here.
+
+    A session whose pin ran out before its tool returned is routed with ``home_held``, the share
+    of its KV its home still holds (`saga.policy.routing.expected_home_held`, with unpinned KV
+    surviving ``kv_residence_s`` on average; 0: evicted at once), so SAGA's affinity router moves
+    it as cheaply as a new session once its home has dropped the KV. A session still pinned, or
+    whose tool returned in time, is routed without it (by the spec rule).
     """
 
     def __init__(self, *, bundle: PolicyBundle | None = None,
                  afs_capacity_per_s: float = AFS_CAPACITY_PER_S, epoch_s: float = EPOCH_S,
                  worker_timeout_s: float = 2.0, final_grace_s: float = FINAL_GRACE_S,
-                 session_idle_s: float = SESSION_IDLE_S) -> None:
+                 session_idle_s: float = SESSION_IDLE_S, kv_residence_s: float = 0.0) -> None:
         for name, value in (("worker_timeout_s", worker_timeout_s), ("epoch_s", epoch_s),
                             ("final_grace_s", final_grace_s), ("session_idle_s", session_idle_s)):
             if not (value > 0 and math.isfinite(value)):
                 raise CoordinatorError(f"{name} must be a finite number of seconds > 0, "
                                        f"got {value}")
+        if not (kv_residence_s >= 0 and math.isfinite(kv_residence_s)):
+            raise CoordinatorError("kv_residence_s must be a finite number of seconds >= 0, "
+                                   f"got {kv_residence_s}")
+        self.kv_residence_s = kv_residence_s
         self.bundle = bundle if bundle is not None else get_preset(DEFAULT_PRESET).build()
         self.router: Router = self.bundle.router
         self.stealer: WorkStealer | None = self.bundle.stealer
@@ -246,7 +256,8 @@ class CoordinatorCore:
         The reason comes from the table: ``NEW_SESSION`` (no row), ``HOME`` (the router kept
         the row's worker), ``REHOMED`` (the row's worker is not routable: dead, left or
         avoided), ``OVERLOADED`` (the router moved the session off a routable worker; for
-        SAGA's affinity router, a home at or above theta). ``block_hashes`` (the gateway, which
+        SAGA's affinity router, a home at or above theta, or a lighter worker once the home's
+        KV lapsed). ``block_hashes`` (the gateway, which
         sees the prompt, sends them) let prefix-aware routers find where a prefix is cached."""
         if avoid_worker:
             w = self.workers.get(avoid_worker)
@@ -259,7 +270,9 @@ class CoordinatorCore:
                 "no live worker is registered; start workers (saga cluster up) and retry")
         entry = self.sessions.get(session_id)
         old = entry.worker_id if entry is not None else None
-        dst = self.router.route(RouteRequest(session_id, block_hashes, prompt_tokens, now), loads)
+        held = self.home_held(entry, now) if entry is not None else None
+        dst = self.router.route(RouteRequest(session_id, block_hashes, prompt_tokens, now,
+                                             home_held=held), loads)
         w = self.workers[dst]
         self._ended.pop(session_id, None)
         if entry is None:
@@ -276,6 +289,7 @@ class CoordinatorCore:
                 # Its next heartbeat tells the old home to stop claiming the session.
                 self.workers[old].steals_out.append(Steal(session_id, old, dst, 0.0, 0.0))
         entry.calls += 1
+        entry.pin_ttl_s = entry.pin_lapsed_at = None  # this call reads (or rebuilds) the KV
         self._touch(entry, now)
         if entry.final_at is not None:  # the task goes on after all
             entry.final_at = None
@@ -287,6 +301,18 @@ class CoordinatorCore:
             entry.in_afs = True
         self.routes += 1
         return RouteDecision(dst, w.node, reason, max(entry.pinned_until - now, 0.0))
+
+    def home_held(self, entry: SessionEntry, now: float) -> float | None:
+        """Share of the session's KV its home is expected to hold at ``now``: None while no pin
+        was granted since its last call or the pin outlived its tool (the home holds it), else
+        from when the pin ended (still running: 1)."""
+        if entry.pin_lapsed_at is not None:
+            until = entry.pin_lapsed_at
+        elif entry.pin_ttl_s is not None:
+            until = entry.pinned_until
+        else:
+            return None
+        return expected_home_held(now, until, residence_s=self.kv_residence_s)
 
     def _rehome(self, entry: SessionEntry, w: WorkerEntry) -> None:
         """The session's home is now ``w`` (routing or stealing moved it)."""
@@ -380,6 +406,7 @@ class CoordinatorCore:
         queue_delay_s, reload_s = self._pin_costs(entry)
         ttl = self.ttl.ttl(tool, pressure, queue_delay_s=queue_delay_s, reload_s=reload_s)
         entry.pinned_until = now + ttl
+        entry.pin_ttl_s, entry.pin_lapsed_at = ttl, None
         return ttl
 
     def _pin_costs(self, entry: SessionEntry) -> tuple[float, float]:
@@ -392,9 +419,12 @@ class CoordinatorCore:
                 min(w.step_time_s, _MAX_PIN_COST_S))
 
     def tool_finished(self, session_id: str, tool: str, latency_s: float) -> None:
-        """The tool returned: its latency trains the TTL model, the pin ends."""
+        """The tool returned: its latency trains the TTL model, the pin ends. A tool that ran
+        past its pin left the session's KV unprotected from when the pin ran out."""
         entry = self.session(session_id)
-        entry.pinned_until = 0.0
+        if entry.pin_ttl_s is not None and latency_s > entry.pin_ttl_s:
+            entry.pin_lapsed_at = entry.pinned_until
+        entry.pinned_until, entry.pin_ttl_s = 0.0, None
         if latency_s > 0 and self.ttl is not None:
             self.ttl.observe(tool, latency_s)
 

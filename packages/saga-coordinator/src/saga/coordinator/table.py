@@ -101,6 +101,10 @@ class SessionEntry:
     in_afs: bool = False
     last_seen: float = 0.0
     final_at: float | None = None
+    pin_ttl_s: float | None = None
+    """Seconds of the pin granted since the session's last routed call (None: none granted)."""
+    pin_lapsed_at: float | None = None
+    """When that pin ended before its tool returned (None: it did not, or no pin)."""
 
 
 @dataclass(frozen=True)

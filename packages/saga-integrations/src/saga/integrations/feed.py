@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from saga.aeg.errors import AEGError
-from saga.aeg.graph import ToolNode
+from saga.aeg.graph import ParallelNode, ToolNode
 from saga.aeg.hints import PLACEHOLDER_TOOL, WorkflowHint
 from saga.aeg.inference import PatternInference
 from saga.integrations.errors import IntegrationError
@@ -196,7 +196,8 @@ class WorkflowFeed:
     def predict_pending_tool(self, agent_type: str, node: str) -> str | None:
         """The tool a call at ``node`` most probably ends in, by the agent type's current AEG
         (None when its likeliest successor is not a tool, is the generic prior's unnamed
-        placeholder tool, or the node is new)."""
+        placeholder tool, or the node is new). When it most probably fans out, the fan-out's
+        slowest tool branch: the session's next call waits for it."""
         with self._lock:
             aeg = self.inference.aeg_for(agent_type)
             try:
@@ -207,6 +208,9 @@ class WorkflowFeed:
                 return None
             best = max(successors, key=lambda s: (s[1], s[0]))[0]
             target = aeg.node(best)
+            if isinstance(target, ParallelNode):
+                slowest = target.slowest()
+                return slowest.name if slowest.kind == "tool" else None
             if isinstance(target, ToolNode) and target.tool != PLACEHOLDER_TOOL:
                 return target.tool
             return None

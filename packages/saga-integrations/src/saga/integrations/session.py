@@ -2,8 +2,9 @@
 
 Every framework reports the same few facts in its own vocabulary (LangChain runs, AutoGen
 events, CrewAI bus events); the adapters translate them into a `SessionTrace`, which turns
-them into saga-aeg's observed steps (`LLMStep`/`ToolStep`) for pattern inference and into the
-current AEG node for the engine. Times are seconds on whatever clock the adapter uses; only
+them into saga-aeg's observed steps (`LLMStep`/`ToolStep`, and `ParallelStep` for the tool
+calls or sub-agents one reply started at once) for pattern inference and into the current AEG
+node for the engine. Times are seconds on whatever clock the adapter uses; only
 differences within one session matter.
 """
 
@@ -13,7 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from saga.aeg.steps import LLMStep, Step, ToolStep, llm_node_id
+from saga.aeg.errors import AEGError
+from saga.aeg.steps import LLMStep, ParallelStep, TaskStep, ToolStep, llm_node_id
 from saga.integrations.errors import IntegrationError
 from saga.integrations.metadata import RequestMetadata
 
@@ -49,12 +51,14 @@ class LLMCall:
 
 @dataclass
 class ToolCall:
-    """One tool call; ``error`` when the tool raised (it still ran for ``duration_s``)."""
+    """One tool call; ``error`` when the tool raised (it still ran for ``duration_s``);
+    ``agent``: a sub-agent started from the caller's context rather than a tool."""
 
     tool: str
     started_at: float
     ended_at: float | None = None
     error: bool = False
+    agent: bool = False
 
     @property
     def duration_s(self) -> float | None:
@@ -107,12 +111,13 @@ class SessionTrace:
             call.tokens_estimated = estimated
         call.tool_calls = tuple(tool_calls)
 
-    def tool_started(self, tool: str, t: float) -> ToolCall:
-        """Tool ``tool`` began at ``t``."""
+    def tool_started(self, tool: str, t: float, *, agent: bool = False) -> ToolCall:
+        """Tool ``tool`` began at ``t`` (``agent``: a sub-agent of that type, forked from the
+        session's context)."""
         self._check_open()
         if not isinstance(tool, str) or not tool:
             raise IntegrationError(f"a tool call needs the tool's name, got {tool!r}")
-        call = ToolCall(tool=tool, started_at=t)
+        call = ToolCall(tool=tool, started_at=t, agent=agent)
         self.calls.append(call)
         return call
 
@@ -149,17 +154,54 @@ class SessionTrace:
         """Seconds from the first event to the end (None while running)."""
         return None if self.ended_at is None else max(0.0, self.ended_at - self.started_at)
 
-    def steps(self) -> list[Step]:
+    def steps(self) -> list[TaskStep]:
         """The task as saga-aeg observed steps, in start order (unmeasured or zero-length tool
-        durations become None: saga-aeg only fits positive durations)."""
-        out: list[Step] = []
+        durations become None: saga-aeg only fits positive durations).
+
+        The tool calls (and sub-agents) that follow one LLM call whose reply asked for several
+        tools are one fan-out (`ParallelStep`): LangChain's ``ToolNode`` and AutoGen's agents
+        run a reply's tool calls at once and call the model again when all returned.
+        """
+        out: list[TaskStep] = []
+        for group in self._groups():
+            if len(group) == 1:
+                c = group[0]
+                out.append(LLMStep(c.input_tokens, c.output_tokens) if isinstance(c, LLMCall)
+                           else _tool_step(c))
+                continue
+            tools = [c for c in group if isinstance(c, ToolCall)]
+            try:
+                out.append(ParallelStep(tuple(_tool_step(c) for c in tools if not c.agent),
+                                        tuple(_tool_step(c) for c in tools if c.agent)))
+            except AEGError:  # a name that cannot spell a fan-out id: one call after another
+                out.extend(_tool_step(c) for c in tools)
+        return out
+
+    def _groups(self) -> list[list[Call]]:
+        """The calls in start order, the tool calls of each multi-tool reply in one group."""
+        groups: list[list[Call]] = []
+        fan: list[Call] | None = None
         for c in self.calls:
             if isinstance(c, LLMCall):
-                out.append(LLMStep(c.input_tokens, c.output_tokens))
+                groups.append([c])
+                fan = [] if len(c.tool_calls) >= 2 else None
+            elif fan is not None:
+                if not fan:
+                    groups.append(fan)
+                fan.append(c)
             else:
-                d = c.duration_s
-                out.append(ToolStep(c.tool, d if d is not None and d > 0 else None))
-        return out
+                groups.append([c])
+        # A "fan-out" in which only one call ran is that call.
+        return [g for g in groups if g]
+
+    def fan_out(self) -> list[ToolCall]:
+        """The tool calls of the fan-out the session is in or just left (empty when its last
+        step is not one)."""
+        groups = self._groups()
+        last = groups[-1] if groups else []
+        if len(last) < 2:
+            return []
+        return [c for c in last if isinstance(c, ToolCall)]
 
     def next_llm_node(self) -> str:
         """AEG node id of the session's next LLM call (``llm@start``, ``llm@tool:<name>``...)."""
@@ -167,7 +209,15 @@ class SessionTrace:
         return llm_node_id(steps[-1] if steps else None)
 
     def last_tool_latency(self) -> float | None:
-        """Duration of the tool that just finished, when the last call was a finished tool."""
+        """Duration of the tool that just finished, when the last call was a finished tool;
+        after a fan-out, the time from its first start to its last return (the join)."""
+        fan = self.fan_out()
+        if fan:
+            ends = [c.ended_at for c in fan]
+            if any(e is None for e in ends):
+                return None
+            return max(0.0, max(e for e in ends if e is not None)
+                       - min(c.started_at for c in fan))
         if self.calls and isinstance(self.calls[-1], ToolCall):
             return self.calls[-1].duration_s
         return None
@@ -183,6 +233,11 @@ class SessionTrace:
             "duration_s": self.duration_s,
             "steps": [s.to_dict() for s in self.steps()],
         }
+
+
+def _tool_step(c: ToolCall) -> ToolStep:
+    d = c.duration_s
+    return ToolStep(c.tool, d if d is not None and d > 0 else None)
 
 
 def _tokens(value: object, name: str) -> int:

@@ -63,6 +63,10 @@ class RouteRequest:
     prompt_tokens: int = 0
     now: float = 0.0
     signals: Mapping[str, WorkerSignals] | None = None
+    home_held: float | None = None
+    """Share of the session's context its home is expected to still hold when the call arrives
+    (:func:`expected_home_held`): 1 while pinned, 0 once its KV is expected gone. None (the
+    default): unknown, and :class:`AffinityRouter` routes exactly by the spec's rule."""
 
 
 class Router(Protocol):
@@ -116,8 +120,47 @@ def least_loaded(loads: Mapping[str, float]) -> str:
     return min(loads, key=lambda w: (loads[w], w))
 
 
+def expected_home_held(now: float, pinned_until: float, *, residence_s: float = 0.0) -> float:
+    """Share of a session's context its home still holds at ``now``, from its pin.
+
+    1 while the pin lasts (``now < pinned_until``). Once it lapsed (expired, or released: pass
+    the release time) the KV is an ordinary evictable block: it survives
+    ``exp(−(now − pinned_until) / residence_s)`` of the time, ``residence_s`` being how long an
+    unpinned block is expected to stay on that worker; 0 (the default) says the value ranks it
+    for eviction at once, as under the memory pressure pins exist for. Pure: time comes in.
+    """
+    for name, value in (("now", now), ("pinned_until", pinned_until),
+                        ("residence_s", residence_s)):
+        if not math.isfinite(value):
+            raise SagaConfigError(f"expected_home_held: {name} must be finite, got {value}")
+    if residence_s < 0:
+        raise SagaConfigError(f"expected_home_held: residence_s must be >= 0, got {residence_s}")
+    if now < pinned_until:
+        return 1.0
+    if residence_s == 0.0:
+        return 0.0
+    return math.exp(-(now - pinned_until) / residence_s)
+
+
+def move_cost(home_held: float, theta: float = THETA) -> float:
+    """What leaving home costs, in load units: ``theta · h / (1 − h)`` for a home holding ``h``.
+
+    A home holding the whole context (``h = 1``) is worth any load below overload: the spec's
+    rule, which moves a session only off an overloaded home (infinite cost). A home holding
+    nothing (``h = 0``) is worth nothing: the session routes as a new one. Half the context is
+    worth ``theta`` of load.
+    """
+    if not (0.0 <= home_held <= 1.0):
+        raise SagaConfigError(
+            f"home_held must be a share in [0, 1] (0: the home holds none of the session's KV, "
+            f"1: all of it), got {home_held}")
+    if home_held == 1.0:
+        return math.inf
+    return theta * home_held / (1.0 - home_held)
+
+
 def route(home: str | None, loads: Mapping[str, float], theta: float = THETA, *,
-          require_headroom: bool = False) -> str:
+          require_headroom: bool = False, home_held: float | None = None) -> str:
     """The spec's routing rule: ``w*_s if load(w*_s) < theta else argmin_w load(w)``.
 
     ``home`` is the session's home worker ``w*_s`` (``None`` for a new session, which goes to the
@@ -125,6 +168,12 @@ def route(home: str | None, loads: Mapping[str, float], theta: float = THETA, *,
     call leaves its home only for a worker with headroom (``argmin_w load(w) < theta``): when
     every worker is at or above ``theta`` no move finds headroom, and the session stays where
     its KV is instead of chasing the momentary minimum from call to call.
+
+    ``home_held`` (the share of the context the home still holds, :func:`expected_home_held`;
+    None or 1: all of it, the rule above exactly) makes staying home cost-aware: where the rule
+    keeps the session home, it still moves to the least loaded worker when that is lighter by
+    more than :func:`move_cost` — so a session whose home is about to drop its KV moves as
+    cheaply as a new one. Ties stay home.
     """
     if not (theta > 0 and math.isfinite(theta)):
         raise SagaConfigError(f"theta must be a finite number > 0, got {theta}")
@@ -134,10 +183,19 @@ def route(home: str | None, loads: Mapping[str, float], theta: float = THETA, *,
     if home not in loads:
         raise UnknownWorkerError(
             f"home worker {home!r} is not among the workers {sorted(loads)}")
+    cost = math.inf if home_held is None else move_cost(home_held, theta)
     if loads[home] < theta:
-        return home
+        return home if cost == math.inf else _cheaper_move(home, loads, cost)
     dst = least_loaded(loads)
-    return home if require_headroom and loads[dst] >= theta else dst
+    if require_headroom and loads[dst] >= theta:
+        return home if cost == math.inf else _cheaper_move(home, loads, cost)
+    return dst
+
+
+def _cheaper_move(home: str, loads: Mapping[str, float], cost: float) -> str:
+    """The least loaded worker when it is lighter than ``home`` by more than ``cost``."""
+    dst = least_loaded(loads)
+    return dst if loads[home] - loads[dst] > cost else home
 
 
 @dataclass(frozen=True)
@@ -173,6 +231,10 @@ class AffinityRouter(RouterEvents):
     (see :func:`route`): under saturation the literal rule moves most calls to whichever worker
     is momentarily least loaded, and each move costs the session's KV (the simulator measured
     61 % of WebArena calls moving on 16 saturated instances, for 1.9x the TCT).
+
+    A request that says how much of the session's KV its home still holds
+    (``RouteRequest.home_held``) weighs the move by it (:func:`route`): a home whose pin lapsed
+    and whose KV is being evicted keeps the session only while no worker is lighter.
     """
 
     load_kind: ClassVar[LoadKind] = "utilisation"
@@ -190,7 +252,8 @@ class AffinityRouter(RouterEvents):
         _check_loads(loads)
         home = self._home.get(request.session_id)
         usable_home = home if home is not None and home in loads else None
-        dst = route(usable_home, loads, self.theta, require_headroom=self.require_headroom)
+        dst = route(usable_home, loads, self.theta, require_headroom=self.require_headroom,
+                    home_held=request.home_held)
         if home is not None and dst != home:
             self.moves.append(Move(request.session_id, home, dst, request.now))
         self._home[request.session_id] = dst
@@ -470,8 +533,10 @@ __all__ = [
     "WorkStealer",
     "WorkerSignals",
     "WorkerState",
+    "expected_home_held",
     "least_loaded",
     "min_max_score",
+    "move_cost",
     "route",
     "should_steal",
 ]
