@@ -19,7 +19,7 @@ runner = CliRunner(env={"COLUMNS": "250"})
 def test_show_presets_lists_every_preset() -> None:
     res = runner.invoke(app, ["show", "presets", "--verbose"])
     assert res.exit_code == 0, res.output
-    assert len(PRESETS) == 16
+    assert len(PRESETS) == 24
     for name in PRESETS:
         assert name in res.output
     assert "walru(alpha=0.3, beta=0.5, gamma=0.2)" in res.output

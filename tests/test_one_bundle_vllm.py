@@ -1,4 +1,4 @@
-"""One preset, one set of policies everywhere: for each of the 16 presets by name, the
+"""One preset, one set of policies everywhere: for each of the 24 presets by name, the
 simulator's instances, a ``SagaScheduler`` in a real vLLM engine (tiny model) and a
 ``CoordinatorCore`` hold the same policy classes with the same parameters.
 

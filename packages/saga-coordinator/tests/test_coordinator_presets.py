@@ -1,4 +1,4 @@
-"""The coordinator runs any preset's bundle: each of the 16 presets by name routes sessions
+"""The coordinator runs any preset's bundle: each of the 24 presets by name routes sessions
 through register / heartbeat / route / observe / end with the preset's own policy objects, and
 reasons, moves, pins and AFS follow from the session table whatever the router."""
 

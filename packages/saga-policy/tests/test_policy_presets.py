@@ -38,9 +38,13 @@ SPEC_PRESETS = {
     "saga_no_afs",
 }
 
+ETA_PRESETS = {"saga_eta", "saga_eta_no_eta", "saga_eta_no_ttl", "saga_eta_no_value_ttl",
+               "saga_eta_no_prefetch", "saga_eta_no_affinity", "saga_eta_no_stealing",
+               "saga_eta_no_afs"}
+
 
 def test_registry_has_spec_presets_and_peers() -> None:
-    assert set(PRESETS) == SPEC_PRESETS | {"continuum", "autellix", "saga_kvmove"}
+    assert set(PRESETS) == SPEC_PRESETS | {"continuum", "autellix", "saga_kvmove"} | ETA_PRESETS
     assert all(name == p.name for name, p in PRESETS.items())
     assert all(p.description for p in PRESETS.values())
 
@@ -210,3 +214,23 @@ def test_no_branching_on_preset_names() -> None:
     source = inspect.getsource(presets_module)
     for name in PRESETS:
         assert f'== "{name}"' not in source and f"== '{name}'" not in source
+
+
+def test_saga_eta_is_saga_with_next_use_eviction_and_the_value_ttl() -> None:
+    from saga.policy.eviction import ETAPolicy
+    from saga.policy.ttl_value import ValueTTL
+
+    eta, saga = get_preset("saga_eta"), get_preset("saga")
+    b = eta.build()
+    e = b.engine()
+    assert isinstance(e.eviction, ETAPolicy) and e.eviction.next_use_model() is not None
+    assert b.engine().eviction.next_use_model() is not e.eviction.next_use_model()
+    assert isinstance(b.ttl, ValueTTL) and eta.is_saga
+    same = ("router", "queue", "stealing", "fairness", "dram_tier", "prefetch", "rehome_kv")
+    assert all(getattr(eta, f) == getattr(saga, f) for f in same)
+    assert saga.eviction.name == "walru"  # SAGA stays the paper's policy
+    # Each ablation differs from saga_eta in exactly one layer.
+    for name in ETA_PRESETS - {"saga_eta"}:
+        diff = [k for k, v in get_preset(name).layers().items() if eta.layers()[k] != v]
+        assert len({d.removesuffix("_tier") for d in diff} - {"tier"}) == 1, (name, diff)
+    assert isinstance(get_preset("saga_eta_no_value_ttl").build().ttl, ToolCallTTL)

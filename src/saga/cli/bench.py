@@ -31,7 +31,7 @@ from saga.bench.jobs import FULL, QUICK, SMOKE, Job, Scale, with_nodes
 from saga.bench.report import write_report
 from saga.bench.runner import BenchRun, parse_tables, run_bench
 from saga.bench.store import RunStore
-from saga.bench.tables import TableResult
+from saga.bench.tables import ABLATION_SETS, TableResult, check_saga
 from saga.bench.trace_workload import TraceSource, describe, open_trace_source
 from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress
@@ -63,12 +63,14 @@ def _scale(full: bool, smoke: bool, nodes: int | None) -> Scale:
 
 def run_and_show(tables: str | None, full: bool, seeds: int | None, workers: int | None,
                  nodes: int | None = None, *, smoke: bool = False, out: Path | None = None,
-                 resume: bool = False, trace: TraceSource | None = None) -> BenchRun:
+                 resume: bool = False, trace: TraceSource | None = None,
+                 saga: str = "saga") -> BenchRun:
     """Run the bench with a progress bar and print each table.
 
     With ``out``, each finished run is written to ``out/runs/`` at once; with ``resume`` too,
-    runs already there (same configuration hash) are loaded instead of run again."""
-    scale = _scale(full, smoke, nodes)
+    runs already there (same configuration hash) are loaded instead of run again. ``saga``:
+    the preset that plays SAGA in the tables (``check_saga`` lists the valid ones)."""
+    scale = dataclasses.replace(_scale(full, smoke, nodes), saga=check_saga(saga))
     if trace is not None:
         scale = dataclasses.replace(scale, trace=trace)
     ids = parse_tables(tables if tables is not None else (None if full else QUICK_TABLES))
@@ -152,6 +154,10 @@ def bench(
     latency_model: Annotated[str, typer.Option(
         help="Durations of the tool calls the trace did not time: swe-template or "
              "lognormal.")] = "swe-template",
+    saga: Annotated[str, typer.Option(
+        "--saga", help="The preset that plays SAGA in every table (table 6 ablates it): "
+                       f"{', '.join(ABLATION_SETS)}. Peers, grid and seeds stay the same; "
+                       "SAGA's runs are stored under their own preset.")] = "saga",
 ) -> None:
     """Compute the paper's tables by simulation (quick grid by default)."""
     if ctx.invoked_subcommand is not None:
@@ -165,7 +171,7 @@ def bench(
                 tasks=trace_tasks, rate_per_instance=trace_rate, concurrency=concurrency,
                 latency_model=latency_model)
         run = run_and_show(tables, full, seeds, workers, nodes, smoke=smoke, out=out,
-                           resume=resume, trace=trace)
+                           resume=resume, trace=trace, saga=saga)
         if out is not None:
             validation = _load_validation(out)
             args = ["saga", "bench", *(["--full"] if full else []),
@@ -176,7 +182,8 @@ def bench(
                                 ("--trace", trace_path), ("--format", trace and fmt),
                                 ("--trace-rate", trace_rate), ("--concurrency", concurrency),
                                 ("--trace-tasks", trace_tasks),
-                                ("--latency-model", trace and latency_model)):
+                                ("--latency-model", trace and latency_model),
+                                ("--saga", saga if saga != "saga" else None)):
                 if value is not None:
                     args += [flag, str(value)]
             section = [TRACE_HEADING, "", *(f"- {x}" for x in trace_lines), ""]
@@ -303,9 +310,17 @@ def validate(
     model: Annotated[str, typer.Option(
         help="tiny or small (random Llama shapes) or PATH, a local Hugging Face model "
              "directory.")] = "tiny",
+    live: Annotated[Path | None, typer.Option(
+        help="Instead: simulate the multi-engine run in this `saga bench live` live.json "
+             "and print simulated / live per system.")] = None,
 ) -> None:
     """Simulated vs measured TCT and recomputed tokens on the real (CPU) vLLM engine."""
     with user_errors():
+        if live is not None:
+            from saga.cli.live import validate_live_file
+
+            validate_live_file(live, out)
+            return
         try:
             import saga.vllm  # noqa: F401
         except ModuleNotFoundError:

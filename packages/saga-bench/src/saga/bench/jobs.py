@@ -65,8 +65,10 @@ def _stealing(p: Preset, v: Variant) -> Preset:
 
 
 def _ttl_max(p: Preset, v: Variant) -> Preset:
-    return dataclasses.replace(p, ttl=policy("ttl", "tool_call",
-                                             ttl_max=v.param("ttl_max", TTL_MAX_S)))
+    """TTL_max of the preset's own TTL policy (SAGA's tool-call TTL when it has none)."""
+    ttl_max = v.param("ttl_max", TTL_MAX_S)
+    spec = policy("ttl", "tool_call") if p.ttl is None else p.ttl
+    return dataclasses.replace(p, ttl=spec.with_kwargs(ttl_max=ttl_max))
 
 
 def _queue(p: Preset, v: Variant) -> Preset:
@@ -120,6 +122,10 @@ class Scale:
     DRAM as the reference cluster has it. Only presets with a DRAM tier use it."""
     trace: TraceSource | None = None
     """``saga bench --trace``: the SWE and WebArena workloads run on this trace's sessions."""
+    saga: str = "saga"
+    """``saga bench --saga``: the preset that plays SAGA in the tables (table 6 ablates it).
+    Not part of a run's hash: a run is named by its own preset, so SAGA's runs under another
+    preset never mix with ``saga``'s, while the peers' runs are shared."""
 
     def seeds_for(self, table_id: str, seeds: Sequence[int]) -> list[int]:
         """The seeds table ``table_id`` runs on: ``seeds``, cut to its cap if it has one."""

@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saga.bench import paper
-from saga.bench.jobs import Job, ReplayJob, Scale, SimJob, Variant, with_nodes
+from saga.bench.jobs import Job, ReplayJob, Scale, SimJob, Variant, build_preset, with_nodes
 from saga.bench.stats import fmt_mean_std, fmt_p, geomean, mean_std, speedup, welch_p
+from saga.policy.errors import SagaConfigError
 from saga.policy.presets import SAGA as SAGA_PRESET
+from saga.policy.presets import get_preset
 from saga.policy.spec import REFERENCE_CLUSTER
 
 REF = SAGA_PRESET.name
-"""The system every table compares against (speedups, "vs full")."""
+"""The system every table compares against (speedups, "vs full") by default; ``Scale.saga``
+(``saga bench --saga``) names another SAGA preset to take its place."""
 
 Results = Mapping[Job, dict[str, Any]]
 
@@ -34,13 +37,47 @@ ABLATIONS = ("saga", "saga_no_affinity", "saga_no_walru", "saga_no_ttl", "saga_n
 SAGA plus KV that follows a moved session, which the real SAGA does not do yet)."""
 
 
-def ablation_label(p: str) -> str:
+ABLATION_SETS: Mapping[str, tuple[str, ...]] = {
+    REF: ABLATIONS,
+    "saga_eta": ("saga_eta", "saga_eta_no_affinity", "saga_eta_no_eta", "saga_eta_no_ttl",
+                 "saga_eta_no_value_ttl", "saga_eta_no_stealing", "saga_eta_no_prefetch",
+                 "saga_eta_no_afs"),
+}
+"""The SAGA presets that can play SAGA in the tables (``saga bench --saga``), each with table
+6's rows for it: itself first, then itself minus one part (and labelled what-ifs)."""
+
+
+def check_saga(name: str) -> str:
+    """``name`` if it is a preset that can play SAGA in the tables; else the valid ones."""
+    if name not in ABLATION_SETS:
+        raise SagaConfigError(f"--saga: {name!r} cannot play SAGA in the tables; choose from "
+                              f"{', '.join(ABLATION_SETS)}")
+    get_preset(name)
+    return name
+
+
+def systems(scale: Scale) -> tuple[str, ...]:
+    """Table 3's systems with ``scale.saga`` as SAGA."""
+    return tuple(scale.saga if p == REF else p for p in SYSTEMS)
+
+
+def ablations(scale: Scale) -> tuple[str, ...]:
+    """Table 6's rows for ``scale.saga``."""
+    return ABLATIONS if scale.saga == REF else ABLATION_SETS[check_saga(scale.saga)]
+
+
+def paper_name(p: str, scale: Scale) -> str:
+    """The name the paper's columns give ``p`` (``scale.saga`` and its ablations as SAGA's)."""
+    return REF + p.removeprefix(scale.saga) if p.startswith(scale.saga) else p
+
+
+def ablation_label(p: str, ref: str = REF) -> str:
     """``full SAGA``, ``w/o <part>`` for an ablation, ``+<part> (what-if)`` for an addition."""
-    if p == REF:
+    if p == ref:
         return "full SAGA"
-    if p.startswith("saga_no_"):
-        return p.replace("saga_no_", "w/o ")
-    return "+" + p.removeprefix("saga_") + " (what-if)"
+    if p.startswith(ref + "_no_"):
+        return p.replace(ref + "_no_", "w/o ")
+    return "+" + p.removeprefix(ref + "_") + " (what-if)"
 TENANT_SYSTEMS = ("vllm", "sglang", "llumnix", "continuum", "autellix", "saga")
 CVS = (0.5, 1.0, 1.5, 2.0, 3.0)
 SENSITIVITY: dict[str, tuple[float, float, float]] = {
@@ -92,8 +129,10 @@ def _metric(results: Results, jobs: Sequence[Job], key: str) -> list[float]:
 
 def _note_scale(scale: Scale, seeds: Sequence[int]) -> str:
     nodes = f"{scale.nodes} node" + ("s" if scale.nodes > 1 else "")
+    saga = "" if scale.saga == REF else f" SAGA here is the `{scale.saga}` preset."
     return (f"Simulated: {scale.instances} Llama-3-70B TP4 instances on {nodes} of "
-            f"8x A100-80GB, {len(seeds)} seeds ({scale.name} scale); mean ± std over seeds.")
+            f"8x A100-80GB, {len(seeds)} seeds ({scale.name} scale); mean ± std over "
+            f"seeds.{saga}")
 
 
 def _paper(v: float | None, fmt: str = "{:.1f}") -> str:
@@ -103,34 +142,36 @@ def _paper(v: float | None, fmt: str = "{:.1f}") -> str:
 # ---------------------------------------------------------------------------- table 3
 
 def _t3_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for p in SYSTEMS for k in ("swe", "web") for j in _sim(scale, seeds, Variant(p), k)]
+    return [j for p in systems(scale) for k in ("swe", "web")
+            for j in _sim(scale, seeds, Variant(p), k)]
 
 
 def _t3_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
+    ours = scale.saga
     tct = {(p, k): _metric(res, _sim(scale, seeds, Variant(p), k), "tct_mean_s")
-           for p in SYSTEMS for k in ("swe", "web")}
+           for p in systems(scale) for k in ("swe", "web")}
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {"SWE-bench": {}, "WebArena": {}}
     raw: dict[str, Any] = {}
-    for p in SYSTEMS:
+    for p in systems(scale):
         sw, wa = tct[(p, "swe")], tct[(p, "web")]
-        ref = paper.TABLE3_TCT_S.get(p)
-        if p == REF:
+        ref = paper.TABLE3_TCT_S.get(paper_name(p, scale))
+        if p == ours:
             sp = p_sw = p_wa = math.nan
         else:
-            sp = geomean([speedup(sw, tct[(REF, "swe")]), speedup(wa, tct[(REF, "web")])])
-            p_sw, p_wa = welch_p(sw, tct[(REF, "swe")]), welch_p(wa, tct[(REF, "web")])
+            sp = geomean([speedup(sw, tct[(ours, "swe")]), speedup(wa, tct[(ours, "web")])])
+            p_sw, p_wa = welch_p(sw, tct[(ours, "swe")]), welch_p(wa, tct[(ours, "web")])
         rows.append({
             "system": p, "SWE-bench TCT (s)": fmt_mean_std(sw), "WebArena TCT (s)":
-            fmt_mean_std(wa), "SAGA speedup": "—" if p == REF else f"{sp:.2f}x",
-            "p (SWE / Web)": "—" if p == REF else f"{fmt_p(p_sw)} / {fmt_p(p_wa)}",
+            fmt_mean_std(wa), "SAGA speedup": "—" if p == ours else f"{sp:.2f}x",
+            "p (SWE / Web)": "—" if p == ours else f"{fmt_p(p_sw)} / {fmt_p(p_wa)}",
             "paper SWE / Web (s)": "—" if ref is None else f"{ref[0]:.1f} / {ref[1]:.1f}",
-            "paper speedup": _paper(paper.TABLE3_SPEEDUP.get(p), "{:.2f}x"),
+            "paper speedup": _paper(paper.TABLE3_SPEEDUP.get(paper_name(p, scale)), "{:.2f}x"),
         })
         groups["SWE-bench"][p] = mean_std(sw)
         groups["WebArena"][p] = mean_std(wa)
         raw[p] = {"swe_tct_s": sw, "web_tct_s": wa, "speedup": sp, "p_swe": p_sw, "p_web": p_wa}
-    apc = geomean([speedup(tct[("vllm_apc", k)], tct[(REF, k)]) for k in ("swe", "web")])
+    apc = geomean([speedup(tct[("vllm_apc", k)], tct[(ours, k)]) for k in ("swe", "web")])
     notes = [_note_scale(scale, seeds),
              f"Geomean SAGA speedup vs vllm_apc over both workloads: {apc:.2f}x "
              f"(paper: {paper.TABLE3_GEOMEAN_VS_APC:.2f}x). Speedup = geomean over seeds and "
@@ -226,19 +267,23 @@ def _t4_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 TENANTS = ("heavy", "medium", "light", "overall")
 
 
+def _tenant_systems(scale: Scale) -> tuple[str, ...]:
+    return tuple(scale.saga if p == REF else p for p in TENANT_SYSTEMS)
+
+
 def _t5_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for p in TENANT_SYSTEMS for j in _sim(scale, seeds, Variant(p), "tenants")]
+    return [j for p in _tenant_systems(scale) for j in _sim(scale, seeds, Variant(p), "tenants")]
 
 
 def _t5_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TENANTS}
     raw: dict[str, Any] = {}
-    for p in TENANT_SYSTEMS:
+    for p in _tenant_systems(scale):
         jobs = _sim(scale, seeds, Variant(p), "tenants")
         att = {t: [100.0 * res[j]["slo_attainment"].get(t, math.nan) for j in jobs]
                for t in TENANTS}
-        ref = paper.TABLE5_SLO.get(p, {})
+        ref = paper.TABLE5_SLO.get(paper_name(p, scale), {})
         row: dict[str, Any] = {"system": p}
         for t in TENANTS:
             row[f"{t} (%)"] = fmt_mean_std(att[t])
@@ -258,36 +303,39 @@ def _t5_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 # ---------------------------------------------------------------------------- table 6
 
 def _t6_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for p in ABLATIONS for j in _sim(scale, seeds, Variant(p), "swe")]
+    return [j for p in ablations(scale) for j in _sim(scale, seeds, Variant(p), "swe")]
 
 
 def _t6_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
+    ours = scale.saga
+    rows_of = ablations(scale)
     tct = {p: _metric(res, _sim(scale, seeds, Variant(p), "swe"), "tct_mean_s")
-           for p in ABLATIONS}
-    full = mean_std(tct[REF])[0]
+           for p in rows_of}
+    full = mean_std(tct[ours])[0]
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {"SWE-bench TCT": {}}
-    for p in ABLATIONS:
+    for p in rows_of:
         m = mean_std(tct[p])[0]
-        ref = paper.TABLE6_TCT_S.get(p)
+        ref = paper.TABLE6_TCT_S.get(paper_name(p, scale))
         ev = _metric(res, _sim(scale, seeds, Variant(p), "swe"), "eviction_rate")
         rows.append({
-            "configuration": ablation_label(p),
+            "configuration": ablation_label(p, ours),
             "TCT (s)": fmt_mean_std(tct[p]),
             "eviction rate (%)": fmt_mean_std(ev, 1, 100.0),
-            "vs full": "—" if p == REF else f"{100 * (m / full - 1):+.1f} %",
-            "p vs full": "—" if p == REF else fmt_p(welch_p(tct[p], tct[REF])),
+            "vs full": "—" if p == ours else f"{100 * (m / full - 1):+.1f} %",
+            "p vs full": "—" if p == ours else fmt_p(welch_p(tct[p], tct[ours])),
             "paper TCT (s)": _paper(ref),
-            "paper vs full": "—" if p == REF or ref is None else
+            "paper vs full": "—" if p == ours or ref is None else
             f"{100 * (ref / paper.TABLE6_TCT_S['saga'] - 1):+.0f} %",
         })
         groups["SWE-bench TCT"][p] = mean_std(tct[p])
     notes = [_note_scale(scale, seeds),
              "eviction rate = share of follow-up calls whose earlier context was no longer "
              "(fully) in HBM; where it is 0 the parts that act on evictions (WA-LRU, TTL, "
-             "prefetch) have nothing to act on at this load.",
-             "+kvmove (what-if): SAGA with a moved session's KV copied to its new instance; "
-             "simulated only — the real SAGA re-prefills on the new engine."]
+             "prefetch) have nothing to act on at this load."]
+    if any(ablation_label(p, ours) == "+kvmove (what-if)" for p in rows_of):
+        notes.append("+kvmove (what-if): SAGA with a moved session's KV copied to its new "
+                     "instance; simulated only — the real SAGA re-prefills on the new engine.")
     return TableResult("6", "Ablation: SAGA minus one part (SWE-bench TCT)", list(rows[0]), rows,
                        notes, {"tct_s": tct},
                        {"ylabel": "mean TCT (s)", "groups": groups})
@@ -298,13 +346,14 @@ def _t6_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 QUEUE_ORDERS = ("bfs", "dfs", "hybrid")
 
 
-def _queue_variant(q: str) -> Variant:
+def _queue_variant(q: str, ref: str = REF) -> Variant:
     """SAGA with queue order ``q`` (SAGA as it is when ``q`` is its own order)."""
-    return Variant(REF) if q == SAGA_PRESET.queue.name else Variant(REF, (("queue", q),))
+    return Variant(ref) if q == get_preset(ref).queue.name else Variant(ref, (("queue", q),))
 
 
 def _t7_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for q in QUEUE_ORDERS for j in _sim(scale, seeds, _queue_variant(q), "swe")]
+    return [j for q in QUEUE_ORDERS
+            for j in _sim(scale, seeds, _queue_variant(q, scale.saga), "swe")]
 
 
 def _t7_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
@@ -312,7 +361,7 @@ def _t7_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     groups: dict[str, dict[str, tuple[float, float]]] = {"TCT": {}}
     raw: dict[str, Any] = {}
     for q in QUEUE_ORDERS:
-        jobs = _sim(scale, seeds, _queue_variant(q), "swe")
+        jobs = _sim(scale, seeds, _queue_variant(q, scale.saga), "swe")
         tct = _metric(res, jobs, "tct_mean_s")
         thr = _metric(res, jobs, "throughput_tasks_per_min")
         ev = _metric(res, jobs, "eviction_rate")
@@ -335,7 +384,7 @@ def _t7_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 # ---------------------------------------------------------------------------- table 8
 
 def _t8_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for cv in CVS for j in _sim(scale, seeds, Variant("saga"), "swe", cv)]
+    return [j for cv in CVS for j in _sim(scale, seeds, Variant(scale.saga), "swe", cv)]
 
 
 def _t8_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
@@ -343,7 +392,7 @@ def _t8_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     groups: dict[str, dict[str, tuple[float, float]]] = {"TCT": {}}
     raw: dict[str, Any] = {}
     for cv in CVS:
-        jobs = _sim(scale, seeds, Variant("saga"), "swe", cv)
+        jobs = _sim(scale, seeds, Variant(scale.saga), "swe", cv)
         tct = _metric(res, jobs, "tct_mean_s")
         acc = _metric(res, jobs, "ttl_accuracy")
         ev = _metric(res, jobs, "eviction_rate")
@@ -364,27 +413,44 @@ def _t8_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 
 # ---------------------------------------------------------------------------- table 9
 
-def _sens_variant(param: str, value: float) -> Variant:
-    return Variant("saga", ((param, value),))
+def _sens_variant(param: str, value: float, ref: str = REF) -> Variant:
+    return Variant(ref, ((param, value),))
+
+
+def _policy_names(v: Variant) -> dict[str, Any]:
+    """Each layer's registry name (or switch) of a variant's preset."""
+    return {k: x["name"] if isinstance(x, dict) else x
+            for k, x in build_preset(v).layers().items()}
+
+
+def sensitivity_params(ref: str) -> list[str]:
+    """The spec's parameters that ``ref`` has: setting one keeps every layer's policy (WA-LRU's
+    weights are not parameters of a preset that does not evict by WA-LRU)."""
+    base = _policy_names(Variant(ref))
+    return [p for p, (d, _, _) in SENSITIVITY.items()
+            if _policy_names(_sens_variant(p, d, ref)) == base]
 
 
 def _t9_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    jobs = _sim(scale, seeds, Variant("saga"), "swe")
-    for param, (_, lo, hi) in SENSITIVITY.items():
+    jobs = _sim(scale, seeds, Variant(scale.saga), "swe")
+    for param in sensitivity_params(scale.saga):
+        _, lo, hi = SENSITIVITY[param]
         for v in (lo, hi):
-            jobs += _sim(scale, seeds, _sens_variant(param, v), "swe")
+            jobs += _sim(scale, seeds, _sens_variant(param, v, scale.saga), "swe")
     return jobs
 
 
 def _t9_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
-    base = mean_std(_metric(res, _sim(scale, seeds, Variant("saga"), "swe"), "tct_mean_s"))[0]
+    ours = scale.saga
+    base = mean_std(_metric(res, _sim(scale, seeds, Variant(ours), "swe"), "tct_mean_s"))[0]
     rows = []
     groups: dict[str, dict[str, tuple[float, float]]] = {"max ΔTCT (%)": {}}
     raw: dict[str, Any] = {}
-    for param, (default, lo, hi) in SENSITIVITY.items():
+    for param in sensitivity_params(ours):
+        default, lo, hi = SENSITIVITY[param]
         d = {}
         for v in (lo, hi):
-            t = mean_std(_metric(res, _sim(scale, seeds, _sens_variant(param, v), "swe"),
+            t = mean_std(_metric(res, _sim(scale, seeds, _sens_variant(param, v, ours), "swe"),
                                  "tct_mean_s"))[0]
             d[v] = 100 * (t / base - 1)
         worst = max(abs(x) for x in d.values())
@@ -407,8 +473,12 @@ def _t9_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 EFFICIENCY_SYSTEMS = ("vllm", "vllm_apc", "saga")
 
 
+def _efficiency_systems(scale: Scale) -> tuple[str, ...]:
+    return tuple(scale.saga if p == REF else p for p in EFFICIENCY_SYSTEMS)
+
+
 def _t10_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [j for p in EFFICIENCY_SYSTEMS for j in _sim(scale, seeds, Variant(p), "swe")]
+    return [j for p in _efficiency_systems(scale) for j in _sim(scale, seeds, Variant(p), "swe")]
 
 
 def _t10_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
@@ -421,7 +491,7 @@ def _t10_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     for label, key, scale_by, pfmt in metrics:
         row: dict[str, Any] = {"metric": label}
         groups[label] = {}
-        for p in EFFICIENCY_SYSTEMS:
+        for p in _efficiency_systems(scale):
             vals = _metric(res, _sim(scale, seeds, Variant(p), "swe"), key)
             row[p] = fmt_mean_std(vals, 2, scale_by)
             groups[label][p] = mean_std([v * scale_by for v in vals])
@@ -453,4 +523,5 @@ TABLES: dict[str, TableDef] = {
 """Every table by id (the regime map, asked for by id only, is in saga.bench.tables_map)."""
 
 
-__all__ = ["SYSTEMS", "TABLES", "TableDef", "TableResult"]
+__all__ = ["ABLATION_SETS", "SYSTEMS", "TABLES", "TableDef", "TableResult", "ablations",
+           "check_saga", "sensitivity_params", "systems"]

@@ -45,6 +45,7 @@ from saga.bench.tables import (
     TableDef,
     TableResult,
     ablation_label,
+    ablations,
 )
 
 LOADS = (8, 24, 48)
@@ -113,15 +114,26 @@ def _tct(res: Results, scale: Scale, cell: Cell, p: str, seeds: Sequence[int]) -
     return [float(res[cell_job(scale, cell, Variant(p), s)]["tct_mean_s"]) for s in seeds]
 
 
+def _systems(scale: Scale) -> tuple[str, ...]:
+    """The map's systems with ``scale.saga`` as SAGA (``saga bench --saga``)."""
+    return tuple(scale.saga if p == REF else p for p in SYSTEMS)
+
+
+def _ablations(scale: Scale) -> tuple[str, ...]:
+    """The ablation rows of ``scale.saga``."""
+    return ABLATIONS if scale.saga == REF else ablations(scale)
+
+
 def _map_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [cell_job(scale, c, Variant(p), s) for c in CELLS for p in SYSTEMS for s in seeds]
+    return [cell_job(scale, c, Variant(p), s) for c in CELLS for p in _systems(scale)
+            for s in seeds]
 
 
 def compare_cell(scale: Scale, seeds: Sequence[int], res: Results, cell: Cell) -> dict[str, Any]:
     """SAGA against the best peer in ``cell``: TCTs per seed, ratio, Welch's p, verdict."""
     peers = {p: _tct(res, scale, cell, p, seeds) for p in PEERS}
     best = min(PEERS, key=lambda p: mean_std(peers[p])[0])
-    ours = _tct(res, scale, cell, REF, seeds)
+    ours = _tct(res, scale, cell, scale.saga, seeds)
     ratio = mean_std(ours)[0] / mean_std(peers[best])[0]
     p = welch_p(ours, peers[best])
     verdict = "tie" if math.isnan(p) or p >= ALPHA else "win" if ratio < 1 else "loss"
@@ -145,12 +157,13 @@ def _map_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
              "SAGA TCT (s)": fmt_mean_std(c["saga_tct_s"]), "best peer": c["best_peer"],
              "peer TCT (s)": fmt_mean_std(c["best_tct_s"]), "SAGA / peer": f"{c['ratio']:.2f}",
              "p": fmt_p(c["p"]), "verdict": c["verdict"]} for c in cells]
-    tiered = [p for p in SYSTEMS if _has_tier(Variant(p))]
+    tiered = [p for p in _systems(scale) if _has_tier(Variant(p))]
     sizes = sorted({c["tasks"] for c in cells})
     notes = [
         f"Simulated: {scale.instances} Llama-3-70B TP4 instances ({_n(scale.nodes, 'node')} "
         f"of 8x A100-80GB), {_n(len(seeds), 'seed')} ({scale.name} scale); {len(CELLS)} cells x "
-        f"{len(SYSTEMS)} systems. A cell simulates {', '.join(map(str, sizes))} tasks "
+        f"{len(SYSTEMS)} systems{_as_saga(scale)}. A cell simulates "
+        f"{', '.join(map(str, sizes))} tasks "
         f"({', '.join(str(s // scale.instances) for s in sizes)} per instance for the loads "
         f"{', '.join(map(str, LOADS))}), Poisson arrivals at "
         f"{scale.swe_rate_per_instance:g} tasks/s per instance.",
@@ -168,6 +181,10 @@ def _map_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     return TableResult("map", "Regime map: SAGA's TCT over the best peer's", list(rows[0]),
                        rows, notes, {"cells": cells, "peers": list(PEERS), "alpha": ALPHA},
                        plot, summary=map_summary(cells, scale))
+
+
+def _as_saga(scale: Scale) -> str:
+    return "" if scale.saga == REF else f" (SAGA = the `{scale.saga}` preset)"
 
 
 def _share(cells: Sequence[dict[str, Any]], verdict: str, key: str, levels: Sequence[Any],
@@ -226,34 +243,35 @@ def _ablation_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
 
 def _ablation_later(scale: Scale, seeds: Sequence[int], res: Results) -> list[Job]:
     cell = lead_cell(scale, seeds, res)
-    return [cell_job(scale, cell, Variant(p), s) for p in ABLATIONS for s in seeds]
+    return [cell_job(scale, cell, Variant(p), s) for p in _ablations(scale) for s in seeds]
 
 
-def _vs_full(tct: dict[str, list[float]], p: str) -> tuple[str, str]:
-    if p == REF:
+def _vs_full(tct: dict[str, list[float]], p: str, ref: str = REF) -> tuple[str, str]:
+    if p == ref:
         return "—", "—"
-    full = mean_std(tct[REF])[0]
+    full = mean_std(tct[ref])[0]
     return (f"{100 * (mean_std(tct[p])[0] / full - 1):+.1f} %",
-            fmt_p(welch_p(tct[p], tct[REF])))
+            fmt_p(welch_p(tct[p], tct[ref])))
 
 
 def _ablation_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
     cell = lead_cell(scale, seeds, res)
     lead = compare_cell(scale, seeds, res, cell)
     default: dict[str, list[float]] = TABLES["6"].build(scale, seeds, res).raw["tct_s"]
-    at = {p: _tct(res, scale, cell, p, seeds) for p in ABLATIONS}
+    at = {p: _tct(res, scale, cell, p, seeds) for p in _ablations(scale)}
     rows: list[dict[str, Any]] = []
     groups: dict[str, dict[str, tuple[float, float]]] = {"default load": {}, "lead cell": {}}
-    for p in ABLATIONS:
-        d_vs, d_p = _vs_full(default, p)
-        l_vs, l_p = _vs_full(at, p)
-        rows.append({"configuration": ablation_label(p),
+    for p in _ablations(scale):
+        d_vs, d_p = _vs_full(default, p, scale.saga)
+        l_vs, l_p = _vs_full(at, p, scale.saga)
+        rows.append({"configuration": ablation_label(p, scale.saga),
                      "default: TCT (s)": fmt_mean_std(default[p]), "default: vs full": d_vs,
                      "default: p": d_p, "lead cell: TCT (s)": fmt_mean_std(at[p]),
                      "lead cell: vs full": l_vs, "lead cell: p": l_p})
         groups["default load"][p] = mean_std(default[p])
         groups["lead cell"][p] = mean_std(at[p])
-    notes = [f"Simulated, {_n(len(seeds), 'seed')} ({scale.name} scale). default = table 6 "
+    notes = [f"Simulated, {_n(len(seeds), 'seed')} ({scale.name} scale){_as_saga(scale)}. "
+             "default = table 6 "
              "(SWE-bench-like tasks at the scale's own load, the node's DRAM, tools x1); lead "
              f"cell = the map's cell with SAGA's largest lead: {cell.label(scale)} "
              f"({lead['tasks']} tasks; SAGA {lead['ratio']:.2f}x the best peer, "

@@ -5,11 +5,13 @@ What SAGA knows says when a block is read again:
 - a session with a call in flight (or queued) reads its prefix now;
 - a session in a tool call reads it when the tool returns: the tool's conditional median
   remaining time given how long it has run (`saga.policy.ttl.pin_return_eta` of the per-tool
-  log-normal, learnt online from the gaps between a session's calls);
+  log-normal, learnt online from the gaps between a session's calls), plus the queueing delay
+  the returning call will wait (the serving instance's, given as a number);
 - a session whose workflow ends (its last call, or the AEG's terminal probability) reads it
   never, weighted by that probability;
 - a block several sessions read (a shared system prompt, a parent agent's context) is read by
-  the earliest of its users, or, once they all ended, when its own history says it recurs;
+  the earliest of its users, or, once they all ended, by the next new session of their agent
+  type (its arrival rate) or when its own history says it recurs, whichever comes first;
 - a block no session claims (plain request traces) is read when its own history says
   (`saga.policy.nextuse_gaps`).
 
@@ -29,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from saga.policy.errors import SagaConfigError
-from saga.policy.nextuse_gaps import FloatArray, GapEWMA, GapRegressor, Slots
+from saga.policy.nextuse_gaps import FloatArray, GapEWMA, GapRegressor, SessionArrivals, Slots
 from saga.policy.spec import LLAMA3_70B, ModelSpec
 from saga.policy.ttl import HasQuantile, LatencySource, aeg_latency_source, pin_return_eta
 
@@ -90,6 +92,7 @@ class _Session:
     tool: str | None
     p_reuse: float
     phase: Phase
+    agent_type: str | None = None
 
 
 @dataclass(eq=False)
@@ -101,6 +104,8 @@ class NextUseEstimator:
     previous tool's latency). ``observe_request``: a request was served; its blocks' history is
     updated and, for a session, the blocks are claimed by it with its pending tool and reuse
     probability. ``predict``: next-use time and reuse probability of slots at ``now``.
+    ``queue_delay_s``: the queueing delay a returning call waits before it reads its KV (the
+    serving instance's average, set by the serving path; 0 by default).
     """
 
     gaps: GapEWMA = field(default_factory=GapRegressor, repr=False)
@@ -112,6 +117,8 @@ class NextUseEstimator:
     _sessions: list[_Session] = field(default_factory=list, repr=False)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _models: dict[str, HasQuantile] = field(default_factory=dict, repr=False)
+    arrivals: SessionArrivals = field(default_factory=SessionArrivals, repr=False)
+    queue_delay_s: float = 0.0
     _attached: bool = False
 
     def attach(self, slots: int) -> None:
@@ -147,13 +154,21 @@ class NextUseEstimator:
             self._models.pop(s.tool, None)
         s.phase = Phase.IN_FLIGHT
 
+    def set_queue_delay(self, seconds: float) -> None:
+        """The queueing delay a returning call now waits (the serving path's measured average)."""
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise SagaConfigError(f"queue delay must be a finite number >= 0, got {seconds}")
+        self.queue_delay_s = seconds
+
     def observe_request(self, hashes: Sequence[int], now: float, *,
                         session_id: str | None = None, pending_tool: str | None = None,
-                        reuse_prob: float = 1.0, final: bool = False) -> None:
+                        reuse_prob: float = 1.0, final: bool = False,
+                        agent_type: str | None = None) -> None:
         """A request that read ``hashes`` (a chain, head first) was served at ``now``.
 
         With a session: it now waits on ``pending_tool`` (None, or ``final``: it ended) and its
         prefix is reused with probability ``reuse_prob`` (the AEG's); its blocks are claimed.
+        ``agent_type``: the session's agent type (a new session of it counts to its arrival rate).
         """
         slots = [self._slot_of.get(h, -1) for h in hashes]
         self.gaps.observe(hashes, slots, now)
@@ -162,8 +177,12 @@ class NextUseEstimator:
         self.call_started(session_id, now)
         i = self._index.setdefault(session_id, len(self._sessions))
         ended = final or pending_tool is None
+        if i == len(self._sessions) and agent_type is not None:
+            self.arrivals.started(agent_type, now)
+        elif agent_type is None:
+            agent_type = self._sessions[i].agent_type if i < len(self._sessions) else None
         sess = _Session(now, pending_tool, 0.0 if ended else reuse_prob,
-                        Phase.ENDED if ended else Phase.TOOL)
+                        Phase.ENDED if ended else Phase.TOOL, agent_type)
         if i == len(self._sessions):
             self._sessions.append(sess)
         else:
@@ -185,6 +204,11 @@ class NextUseEstimator:
         assert model is not None
         return pin_return_eta(model, max(elapsed_s, 0.0))
 
+    def phase(self, session_id: str) -> Phase | None:
+        """Where the session is as far as this estimator was told (None: never told of it)."""
+        i = self._index.get(session_id)
+        return None if i is None else self._sessions[i].phase
+
     def session_next_use(self, session_id: str, now: float) -> float:
         """When the session reads its prefix next (``inf``: never; unknown session: never)."""
         i = self._index.get(session_id)
@@ -196,14 +220,14 @@ class NextUseEstimator:
             return now
         if s.phase == Phase.ENDED or s.tool is None:
             return math.inf
-        return now + self.tool_remaining(s.tool, now - s.last_call)
+        return now + self.tool_remaining(s.tool, now - s.last_call) + self.queue_delay_s
 
     def predict(self, slots: Slots, now: float) -> tuple[FloatArray, FloatArray]:
         """Next-use time (``inf``: never) and reuse probability of each slot at ``now``.
 
         A slot claimed by sessions: the earliest of its users (read by several whose users all
-        ended, e.g. a system prompt: its own history, as new sessions may read it); else its
-        history alone.
+        ended, e.g. a system prompt: the next new session of their agent types or its own
+        history, whichever is sooner); else its history alone.
         """
         nxt, p = self.gaps.predict(slots, now)
         own = self._owner[slots]
@@ -225,4 +249,8 @@ class NextUseEstimator:
                 p[pos] = self._sessions[best].p_reuse
                 if nxt[pos] == math.inf:  # every user ended: new sessions may read it
                     nxt[pos], p[pos] = hist_t[j], hist_p[j]
+                    gap = min(self.arrivals.mean_gap(self._sessions[u].agent_type)
+                              for u in users)
+                    if now + gap < nxt[pos]:
+                        nxt[pos], p[pos] = now + gap, 1.0
         return nxt, p

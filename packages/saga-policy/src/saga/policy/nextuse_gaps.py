@@ -77,6 +77,34 @@ class ReuseByRefs:
         return np.where(k == 0, 1.0, p[k])
 
 
+@dataclass(eq=False)
+class SessionArrivals:
+    """How often a new session of each agent type starts: an EWMA of the gaps between starts.
+
+    What predicts the next read of a prefix every session of an agent type shares (its system
+    prompt, its tool schemas) once all the sessions reading it have ended: the next session of
+    that type, expected after the mean gap (arrivals taken as Poisson, so memoryless).
+    """
+
+    weight: float = 0.1
+    _last: dict[str, float] = field(default_factory=dict)
+    _gap: dict[str, float] = field(default_factory=dict)
+
+    def started(self, agent_type: str, now: float) -> None:
+        """A session of ``agent_type`` started at ``now``."""
+        last = self._last.get(agent_type)
+        self._last[agent_type] = now
+        if last is None:
+            return
+        gap = max(now - last, 0.0)
+        mean = self._gap.get(agent_type)
+        self._gap[agent_type] = gap if mean is None else mean + self.weight * (gap - mean)
+
+    def mean_gap(self, agent_type: str | None) -> float:
+        """Expected seconds until the next session of ``agent_type`` (``inf``: not known)."""
+        return math.inf if agent_type is None else self._gap.get(agent_type, math.inf)
+
+
 class GapModel(Protocol):
     """What `saga.policy.nextuse.NextUseEstimator` asks of a block-history estimator."""
 

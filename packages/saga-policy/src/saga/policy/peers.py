@@ -188,5 +188,17 @@ SAGA_KVMOVE: tuple[Mechanism, ...] = (
               "not in the real SAGA yet: a labelled what-if variant"),
 )
 
-__all__ = ["AUTELLIX", "CONTINUUM", "KVFLOW", "LLUMNIX_MECHANISMS", "SAGA", "SAGA_KVMOVE",
-           "SGLANG", "TRT_LLM", "VLLM", "VLLM_APC", "Mechanism"]
+SAGA_ETA: tuple[Mechanism, ...] = (
+    Mechanism("eviction by predicted next use: lowest value per byte and second first",
+              "saga-policy eviction/eta.py, nextuse.py; saga-vllm block_queue.py, offload.py",
+              "eviction",
+              "fed only what the scheduler sees: a call's arrival, and at its end the pending "
+              "tool, the AEG's reuse probability and the final flag"),
+    Mechanism("value TTL: a tool call's pin lasts while its KV's value exceeds the "
+              "pressure-dependent price of holding HBM",
+              "saga-policy ttl_value.py ValueTTL; saga-vllm pinning.py", "ttl"),
+    *(m for m in SAGA if m.field not in ("eviction", "ttl")),
+)
+
+__all__ = ["AUTELLIX", "CONTINUUM", "KVFLOW", "LLUMNIX_MECHANISMS", "SAGA", "SAGA_ETA",
+           "SAGA_KVMOVE", "SGLANG", "TRT_LLM", "VLLM", "VLLM_APC", "Mechanism"]

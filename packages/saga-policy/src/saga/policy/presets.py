@@ -368,6 +368,31 @@ _ABLATIONS = (
     SAGA.derive("saga_no_afs", "SAGA without AFS fairness.", fairness=None),
 )
 
+SAGA_ETA = SAGA.derive(
+    "saga_eta",
+    "SAGA with one value for eviction and retention: blocks are evicted lowest value per byte "
+    "and second until their predicted next use first (a session's tool return, its workflow "
+    "end, a shared prefix's users, else the block's own reuse gaps), and a tool call's pin "
+    "lasts while that value exceeds the pressure-dependent price of holding HBM; the rest as "
+    "SAGA (prefetch when the tool returns).",
+    eviction=policy("eviction", "eta"), ttl=policy("ttl", "value"), mechanisms=peers.SAGA_ETA)
+
+_ETA_ABLATIONS = (
+    SAGA_ETA.derive("saga_eta_no_eta", "saga_eta with vLLM's prefix LRU instead of eviction by "
+                    "predicted next use.", eviction=policy("eviction", "prefix_lru")),
+    SAGA_ETA.derive("saga_eta_no_ttl", "saga_eta without tool-call pins.", ttl=None),
+    SAGA_ETA.derive("saga_eta_no_value_ttl", "saga_eta with SAGA's p95 tool-call TTL instead "
+                    "of the value TTL.", ttl=policy("ttl", "tool_call"),
+                    mechanisms=(*(m for m in peers.SAGA_ETA if m.field != "ttl"),
+                                peers.SAGA[1])),
+    SAGA_ETA.derive("saga_eta_no_prefetch", "saga_eta with the DRAM tier but no prefetch.",
+                    prefetch=False),
+    SAGA_ETA.derive("saga_eta_no_affinity", "saga_eta with least-loaded routing instead of "
+                    "affinity.", router=_LEAST_LOADED),
+    SAGA_ETA.derive("saga_eta_no_stealing", "saga_eta without work stealing.", stealing=None),
+    SAGA_ETA.derive("saga_eta_no_afs", "saga_eta without AFS fairness.", fairness=None),
+)
+
 SAGA_KVMOVE = SAGA.derive(
     "saga_kvmove",
     "What-if, not the real SAGA: SAGA plus KV that follows a moved session (re-homing or "
@@ -377,10 +402,12 @@ SAGA_KVMOVE = SAGA.derive(
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({
     p.name: p for p in (VLLM, VLLM_APC, SGLANG, LLUMNIX, TRT_LLM_SCAFFOLDING, VLLM_KVFLOW, SAGA,
-                        *_ABLATIONS, CONTINUUM, AUTELLIX, SAGA_KVMOVE)
+                        *_ABLATIONS, CONTINUUM, AUTELLIX, SAGA_KVMOVE, SAGA_ETA,
+                        *_ETA_ABLATIONS)
 })
-"""Every preset by name: the spec's 13, the ``continuum`` and ``autellix`` peers and the
-labelled ``saga_kvmove`` variant."""
+"""Every preset by name: the spec's 13, the ``continuum`` and ``autellix`` peers, the
+labelled ``saga_kvmove`` variant, and ``saga_eta`` (SAGA with eviction and retention from
+predicted next use) with its ablations."""
 
 
 def get_preset(name: str) -> Preset:

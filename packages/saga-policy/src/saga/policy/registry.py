@@ -42,6 +42,7 @@ from saga.policy.routing import (
 )
 from saga.policy.stealing import WorkStealer
 from saga.policy.ttl import ContinuumTTL, FixedTTL, ToolCallTTL
+from saga.policy.ttl_value import ValueTTL
 
 Layer = Literal["eviction", "ttl", "router", "queue", "stealing", "fairness"]
 LAYERS: tuple[Layer, ...] = ("eviction", "ttl", "router", "queue", "stealing", "fairness")
@@ -87,7 +88,7 @@ _FACTORIES: Mapping[Layer, Mapping[str, Callable[..., Any]]] = MappingProxyType(
         "s3fifo": S3FIFOPolicy, "eta": ETAPolicy}),
     "ttl": MappingProxyType({
         "fixed": FixedTTL.retention, "tool_call": ToolCallTTL.with_aeg_registry,
-        "continuum": ContinuumTTL.with_aeg_registry}),
+        "continuum": ContinuumTTL.with_aeg_registry, "value": ValueTTL.with_aeg_registry}),
     "router": MappingProxyType({
         "least_loaded": LeastLoadedRouter, "prefix_affinity": PrefixAffinityRouter,
         "cache_aware": CacheAwareRouter, "affinity": AffinityRouter,

@@ -89,13 +89,16 @@ def aeg_latency_source(default_p95_s: float | None = None) -> LatencySource:
 class TTLPolicy(Protocol):
     """What the cache asks when a session enters a tool call: how long to pin its KV.
 
+    ``reuse_prob`` (the AEG's probability the session comes back) and ``share`` (the share of
+    the HBM pool its KV holds) are what a value-based policy prices; the others ignore them.
     ``observe`` feeds a measured tool duration (a policy without a latency model ignores it);
     ``return_eta`` is the median seconds until a session pinned for ``tool``, ``elapsed_s`` into
     it, comes back (None when the policy has no latency model): what the pin cap ranks by.
     """
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
-            reload_s: float = 0.0) -> float: ...
+            reload_s: float = 0.0, reuse_prob: float = 1.0,
+            share: float | None = None) -> float: ...
 
     def observe(self, tool: str, seconds: float) -> None: ...
 
@@ -262,7 +265,8 @@ class ToolCallTTL(_PerTool[HasP95]):
         return self._lookup(tool)
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
-            reload_s: float = 0.0) -> float:
+            reload_s: float = 0.0, reuse_prob: float = 1.0,
+            share: float | None = None) -> float:
         """TTL in seconds for a session entering ``tool`` at HBM ``pressure``.
 
         ``queue_delay_s`` and ``reload_s`` are part of the shared interface; SAGA's rule ignores
@@ -310,7 +314,8 @@ class ContinuumTTL(_PerTool[HasCDF]):
         return self._lookup(tool)
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
-            reload_s: float = 0.0) -> float:
+            reload_s: float = 0.0, reuse_prob: float = 1.0,
+            share: float | None = None) -> float:
         """TTL in seconds; ``pressure`` is validated but Continuum's rule does not use it."""
         if not 0.0 <= pressure <= 1.0:
             raise SagaConfigError(f"pressure must be in [0, 1], got {pressure}")
@@ -332,7 +337,8 @@ class FixedTTL:
         _check_ttl_max(self.seconds)
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
-            reload_s: float = 0.0) -> float:
+            reload_s: float = 0.0, reuse_prob: float = 1.0,
+            share: float | None = None) -> float:
         """Always ``seconds``."""
         return self.seconds
 

@@ -16,8 +16,10 @@ Order of victims (``walru=True``): blocks without a hash first (they can never p
 hit; vLLM also reuses them first), most recently freed first as vLLM does; then hashed blocks by
 descending ``walru_score(R̂, P_reuse, Ŝ)``, ties by older free time, then longer prefix (the tail
 of a chain before its head). With ``steps=True`` (KVFlow) hashed blocks go by descending
-steps-to-execution hint instead (unknown counts as infinitely far), same ties. With neither the
-queue behaves exactly like vLLM's and only counts evictions.
+steps-to-execution hint instead (unknown counts as infinitely far), same ties. With a ``ranker``
+(:class:`~saga.vllm.eta_rank.ValueRanker`, the ``eta`` policy) hashed blocks go by ascending
+predicted-next-use value, leaves of a cached chain only. With none of them the queue behaves
+exactly like vLLM's and only counts evictions.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from saga.policy.eviction.walru import (
     walru_score,
     walru_top_k,
 )
+from saga.vllm.eta_rank import ValueRanker
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue
 
 FloatArray = npt.NDArray[np.float64]
@@ -61,18 +64,24 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
     ``num_blocks`` is the pool size (block ids are ``0..num_blocks-1``); ``clock`` gives the
     time stamped on freed blocks. ``on_evict(n)`` is called with the number of cached (hashed)
     blocks handed out per allocation, i.e. prefix-cache evictions. ``walru`` and ``steps`` are
-    exclusive; :func:`saga.vllm.policies.eviction_enactment` gives them for a policy object.
+    exclusive, and so is ``ranker`` (attached here to the pool's size);
+    :func:`saga.vllm.policies.eviction_enactment` gives them for a policy object.
     """
 
     def __init__(self, blocks: list[Any], num_blocks: int, clock: Callable[[], float], *,
                  walru: bool = True, alpha: float = WALRU_ALPHA, beta: float = WALRU_BETA,
                  gamma: float = WALRU_GAMMA, block_size: int = 1, steps: bool = False,
+                 ranker: ValueRanker | None = None,
                  on_evict: Callable[[int], None] | None = None) -> None:
         check_walru_weights(alpha, beta, gamma)
-        if walru and steps:
-            raise ValueError("a free-block queue ranks by WA-LRU or by steps, not both")
+        if walru + steps + (ranker is not None) > 1:
+            raise ValueError("a free-block queue ranks by one of WA-LRU, steps or a value ranker, "
+                             "not both (or all three)")
         self.walru = walru
         self.steps = steps
+        self.ranker = ranker
+        if ranker is not None:
+            ranker.attach(num_blocks, block_size)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.clock = clock
         self.block_size = block_size
@@ -128,7 +137,7 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
     @property
     def ranked(self) -> bool:
         """Victims are chosen by a policy's ranking, not vLLM's list order."""
-        return self.walru or self.steps
+        return self.walru or self.steps or self.ranker is not None
 
     def reuse_prob(self, block_id: int) -> float:
         """The reuse probability WA-LRU uses for a block (``UNKNOWN_REUSE`` when none was set)."""
@@ -219,6 +228,8 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
             super().remove(block)
             self._untrack(int(block.block_id))
         self._forget_hints(victims)
+        if self.ranker is not None:
+            self.ranker.released(victims)
         self._count_evictions(out)
         return out
 
@@ -261,7 +272,10 @@ class WALRUFreeBlockQueue(FreeKVCacheBlockQueue):  # type: ignore[misc]
             key = -self._seq[plain].astype(np.float64)
             chosen.append(_smallest(plain, key, take, self._seq[plain], self._prefix[plain]))
             n -= take
-        if n > 0 and self.steps:
+        if n > 0 and self.ranker is not None:
+            # Predicted next use: the lowest value first, leaves of a cached chain only.
+            chosen.append(self.ranker.choose(cached, n, self.clock(), self._last_free[cached]))
+        elif n > 0 and self.steps:
             # KVFlow: the furthest from running first (unknown: infinitely far), then LRU, then
             # the longer prefix.
             steps = self._steps[cached]

@@ -84,8 +84,9 @@ class CompareConfig:
     ``model_dir`` caches it between runs) or the path of a local Hugging Face model directory
     (:func:`saga.vllm.models.resolve_model`).
     ``dram_blocks`` > 0 gives both engines a DRAM tier of that many blocks through vLLM's
-    ``OffloadingConnector``: stock vLLM with its LRU policy, SAGA with WA-LRU and a prefetch
-    during each tool call at ``prefetch_quantile`` of the tool's fitted latency.
+    ``OffloadingConnector``: stock vLLM with its LRU policy, SAGA with WA-LRU (``saga_eta``,
+    ranked by predicted next use, when the preset's eviction is ``eta``) and a prefetch during
+    each tool call at ``prefetch_quantile`` of the tool's fitted latency.
     ``record_steps`` > 0 logs each engine's last that many steps (work and wall time, see
     :mod:`saga.vllm.steps`; stock vLLM then runs vLLM's scheduler plus that log) into
     :attr:`EngineRun.steps`; it needs the in-process driver. ``cpu_threads`` runs each engine
@@ -252,6 +253,15 @@ def run_engine(name: str, engine_kwargs: Mapping[str, Any], workload: Workload, 
     return summarise(name, start_s, wall, records, stats, prefetches, steps)
 
 
+def dram_policy(config: CompareConfig) -> str:
+    """The SAGA engine's DRAM-tier cache policy: the one matching its preset's eviction
+    (``saga_eta`` for ``eta``, else WA-LRU)."""
+    from saga.vllm.policies import eviction_enactment
+
+    eviction = config.saga_config().effective_preset().eviction.build()
+    return eviction_enactment(eviction).dram_policy
+
+
 def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments of ``engine`` ("stock" or "saga") for ``config``."""
     from saga.vllm.models import (
@@ -260,7 +270,7 @@ def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[s
         model_shape,
         vllm_engine_kwargs,
     )
-    from saga.vllm.offload import SAGA_WALRU, offload_engine_kwargs
+    from saga.vllm.offload import offload_engine_kwargs
 
     shape = model_shape(config.model)
     fit = (config.kv_blocks - 1) * config.block_size
@@ -268,7 +278,7 @@ def engine_kwargs(config: CompareConfig, model_dir: Path, engine: str) -> dict[s
     if config.dram_blocks:
         tier = offload_engine_kwargs(
             config.dram_blocks * kv_bytes_per_block(config.block_size, shape),
-            policy=SAGA_WALRU if engine == SAGA_ENGINE else "lru")
+            policy=dram_policy(config) if engine == SAGA_ENGINE else "lru")
     return vllm_engine_kwargs(
         model_dir, kv_bytes_for_blocks(config.kv_blocks, config.block_size, shape),
         saga=config.saga_config() if engine == SAGA_ENGINE else None,

@@ -42,12 +42,19 @@ from saga.policy.eviction.walru import (
     check_walru_weights,
     walru_score,
 )
+from saga.vllm.policies import DRAM_ETA, DRAM_WALRU
 from vllm.v1.kv_offload.cpu.policies.base import CachePolicy, order_request_keys
 from vllm.v1.kv_offload.cpu.policies.factory import CachePolicyFactory
 
-SAGA_WALRU = "saga_walru"
+SAGA_WALRU = DRAM_WALRU
 """Registry name of :class:`WALRUCachePolicy` in vLLM's ``CachePolicyFactory``."""
 POLICY_CLASS = "WALRUCachePolicy"
+_SAGA_POLICIES: dict[str, tuple[str, str]] = {
+    SAGA_WALRU: (POLICY_CLASS, __name__),
+    DRAM_ETA: ("ETACachePolicy", "saga.vllm.offload_eta"),
+}
+"""SAGA's DRAM-tier policies by vLLM registry name: (class, module), for vLLM's out-of-tree
+lookup in the engine-core process."""
 REUSE_PARAM = "saga_reuse_prob"
 """Key in a request's ``kv_transfer_params`` giving the reuse probability of all its blocks
 (``SamplingParams(extra_args={"kv_transfer_params": {REUSE_PARAM: 0.9}})``)."""
@@ -362,8 +369,9 @@ def offload_engine_kwargs(cpu_bytes: int, policy: str = SAGA_WALRU, *,
                           blocks_per_chunk: int | None = None, store_threshold: int | None = None,
                           host_worker: bool | None = None) -> dict[str, Any]:
     """Engine keyword arguments (``vllm.LLM`` / ``EngineArgs``) enabling a DRAM tier of
-    ``cpu_bytes`` under ``policy``: ``"saga_walru"`` (WA-LRU), ``"lru"``, ``"arc"`` or any name
-    registered in vLLM's ``CachePolicyFactory``.
+    ``cpu_bytes`` under ``policy``: ``"saga_walru"`` (WA-LRU), ``"saga_eta"`` (predicted-next-use
+    value, :mod:`saga.vllm.offload_eta`), ``"lru"``, ``"arc"`` or any name registered in vLLM's
+    ``CachePolicyFactory``.
 
     ``host_worker`` (default: where no CUDA-alike/XPU device exists) selects
     :class:`~saga.vllm.offload_host.HostOffloadingSpec`, whose memcpy worker replaces the CUDA
@@ -381,9 +389,8 @@ def offload_engine_kwargs(cpu_bytes: int, policy: str = SAGA_WALRU, *,
     if cpu_bytes <= 0:
         raise SagaConfigError(f"cpu_bytes must be > 0, got {cpu_bytes}")
     extra: dict[str, Any] = {"cpu_bytes_to_use": int(cpu_bytes)}
-    if policy == SAGA_WALRU:
-        extra["eviction_policy"] = POLICY_CLASS
-        extra["cache_policy_module_path"] = __name__
+    if policy in _SAGA_POLICIES:
+        extra["eviction_policy"], extra["cache_policy_module_path"] = _SAGA_POLICIES[policy]
     else:
         extra["eviction_policy"] = policy
     if blocks_per_chunk is not None:

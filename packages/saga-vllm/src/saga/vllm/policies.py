@@ -12,8 +12,10 @@ blocks appended tail first, i.e. a prefix's tail is evicted before its head: tha
 ``lru``, ``prefix_lru`` and ``radix_lru`` model, so those run on vLLM's native order. WA-LRU
 ranks by its score with the policy object's own weights; KVFlow by the steps-to-execution hint
 the scheduler stamps on a finished call's blocks (largest first, then least recently freed, then
-the longer prefix). A hint-reading policy the queue does not know runs on the native order, and
-``saga_stats()["eviction_enacted"]`` says so.
+the longer prefix). ``eta`` ranks by predicted-next-use value
+(:class:`~saga.vllm.eta_rank.ValueRanker` over the policy object's own estimator, fed by the
+scheduler; leaves of a cached chain only, lowest value first). A hint-reading policy the queue
+does not know runs on the native order, and ``saga_stats()["eviction_enacted"]`` says so.
 
 This module imports no vLLM, so the config can use it in light processes.
 """
@@ -24,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from saga.policy.afs import AFS
-from saga.policy.eviction import EvictionPolicy, KVFlowPolicy, WALRUPolicy
+from saga.policy.eviction import ETAPolicy, EvictionPolicy, KVFlowPolicy, WALRUPolicy
 from saga.policy.presets import EnginePolicies, PolicyBundle, Preset
 from saga.policy.queueing import FCFSQueue, RequestQueue
 from saga.policy.ttl import TTLPolicy
+from saga.vllm.eta_rank import ValueRanker
 
 if TYPE_CHECKING:
     from saga.vllm.config import SagaSchedulerConfig
@@ -38,15 +41,25 @@ WALRU_SCORE = "walru_score"
 """``eviction_enacted`` when the free-block queue ranks by WA-LRU's score."""
 STEPS_TO_EXEC = "steps_to_exec"
 """``eviction_enacted`` when the free-block queue ranks by KVFlow's steps-to-execution."""
+ETA_VALUE = "eta_value"
+"""``eviction_enacted`` when the free-block queue ranks by predicted-next-use value (``eta``)."""
+DRAM_WALRU = "saga_walru"
+"""vLLM ``CachePolicyFactory`` name of SAGA's WA-LRU DRAM-tier policy (:mod:`saga.vllm.offload`)."""
+DRAM_ETA = "saga_eta"
+"""vLLM ``CachePolicyFactory`` name of SAGA's value-ranked DRAM-tier policy
+(:mod:`saga.vllm.offload_eta`)."""
 
 
 @dataclass(frozen=True)
 class EvictionEnactment:
     """How the free-block queue enacts an eviction policy: ``mode`` (one of the constants
-    above) and the keyword arguments of :class:`~saga.vllm.block_queue.WALRUFreeBlockQueue`."""
+    above) and the keyword arguments of :class:`~saga.vllm.block_queue.WALRUFreeBlockQueue`;
+    ``dram_policy`` is the DRAM tier's cache policy that matches it (``DRAM_ETA`` for ``eta``,
+    else WA-LRU)."""
 
     mode: str
     queue_kwargs: dict[str, Any] = field(default_factory=dict)
+    dram_policy: str = DRAM_WALRU
 
     @property
     def native(self) -> bool:
@@ -61,6 +74,10 @@ def eviction_enactment(policy: EvictionPolicy) -> EvictionEnactment:
             "walru": True, "alpha": policy.alpha, "beta": policy.beta, "gamma": policy.gamma})
     if isinstance(policy, KVFlowPolicy):
         return EvictionEnactment(STEPS_TO_EXEC, {"steps": True})
+    if isinstance(policy, ETAPolicy):
+        return EvictionEnactment(ETA_VALUE, {"walru": False,
+                                             "ranker": ValueRanker.from_policy(policy)},
+                                 dram_policy=DRAM_ETA)
     return EvictionEnactment(NATIVE_LRU, {})
 
 
@@ -109,6 +126,9 @@ def build_scheduler_policies(config: SagaSchedulerConfig) -> SchedulerPolicies:
 
 
 __all__ = [
+    "DRAM_ETA",
+    "DRAM_WALRU",
+    "ETA_VALUE",
     "NATIVE_LRU",
     "STEPS_TO_EXEC",
     "WALRU_SCORE",

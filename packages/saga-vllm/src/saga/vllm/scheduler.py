@@ -26,6 +26,8 @@ the simulator builds. Where each hooks in (vLLM 0.32):
   where vLLM's own deque stays (so ``vllm_apc`` is the stock scheduler).
 - DRAM-tier hints: the engine's own :class:`~saga.vllm.offload.OffloadReuseHints` table, bound
   to the WA-LRU policy of this scheduler's KV connector.
+- Predicted next use (``eta``): each call's arrival and finish feed the free-block queue's
+  value ranking and the ``saga_eta`` DRAM tier (:mod:`saga.vllm.next_use`).
 - Step log: with ``additional_config["saga_step_log"]`` set, every step's work and times go
   to a :class:`~saga.vllm.steps.StepLog` (``schedule`` entry to ``update_from_output`` exit).
 - Malformed metadata: :class:`~saga.vllm.validator.SagaMetadataValidator` rejects it in the
@@ -52,6 +54,7 @@ from saga.vllm.block_queue import WALRUFreeBlockQueue
 from saga.vllm.config import SagaSchedulerConfig
 from saga.vllm.metadata import SagaMetadataError, SagaRequestMeta, parse_saga_meta
 from saga.vllm.metrics import SagaMetrics, publish
+from saga.vllm.next_use import NextUseMixin
 from saga.vllm.offload import OffloadReuseHints, bind_reuse_hints
 from saga.vllm.pinning import PinningMixin
 from saga.vllm.policies import build_scheduler_policies
@@ -68,7 +71,8 @@ logger = logging.getLogger(__name__)
 _PINNABLE = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH_CAPPED)
 
 
-class SagaScheduler(TaskTrackingMixin, PinningMixin, StepLogging, Scheduler):  # type: ignore[misc]
+class SagaScheduler(TaskTrackingMixin, NextUseMixin, PinningMixin, StepLogging,
+                    Scheduler):  # type: ignore[misc]
     """vLLM's scheduler running a preset's eviction, TTL pins, queue order and fairness.
 
     Every part follows :class:`SagaSchedulerConfig` (``effective_preset()``); with the stock
@@ -108,6 +112,7 @@ class SagaScheduler(TaskTrackingMixin, PinningMixin, StepLogging, Scheduler):  #
             self.waiting = self.saga_queue
         self.reuse_hints = OffloadReuseHints()
         self.offload_policies = bind_reuse_hints(self.connector, self.reuse_hints)
+        self._init_next_use()
         self._check_prefix_caching()
         if cfg.marker_path:
             self._write_marker("started")
@@ -178,6 +183,7 @@ class SagaScheduler(TaskTrackingMixin, PinningMixin, StepLogging, Scheduler):  #
             if step and self.saga_queue is not None:
                 session = meta.session_id if meta is not None else request.request_id
                 self._task_start.setdefault(session, float(request.arrival_time))
+            self._next_use_arrival(meta)
             if self.afs is not None and step:
                 self._afs_track(request, meta)
         super().add_request(request)
@@ -265,6 +271,7 @@ class SagaScheduler(TaskTrackingMixin, PinningMixin, StepLogging, Scheduler):  #
         self.block_queue.set_reuse(ids, p_reuse)
         if self.block_queue.steps:
             self.block_queue.set_steps(ids, self._steps_to_exec(meta))
+        self._next_use_finished(request, meta, ids, p_reuse)
         if meta is not None and not meta.prefetch:
             self._observe_workflow(request, meta)
         if meta is not None and request.block_hashes:

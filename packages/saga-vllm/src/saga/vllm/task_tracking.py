@@ -52,6 +52,8 @@ class TaskTrackingMixin:
 
         def _sync_gauges(self) -> None: ...
 
+        def _next_use_ended(self, session_id: str) -> None: ...
+
     # -- workflow hints ----------------------------------------------------------------------------
     def _reuse_prob(self, meta: SagaRequestMeta | None) -> float:
         """P_reuse of a finished call's blocks: the caller's value, else the workflow's.
@@ -150,6 +152,7 @@ class TaskTrackingMixin:
         self._close_task(session_id)
         self._session_steps.pop(session_id, None)
         self._last_tool.pop(session_id, None)
+        self._next_use_ended(session_id)
         agent_type = self._agent_of.pop(session_id, None)
         if agent_type is not None:
             # The pending tool the last call was expected to end in never ran.

@@ -61,6 +61,8 @@ class Instance:
     busy_s: float = 0.0
     ref_block_s: float = 0.0
     step_time_ema: float = 0.0
+    queue_delay_ema: float = 0.0
+    """Average seconds a call waits here between arrival and admission (EMA)."""
     _tau: float = 0.0
     _chunk: float = 0.0
     _ref_blocks: int = 0

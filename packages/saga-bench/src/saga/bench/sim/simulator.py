@@ -11,6 +11,12 @@ Events: ``arrive`` (a session issues its next call: route it, maybe prefetch its
 (an instance's next prefill or decode completion), ``steal`` (an idle instance looks for work),
 ``migrate`` (Llumnix's rescheduler moves running calls, with their KV, off overloaded instances).
 
+An eviction policy with a next-use model (``EvictionPolicy.next_use_model()``, ``eta``) hears
+what SAGA's vLLM scheduler hears, on each instance's own model: a call reaching the instance
+(``call_started``) and, when it ends, its session, pending tool, the AEG's reuse probability and
+whether it was the last call (``observe_request``), with the instance's queueing delay; never a
+drawn tool duration or a future arrival.
+
 Simplifications, stated: KV is tracked in blocks of ``block_tokens`` (256 by default, not vLLM's
 16, so that the per-block policy arrays stay small; a prefix hit is rounded down to 256 tokens);
 a call reserves the blocks for its output at admission, so no call is preempted; a prefetch starts
@@ -202,6 +208,7 @@ class Simulation:
         name = self.router.route(RouteRequest(task.task_id, tuple(hashes[:n_prompt]), prompt, now,
                                               signals), loads)
         inst = self.by_name[name]
+        self._call_started(inst, task.task_id, now)
         req = Request(st, k, now, prompt, call.output_tokens, st.context, hashes)
         req.queued = QueuedRequest(req.request_id, task.task_id, now, steps_done=k,
                                    tenant=task.tenant, task_start_s=task.arrival_s)
@@ -222,7 +229,15 @@ class Simulation:
         req, idx = payload
         self._enqueue(req, self.instances[idx], now)
 
+    def _call_started(self, inst: Instance, session: str, now: float) -> None:
+        """A call of ``session`` reached ``inst``: its eviction policy's next-use model (if it
+        has one) hears it, as SAGA's vLLM scheduler does when the request is added."""
+        est = inst.cache.policy.next_use_model()
+        if est is not None:
+            est.call_started(session, now)
+
     def _enqueue(self, req: Request, inst: Instance, now: float) -> None:
+        self._call_started(inst, req.state.task_id, now)
         self._settle(inst, now)
         inst.enqueue(req)
         self._kick(inst, now)
@@ -251,6 +266,7 @@ class Simulation:
             self.pins.release(r.state.task_id)  # the call holds its blocks: the pin is done
             delay = now - r.arrival_s
             self.n.queue_delay_ema += 0.05 * (delay - self.n.queue_delay_ema)
+            inst.queue_delay_ema += 0.05 * (delay - inst.queue_delay_ema)
         nxt = inst.plan(now)
         if nxt is not None:
             self.push(nxt, STEP, (inst.index, inst.version))
@@ -300,18 +316,22 @@ class Simulation:
         st.context = r.prompt_tokens + r.output_tokens
         st.next_call += 1
         st.home = inst.index
+        reuse_prob = 1.0
         if self.reads_hints:
             self.hinter.observe_call(task.task_id, r.prompt_tokens, r.output_tokens, call.tool)
             h = self._hint(task.agent_type, call.tool)
+            reuse_prob = h.reuse_prob
             inst.cache.set_hints(r.resident, reuse_prob=h.reuse_prob,
                                  steps_to_exec=h.steps_to_exec)
+        self._observe_finish(r, inst, now, reuse_prob)
         if call.tool is None:
             self._task_done(st, inst, now)
             return
         if self.ttl is not None:
             reload_s = (r.prompt_tokens + r.output_tokens) * self._token_s
+            share = max(len(r.resident), 1) / inst.cache.hbm_blocks
             ttl = self.ttl.ttl(call.tool, inst.pressure(now), queue_delay_s=n.queue_delay_ema,
-                               reload_s=reload_s)
+                               reload_s=reload_s, reuse_prob=reuse_prob, share=min(share, 1.0))
             n.pins += 1
             n.pins_held += call.tool_s <= ttl
             if ttl > 0:
@@ -319,6 +339,21 @@ class Simulation:
                     self.preset.prefix_caching) else 0
                 self.pins.pin(inst, task.task_id, r.resident, shared, call.tool, now, now + ttl)
         self.push(now + call.tool_s, ARRIVE, st)
+
+    def _observe_finish(self, r: Request, inst: Instance, now: float, reuse_prob: float) -> None:
+        """Tell ``inst``'s next-use model (if its eviction policy has one) that ``r`` finished,
+        with what SAGA's scheduler gets at a call's end: the session, its pending tool, the
+        AEG's reuse probability and whether it was the last call; and the instance's queueing
+        delay. Never the drawn tool duration or a future arrival."""
+        est = inst.cache.policy.next_use_model()
+        if est is None:
+            return
+        task = r.state.task
+        tool = task.calls[r.call_index].tool
+        est.set_queue_delay(inst.queue_delay_ema)
+        est.observe_request(r.hashes, now, session_id=task.task_id, pending_tool=tool,
+                            reuse_prob=reuse_prob, final=tool is None,
+                            agent_type=task.agent_type)
 
     def _task_done(self, st: TaskState, inst: Instance, now: float) -> None:
         task = st.task
