@@ -73,7 +73,7 @@ def test_kv_store_option_adds_the_connector(tmp_path: Path) -> None:
     argv = api_server_argv("/m", shape, port=8000, served_model_name="tiny",
                            kv_store=tmp_path / "kv")
     cfg = json.loads(argv[argv.index("--kv-transfer-config") + 1])
-    assert cfg == kv_transfer_config(str(tmp_path / "kv"))
+    assert cfg == kv_transfer_config(str(tmp_path / "kv"), 4 * 2**30)  # the default cap
     assert cfg["kv_connector"] == CONNECTOR_NAME
     assert "--kv-transfer-config" not in api_server_argv("/m", shape, port=8000,
                                                          served_model_name="tiny")

@@ -62,6 +62,14 @@ def serve(
                                               )] = 8,
     log_dir: Annotated[Path | None, typer.Option(help="Engine logs (default: a temp dir)."
                                                  )] = None,
+    kv_store: Annotated[Path | None, typer.Option(help="Node-local KV store every started "
+                                                  "engine shares: a session the gateway moves "
+                                                  "(re-home, steal, failover) loads its KV "
+                                                  "from it instead of recomputing it.")
+                        ] = None,
+    kv_store_max_gb: Annotated[float, typer.Option(min=0.001, help="Size cap of --kv-store "
+                                                   "in GiB (entries used longest ago go "
+                                                   "first).")] = 4.0,
     start_timeout: Annotated[float, typer.Option(min=1, help="Seconds the started engines "
                                                  "get to answer /health.")] = 600.0,
 ) -> None:
@@ -77,7 +85,9 @@ def serve(
         keys = load_api_keys(api_keys)
         token = os.environ.get(TOKEN_ENV, "")
         spec = EngineSpec(model=model, preset=preset, kv_blocks=kv_blocks,
-                          max_num_seqs=max_num_seqs)
+                          max_num_seqs=max_num_seqs,
+                          kv_store=None if kv_store is None else str(kv_store.absolute()),
+                          kv_store_max_gb=kv_store_max_gb if kv_store is not None else None)
         config = GatewayConfig(("http://engines-not-started-yet",), preset, keys,
                                slots=max_num_seqs, coordinator=coordinator,
                                coordinator_token=token)  # checked before engines start

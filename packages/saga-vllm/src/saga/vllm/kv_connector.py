@@ -17,6 +17,9 @@ A vLLM v1 KV connector (``KVConnectorBase_V1``, loaded out of tree through
   (``kv_load_failure_policy="recompute"``). Loads, saves and errors are counted in
   ``vllm:saga_kv_store_*`` Prometheus counters (next to vLLM's own
   ``vllm:external_prefix_cache_hits``).
+- **Size cap**: with ``kv_connector_extra_config.max_bytes`` the scheduler half runs a
+  :class:`~saga.vllm.kv_store.StoreSweeper` thread that deletes the entries used longest ago
+  once the store outgrows the cap (``--kv-store-max-gb``).
 
 On GPUs this is the shape of vLLM's ``MooncakeStoreConnector`` (a content-addressed put/get
 store keyed by block hash, independent of which engine wrote the block), not NIXL's
@@ -40,6 +43,7 @@ from saga.vllm.kv_store import (
     BlockEntry,
     KVBlockStore,
     StoreError,
+    StoreSweeper,
     kv_transfer_config,
     namespace,
 )
@@ -143,6 +147,10 @@ class SagaKVStoreConnector(KVConnectorBase_V1):  # type: ignore[misc]
         if not root:
             raise ValueError(f"{CONNECTOR_NAME} needs kv_connector_extra_config.store_dir")
         self.store = KVBlockStore(root, _layout(vllm_config))
+        self._sweeper: StoreSweeper | None = None
+        cap = self._kv_transfer_config.get_from_extra_config("max_bytes", None)
+        if cap is not None and role == KVConnectorRole.SCHEDULER:
+            self._sweeper = StoreSweeper(root, int(cap)).start()
         self.block_size = vllm_config.cache_config.block_size
         # scheduler half
         self._requests: dict[str, Request] = {}
@@ -217,6 +225,10 @@ class SagaKVStoreConnector(KVConnectorBase_V1):  # type: ignore[misc]
                     meta.saves.append((h, ids[i]))
             self._saved_upto[req_id] = full
         return meta
+
+    def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
 
     def request_finished(self, request: Request,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:

@@ -4,7 +4,7 @@
 python -m saga.vllm.serve --model tiny|small|PATH --port P [--host 127.0.0.1]
     [--preset saga] [--kv-blocks N] [--max-num-seqs 8] [--max-model-len L]
     [--cache-dir DIR] [--seed 0] [--served-model-name NAME] [--kv-store DIR]
-    [-- <extra vLLM api_server args>]
+    [--kv-store-max-gb 4] [-- <extra vLLM api_server args>]
 ```
 
 The model is resolved (:func:`saga.vllm.models.resolve_model`; ``tiny`` and ``small`` are built
@@ -18,13 +18,15 @@ is checked before vLLM starts: a bad option is one line ``error: ...`` naming it
 ``--kv-store DIR`` turns on SAGA's KV connector (:mod:`saga.vllm.kv_connector`): the engine
 writes every full KV block to the node store ``DIR`` and loads a moved session's prefix from it
 when a request asks (``kv_transfer_params: {"saga_load": true}``, which the gateway sends). Give
-every engine of a node the same directory.
+every engine of a node the same directory. ``--kv-store-max-gb`` caps the store (default 4 GiB):
+past it, the entries used longest ago are deleted by a background sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from typing import NoReturn
 
 from saga.policy.errors import SagaConfigError, SagaError
 from saga.vllm.config import SagaSchedulerConfig
-from saga.vllm.kv_store import kv_transfer_config
+from saga.vllm.kv_store import DEFAULT_MAX_BYTES, kv_transfer_config
 from saga.vllm.models import (
     MODEL_SHAPES,
     SCHEDULER_CLS,
@@ -88,6 +90,9 @@ def _parser() -> _Parser:
     p.add_argument("--kv-store", default=None, metavar="DIR",
                    help="node-local KV store shared by this node's engines: a moved "
                         "session's prefix is loaded from it instead of recomputed")
+    p.add_argument("--kv-store-max-gb", type=float, default=DEFAULT_MAX_BYTES / 2**30,
+                   metavar="GB", help="size cap of --kv-store in GiB; past it the entries "
+                                      "used longest ago are deleted (default: %(default)s)")
     return p
 
 
@@ -115,6 +120,7 @@ def api_server_argv(model_dir: str | os.PathLike[str], shape: ModelShape, *, por
                     max_model_len: int | None = None, seed: int = 0,
                     skip_tokenizer_init: bool = False, extra_args: Sequence[str] = (),
                     kv_store: str | os.PathLike[str] | None = None,
+                    kv_store_max_gb: float = DEFAULT_MAX_BYTES / 2**30,
                     python: str = sys.executable) -> list[str]:
     """The command line of vLLM's OpenAI server running SAGA's scheduler on ``model_dir``.
 
@@ -166,8 +172,12 @@ def api_server_argv(model_dir: str | os.PathLike[str], shape: ModelShape, *, por
     if kv_store is not None:
         if not os.fspath(kv_store).strip():
             raise SagaConfigError("--kv-store must not be empty")
+        if not (kv_store_max_gb > 0 and math.isfinite(kv_store_max_gb)):
+            raise SagaConfigError(f"--kv-store-max-gb must be a number of GiB > 0, got "
+                                  f"{kv_store_max_gb}")
         store = os.fspath(Path(kv_store).expanduser().absolute())
-        argv += ["--kv-transfer-config", json.dumps(kv_transfer_config(store))]
+        cap = int(kv_store_max_gb * 2**30)
+        argv += ["--kv-transfer-config", json.dumps(kv_transfer_config(store, cap))]
     return argv + list(extra_args)
 
 
@@ -210,7 +220,8 @@ def build_command(argv: Sequence[str]) -> list[str]:
     api_server_argv(source.path or args.model, source.shape, port=args.port,
                     served_model_name=name, host=args.host, preset=args.preset,
                     kv_blocks=args.kv_blocks, max_num_seqs=args.max_num_seqs,
-                    max_model_len=args.max_model_len, seed=args.seed, kv_store=args.kv_store)
+                    max_model_len=args.max_model_len, seed=args.seed, kv_store=args.kv_store,
+                    kv_store_max_gb=args.kv_store_max_gb)
     if args.kv_store is not None:
         _make_store(args.kv_store)
     model_dir = _model_dir(source, args.cache_dir, args.seed)
@@ -219,7 +230,7 @@ def build_command(argv: Sequence[str]) -> list[str]:
                            host=args.host, preset=args.preset, kv_blocks=args.kv_blocks,
                            max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                            seed=args.seed, skip_tokenizer_init=no_tokenizer, extra_args=extra,
-                           kv_store=args.kv_store)
+                           kv_store=args.kv_store, kv_store_max_gb=args.kv_store_max_gb)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

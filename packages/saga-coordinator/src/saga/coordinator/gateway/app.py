@@ -24,6 +24,7 @@ from saga.coordinator.core import DEFAULT_PRESET, CoordinatorCore
 from saga.coordinator.gateway.engines import engine_ids
 from saga.coordinator.gateway.routing import LocalRouting, RemoteRouting, Routing
 from saga.coordinator.gateway.service import Gateway, Timeouts
+from saga.coordinator.gateway.steal import KV_LOAD_S_PER_TOKEN, KV_MOVE_S
 from saga.coordinator.gateway.tenants import Tenants
 from saga.policy.errors import SagaConfigError
 
@@ -55,6 +56,14 @@ class GatewayConfig:
     """Requests in flight per engine before the gateway queues the rest (served in AFS order
     when the preset has fairness); None: ``2 x slots`` (the engine runs ``slots`` and queues as
     many); 0: never queue in the gateway."""
+    kv_moves: bool = True
+    """Tell a moved call's new engine to load its session's KV from the node store (engines
+    started with ``--kv-store``; others ignore it)."""
+    kv_load_s_per_token: float = KV_LOAD_S_PER_TOKEN
+    """Seconds to move one token of a call's KV, for the stealing rule, until the engines have
+    measured their own loads; without a KV store, the time to prefill a token."""
+    kv_move_s: float = KV_MOVE_S
+    """Fixed seconds a move costs (cancel at one engine, send to another)."""
 
     def __post_init__(self) -> None:
         if not self.engines:
@@ -68,6 +77,9 @@ class GatewayConfig:
                 raise SagaConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.queue_at is not None and self.queue_at < 0:
             raise SagaConfigError(f"queue_at must be >= 0, got {self.queue_at}")
+        if not (self.kv_load_s_per_token > 0 and self.kv_move_s >= 0):
+            raise SagaConfigError("kv_load_s_per_token must be > 0 and kv_move_s >= 0, got "
+                                  f"{self.kv_load_s_per_token}, {self.kv_move_s}")
         if self.slots < 1:
             raise SagaConfigError(f"slots must be >= 1, got {self.slots}")
         if self.coordinator is not None and not self.coordinator_token:
@@ -89,7 +101,9 @@ def build_gateway(config: GatewayConfig) -> Gateway:
     queue_at = 2 * config.slots if config.queue_at is None else config.queue_at or None
     return Gateway(engines, routing, Tenants(config.api_keys),
                    Timeouts(config.connect_timeout_s, config.request_timeout_s,
-                            config.scrape_timeout_s), queue_at=queue_at)
+                            config.scrape_timeout_s), queue_at=queue_at,
+                   kv_moves=config.kv_moves, kv_load_s_per_token=config.kv_load_s_per_token,
+                   kv_move_s=config.kv_move_s)
 
 
 async def _scrape_forever(gw: Gateway, period_s: float) -> None:

@@ -21,6 +21,8 @@ SCRAPED = {
     "vllm:kv_cache_usage_perc": "kv_usage",
     "vllm:prefix_cache_hits_total": "prefix_hits",
     "vllm:prefix_cache_queries_total": "prefix_queries",
+    "vllm:saga_kv_store_loaded_blocks_total": "kv_loaded_blocks",
+    "vllm:saga_kv_store_load_s_total": "kv_load_s",
 }
 """vLLM metric → :class:`EngineState` field (summed over label sets, e.g. several models)."""
 
@@ -64,6 +66,13 @@ class EngineState:
     """Scrapes in a row that timed out."""
     models: list[str] = field(default_factory=list)
     down_reason: str = ""
+    kv_loaded_blocks: float = 0.0
+    kv_load_s: float = 0.0
+    """KV blocks the engine loaded from the node store, and the seconds that took."""
+    idle_since: float | None = None
+    """When the gateway last left it with nothing in flight (None: busy)."""
+    service_s: float = 0.0
+    """Mean seconds a call takes there, forwarded to answered (the newest weighs most)."""
 
     def apply(self, scraped: Mapping[str, float]) -> None:
         for key, value in scraped.items():

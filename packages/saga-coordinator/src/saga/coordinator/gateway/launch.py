@@ -64,6 +64,8 @@ class EngineSpec:
     engine's environment. ``num_cpus`` is what a Ray actor running the engine reserves.
     ``kv_store``: the node-local KV store directory every engine shares (``--kv-store``), so a
     session's KV follows it when the gateway moves it; None: moved sessions recompute.
+    ``kv_store_max_gb``: the store's size cap (``--kv-store-max-gb``; None: the engine's
+    default, 4 GiB).
     """
 
     model: str = "tiny"
@@ -76,6 +78,7 @@ class EngineSpec:
     env: tuple[tuple[str, str], ...] = ()
     num_cpus: float = 1.0
     kv_store: str | None = None
+    kv_store_max_gb: float | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -87,6 +90,9 @@ class EngineSpec:
                 raise SagaConfigError(f"EngineSpec.{name} must be at least 1, got {value}")
         if not self.num_cpus > 0:
             raise SagaConfigError(f"EngineSpec.num_cpus must be positive, got {self.num_cpus}")
+        if self.kv_store_max_gb is not None and not self.kv_store_max_gb > 0:
+            raise SagaConfigError("EngineSpec.kv_store_max_gb must be a number of GiB > 0, got "
+                                  f"{self.kv_store_max_gb}")
 
 
 def engine_command(spec: EngineSpec, host: str, port: int) -> list[str]:
@@ -102,6 +108,8 @@ def engine_command(spec: EngineSpec, host: str, port: int) -> list[str]:
         cmd += ["--cache-dir", spec.cache_dir]
     if spec.kv_store is not None:
         cmd += ["--kv-store", spec.kv_store]
+        if spec.kv_store_max_gb is not None:
+            cmd += ["--kv-store-max-gb", repr(float(spec.kv_store_max_gb))]
     if spec.extra_args:
         cmd += ["--", *spec.extra_args]
     return cmd

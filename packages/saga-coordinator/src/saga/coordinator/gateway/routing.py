@@ -9,20 +9,30 @@ scoring for ``vllm_apc``, least-loaded for ``vllm``) decides exactly as it does 
 simulator and behind ``saga cluster up``. The gateway sees the prompt, so in-process routing
 also gets the prompt's prefix hashes (chained hashes of fixed-size chunks of its text, as
 llm-d's approximate prefix scorer does); the gRPC protocol carries no prompt.
+
+Stealing runs in-process only: the gateway reports each engine's queue with its load
+(:class:`~saga.coordinator.gateway.steal.EngineQueue`), the core's epoch plans steals with the
+preset's stealer, and :meth:`LocalRouting.steals` hands them to the gateway to carry out. The
+stealer's link is the node KV store, measured in tokens per second (:class:`EngineStealer`).
+With a shared gRPC coordinator the gateway does not steal (its replicas each see only their own
+queues).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from saga.coordinator.core import CoordinatorCore
 from saga.coordinator.gateway.engines import EngineState
+from saga.coordinator.gateway.steal import KV_LOAD_S_PER_TOKEN, KV_MOVE_S, EngineQueue
 from saga.coordinator.table import RouteDecision
+from saga.policy.stealing import Steal, WorkerState, WorkStealer
 
-__all__ = ["CHUNK_CHARS", "LocalRouting", "RemoteRouting", "Routing", "prompt_hashes",
-           "prompt_text"]
+__all__ = ["CHUNK_CHARS", "EngineStealer", "LocalRouting", "RemoteRouting", "Routing",
+           "prompt_hashes", "prompt_text"]
 
 CHUNK_CHARS = 256
 """Characters per hashed prompt chunk (about 64 tokens of English: a few KV blocks)."""
@@ -60,12 +70,40 @@ def prompt_hashes(text: str, chunk: int = CHUNK_CHARS) -> tuple[int, ...]:
     return tuple(out)
 
 
+class EngineStealer(WorkStealer):
+    """The preset's stealer (its ``T_idle`` and ``R_max``, :meth:`WorkStealer.plan` unchanged)
+    over the gateway's engines: session sizes are tokens and the link is the node KV store at
+    ``1 / load_s_per_token`` tokens a second plus ``move_s`` a move; whether an engine's head
+    call is blocked (all its slots busy) comes from the gateway's reports."""
+
+    def __init__(self, spec: WorkStealer, load_s_per_token: float = KV_LOAD_S_PER_TOKEN,
+                 move_s: float = KV_MOVE_S) -> None:
+        super().__init__(spec.t_idle, spec.r_max, inter_node_bytes_per_s=1 / load_s_per_token,
+                         intra_node_bytes_per_s=1 / load_s_per_token, latency_s=move_s)
+        self.blocked: dict[str, bool] = {}
+
+    def set_rate(self, load_s_per_token: float, move_s: float) -> None:
+        """The link's current speed (the engines' measured load time per token)."""
+        if load_s_per_token > 0 and move_s >= 0:
+            self.inter_node_bytes_per_s = self.intra_node_bytes_per_s = 1 / load_s_per_token
+            self.latency_s = move_s
+
+    def plan(self, now: float, workers: Sequence[WorkerState]) -> list[Steal]:
+        return super().plan(now, [dataclasses.replace(w, head_blocked=self.blocked.get(
+            w.worker_id, False)) for w in workers])
+
+
 class Routing(Protocol):
     """The decisions the gateway asks for and the facts it reports."""
 
     async def attach(self, engine: EngineState, now: float) -> None: ...
 
-    async def report(self, engine: EngineState, now: float) -> None: ...
+    async def report(self, engine: EngineState, now: float,
+                     queue: EngineQueue | None = None) -> None: ...
+
+    def set_kv_rate(self, load_s_per_token: float, move_s: float) -> None: ...
+
+    def steals(self) -> list[Steal]: ...
 
     async def detach(self, engine_id: str, now: float) -> None: ...
 
@@ -91,14 +129,38 @@ class LocalRouting:
 
     def __init__(self, core: CoordinatorCore) -> None:
         self.core = core
+        self.stealer: EngineStealer | None = None
+        if core.stealer is not None:
+            self.stealer = EngineStealer(core.stealer)
+            core.stealer = self.stealer
 
     async def attach(self, engine: EngineState, now: float) -> None:
         self.core.register(engine.id, "gateway", engine.slots, now)
         await self.report(engine, now)
 
-    async def report(self, engine: EngineState, now: float) -> None:
-        if engine.id in self.core.workers:
-            self.core.heartbeat(engine.id, engine.load, -1.0, (), 0.0, now)
+    async def report(self, engine: EngineState, now: float,
+                     queue: EngineQueue | None = None) -> None:
+        """The engine's load, and its queue for the stealer (none given: busy, nothing
+        waiting)."""
+        if engine.id not in self.core.workers:
+            return
+        q = queue or EngineQueue()
+        self.core.heartbeat(engine.id, engine.load, q.idle_for_s, q.waiting, q.step_time_s, now)
+        if self.stealer is not None:
+            self.stealer.blocked[engine.id] = q.head_blocked
+
+    def set_kv_rate(self, load_s_per_token: float, move_s: float) -> None:
+        if self.stealer is not None:
+            self.stealer.set_rate(load_s_per_token, move_s)
+
+    def steals(self) -> list[Steal]:
+        """The steals the last epoch planned (the core also queues its routing moves for the
+        workers' heartbeats: those are not steals and are dropped here)."""
+        out: list[Steal] = []
+        for w in self.core.workers.values():
+            out += [s for s in w.steals_out if s.saved_s > 0]
+            w.steals_out = []
+        return out
 
     async def detach(self, engine_id: str, now: float) -> None:
         if engine_id in self.core.workers:
@@ -181,7 +243,8 @@ class RemoteRouting:
         self._known.add(engine.id)
         await self.report(engine, now)
 
-    async def report(self, engine: EngineState, now: float) -> None:
+    async def report(self, engine: EngineState, now: float,
+                     queue: EngineQueue | None = None) -> None:
         if engine.id not in self._known:
             return
         pb = self._proto()
@@ -214,6 +277,12 @@ class RemoteRouting:
 
     async def tool_returned(self, session_id: str, tool: str, latency_s: float) -> None:
         return None  # the engine's scheduler learns tool latencies from the call's metadata
+
+    def set_kv_rate(self, load_s_per_token: float, move_s: float) -> None:
+        return None
+
+    def steals(self) -> list[Steal]:
+        return []  # each replica sees only its own queues: no stealing through a shared one
 
     async def tick(self, now: float) -> None:
         return None

@@ -11,6 +11,17 @@ on another engine (re-homed, stolen, or its engine down) carries
 session's prefix from the node's KV store instead of computing it again (an engine without a
 store ignores it); counted in ``saga_gateway_kv_moves``.
 
+Stealing (presets with a stealer, in-process routing): each scrape reports every engine's queue
+(:mod:`saga.coordinator.gateway.steal`); the core's epoch plans steals by the spec's rule and
+the gateway carries each out. A call in the gateway's own queue is routed to the thief before
+it is forwarded; a call waiting inside vLLM is cancelled by closing its upstream connection
+(vLLM aborts a request whose client went away) and sent to the thief with the KV load
+instruction, but only while no byte of its answer has come back. Every call has one request id
+(the client's ``X-Request-Id``, made unique, or one the gateway assigns), sent upstream on each
+try and returned in the answer's ``x-request-id`` header with ``x-saga-engine`` (the engine
+that answered): an attempt that lost its call to a steal is never relayed, so each call is
+answered exactly once. Counted in ``saga_gateway_steals`` by where the call waited.
+
 Faults: an engine that refuses the connection or times out before answering is marked down
 (routed around until a scrape finds it again) and the request goes once to another engine; a
 stream that breaks after its first byte cannot be retried, so it ends with an SSE error event.
@@ -37,8 +48,22 @@ from saga.coordinator.gateway.engines import EngineState, parse_vllm_metrics
 from saga.coordinator.gateway.hints import CallHints, HintError, read_hints, strip_cache_control
 from saga.coordinator.gateway.metrics import GatewayMetrics
 from saga.coordinator.gateway.routing import Routing, prompt_hashes, prompt_text
+from saga.coordinator.gateway.steal import (
+    KV_LOAD_S_PER_TOKEN,
+    KV_MOVE_S,
+    SERVICE_EWMA,
+    EngineQueue,
+    Queued,
+    Stolen,
+    UpstreamFailed,
+    engine_queue,
+    in_engine_waiting,
+    measured_load_s_per_token,
+    race,
+)
 from saga.coordinator.gateway.tenants import AuthError, Tenants
 from saga.coordinator.table import CoordinatorError, NoWorkerError
+from saga.policy.stealing import Steal
 
 __all__ = ["Gateway", "Timeouts"]
 
@@ -87,6 +112,15 @@ class _Call:
     stream: bool
     engine: EngineState | None = None
     tried: list[str] = field(default_factory=list)
+    request_id: str = ""
+    prompt_tokens: int = 0
+    forwarded_at: float = 0.0
+    steal: asyncio.Future[str] | None = None
+    """Set while the call is forwarded and has no byte back: a steal sets the thief's id."""
+    stolen: int = 0
+
+
+_Waiter = tuple[str, "asyncio.Future[None]", _Call]
 
 
 class Gateway:
@@ -94,7 +128,9 @@ class Gateway:
 
     def __init__(self, engines: list[EngineState], routing: Routing, tenants: Tenants,
                  timeouts: Timeouts = Timeouts(), metrics: GatewayMetrics | None = None,
-                 queue_at: int | None = None, kv_moves: bool = True) -> None:
+                 queue_at: int | None = None, kv_moves: bool = True,
+                 kv_load_s_per_token: float = KV_LOAD_S_PER_TOKEN,
+                 kv_move_s: float = KV_MOVE_S) -> None:
         if not engines:
             raise CoordinatorError("the gateway needs at least one engine URL")
         self.engines = {e.id: e for e in engines}
@@ -106,13 +142,21 @@ class Gateway:
         self._scrape_timeout = aiohttp.ClientTimeout(total=timeouts.scrape_s)
         self._pending: OrderedDict[str, str] = OrderedDict()
         self.queue_at = queue_at
-        self._waiting: dict[str, list[tuple[str, asyncio.Future[None]]]] = {
-            e.id: [] for e in engines}
+        self._waiting: dict[str, list[_Waiter]] = {e.id: [] for e in engines}
+        self._unanswered: dict[str, dict[str, _Call]] = {e.id: {} for e in engines}
+        self._calls: dict[str, _Call] = {}
+        self.kv_load_s_per_token, self.kv_move_s = kv_load_s_per_token, kv_move_s
+        for e in engines:
+            e.idle_since = self.now()
         self.kv_moves = kv_moves
         self._homes: OrderedDict[str, str] = OrderedDict()
         self.kv_moved = Counter("saga_gateway_kv_moves", "Calls sent to an engine other than "
                                 "their session's last one with an instruction to load its KV",
                                 registry=self.metrics.registry)
+        self.steals = Counter("saga_gateway_steals", "Waiting calls moved to an idle engine, "
+                              "by where they waited (gateway or engine queue; missed: the call "
+                              "had started before the steal reached it)", ["where"],
+                              registry=self.metrics.registry)
 
     @staticmethod
     def now() -> float:
@@ -156,12 +200,52 @@ class Gateway:
             await self.routing.attach(engine, self.now())
             log.info("engine %s at %s is up", engine.id, engine.url)
         else:
-            await self.routing.report(engine, self.now())
+            await self.routing.report(engine, self.now(), self._queue(engine))
         self._gauges(engine)
 
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self.scrape(e) for e in self.engines.values()))
+        rate = measured_load_s_per_token(self.engines.values()) or self.kv_load_s_per_token
+        self.routing.set_kv_rate(rate, self.kv_move_s)
         await self.routing.tick(self.now())
+        for steal in self.routing.steals():
+            self._steal(steal)
+
+    def _queue(self, engine: EngineState) -> EngineQueue:
+        """What waits on ``engine``, for the stealer."""
+        now = self.now()
+        forwarded = list(self._unanswered[engine.id].values())
+        in_engine = {c.request_id for c in in_engine_waiting(engine, forwarded)}
+        unanswered = [Queued(c.hints.meta.session_id, c.prompt_tokens, c.request_id)
+                      for c in forwarded]
+        waiters = self._waiting[engine.id]
+        order = self.routing.order([sid for sid, _, _ in waiters], now) if waiters else []
+        by_session: dict[str, list[_Call]] = {}
+        for sid, _, call in waiters:
+            by_session.setdefault(sid, []).append(call)
+        queued = [Queued(sid, c.prompt_tokens) for sid in order for c in by_session[sid][:1]]
+        running = [now - c.forwarded_at for c in self._calls.values()
+                   if c.engine is engine and c.forwarded_at and c.request_id not in in_engine]
+        return engine_queue(engine, unanswered, queued, now, max(running, default=0.0))
+
+    def _steal(self, steal: Steal) -> None:
+        """Carry out one planned steal: the session's waiting call on ``steal.src`` goes to
+        ``steal.dst`` (from the gateway's queue, or cancelled in the engine's)."""
+        for w in self._waiting.get(steal.src, []):
+            if w[0] == steal.session_id and not w[1].done():
+                self._waiting[steal.src].remove(w)
+                w[1].set_exception(Stolen(steal.dst))
+                self.steals.labels("gateway").inc()
+                return
+        src = self.engines.get(steal.src)
+        forwarded = list(self._unanswered.get(steal.src, {}).values())
+        for call in in_engine_waiting(src, forwarded) if src is not None else []:
+            if call.hints.meta.session_id == steal.session_id and call.steal is not None \
+                    and not call.steal.done():
+                call.steal.set_result(steal.dst)
+                self.steals.labels("engine").inc()
+                return
+        self.steals.labels("missed").inc()
 
     async def mark_down(self, engine: EngineState, why: str) -> None:
         if engine.up:
@@ -169,7 +253,7 @@ class Gateway:
                         engine.url, why)
             await self.routing.detach(engine.id, self.now())
         engine.up, engine.down_reason = False, why
-        for _, fut in self._waiting[engine.id]:
+        for _, fut, _ in self._waiting[engine.id]:
             if not fut.done():
                 fut.set_exception(_EngineDown(engine.id))
         self._waiting[engine.id].clear()
@@ -233,8 +317,27 @@ class Gateway:
         self.tenants.count(tenant, request=True)
         self.metrics.of(self.metrics.tenant_requests, tenant).inc()
         call = _Call(endpoint, body, hints, tenant, arrived, body.get("stream") is True)
-        await self._tool_returned(hints)
-        return await self._forward(call, headers)
+        call.request_id = self._request_id(headers.get("x-request-id"))
+        self._calls[call.request_id] = call
+        try:
+            await self._tool_returned(hints)
+            resp = await self._forward(call)
+        except BaseException:
+            self._calls.pop(call.request_id, None)
+            raise
+        if not isinstance(resp, StreamingResponse):
+            self._calls.pop(call.request_id, None)
+        resp.headers["x-request-id"] = call.request_id
+        if call.engine is not None:
+            resp.headers["x-saga-engine"] = call.engine.id
+        return resp
+
+    def _request_id(self, given: str | None) -> str:
+        """The call's one id on every try: the client's, unless another call in flight has
+        it, else a new one."""
+        if given and given not in self._calls and len(given) <= 128:
+            return given
+        return uuid.uuid4().hex if not given else f"{given[:96]}-{uuid.uuid4().hex[:8]}"
 
     def _upstream_body(self, body: dict[str, Any], hints: CallHints,
                        tenant: str) -> dict[str, Any]:
@@ -258,7 +361,12 @@ class Gateway:
     async def _route(self, call: _Call) -> EngineState:
         meta = call.hints.meta
         text = prompt_text(call.body)
-        prompt_tokens = len(text) // 4  # about 4 characters a token; only an estimate
+        prompt = call.body.get("prompt")
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            prompt_tokens = len(prompt)  # token ids: exact
+        else:
+            prompt_tokens = len(text) // 4  # about 4 characters a token; only an estimate
+        call.prompt_tokens = prompt_tokens
         max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens")
         work = prompt_tokens + (max_tokens if isinstance(max_tokens, int) else 256)
         decision = await self.routing.route(
@@ -271,52 +379,86 @@ class Gateway:
             self.metrics.rehomes.inc()
         return engine
 
-    async def _forward(self, call: _Call, headers: Mapping[str, str]) -> Response:
-        fwd = {"content-type": "application/json"}
-        if "x-request-id" in headers:
-            fwd["x-request-id"] = headers["x-request-id"]
-        for attempt in (0, 1):
-            try:
-                engine = await self._route(call)
-            except NoWorkerError:
-                self.metrics.of(self.metrics.errors, "no_engine").inc()
-                return self._failed(call, 503, "no engine is up behind the gateway; check "
-                                    "`saga serve`'s engines (GET /health lists them)")
+    async def _forward(self, call: _Call) -> Response:
+        """Route, admit and send the call; once more elsewhere after an engine failure; to
+        the thief as often as it is stolen."""
+        failures = 0
+        thief: EngineState | None = None
+        while True:
+            if thief is not None:
+                engine, thief = thief, None
+            else:
+                try:
+                    engine = await self._route(call)
+                except NoWorkerError:
+                    self.metrics.of(self.metrics.errors, "no_engine").inc()
+                    return self._failed(call, 503, "no engine is up behind the gateway; check "
+                                        "`saga serve`'s engines (GET /health lists them)")
             call.engine = engine
             call.tried.append(engine.id)
             try:
-                await self._admit(engine, call.hints.meta.session_id)
+                await self._admit(engine, call)
+                self.metrics.queue_s.observe(self.now() - call.arrived)
+                return await self._send(call, engine)
+            except Stolen as stolen:
+                call.stolen += 1
+                thief = self.engines.get(stolen.dst)
             except _EngineDown:
-                if attempt == 0:
-                    self.metrics.retries.inc()
-                    continue
-                return self._failed(call, 502, f"engines {call.tried} went down while this "
-                                    "request waited for them; retry later")
-            self.metrics.queue_s.observe(self.now() - call.arrived)
-            data = self._payload(call, engine)
-            try:
-                resp = await self.session.post(engine.url + call.endpoint, data=data,
-                                               headers=fwd)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._done(engine)
-                await self.mark_down(engine, f"request failed: {type(exc).__name__}")
-                self.metrics.of(self.metrics.errors, "upstream_" + type(exc).__name__).inc()
-                if attempt == 0:
-                    self.metrics.retries.inc()
-                    continue
-                return self._failed(call, 502, f"engines {call.tried} failed this request "
-                                    f"({type(exc).__name__}); retry later")
+                failures += 1
+                if failures > 1:
+                    return self._failed(call, 502, f"engines {call.tried} went down while "
+                                        "this request waited for them; retry later")
+                self.metrics.retries.inc()
+            except UpstreamFailed as exc:
+                failures += 1
+                await self.mark_down(engine, f"request failed: {exc.kind}")
+                self.metrics.of(self.metrics.errors, "upstream_" + exc.kind).inc()
+                if failures > 1:
+                    return self._failed(call, 502, f"engines {call.tried} failed this request "
+                                        f"({exc.kind}); retry later")
+                self.metrics.retries.inc()
+
+    async def _send(self, call: _Call, engine: EngineState) -> Response:
+        """Post the call (it holds one of ``engine``'s places, given back here unless the
+        answer's relay does it); :class:`Stolen` when a steal took it before its first
+        byte."""
+        fwd = {"content-type": "application/json", "x-request-id": call.request_id}
+        data = self._payload(call, engine)
+        call.steal = asyncio.get_running_loop().create_future()
+        call.forwarded_at = self.now()
+        self._unanswered[engine.id][call.request_id] = call
+        first = b""
+        try:
+            resp = await race(self.session.post(engine.url + call.endpoint, data=data,
+                                                 headers=fwd), call.steal)
             if call.stream and resp.status == 200:
-                return StreamingResponse(self._relay(call, resp), status_code=200,
-                                         media_type=resp.headers.get("content-type",
-                                                                     "text/event-stream"))
-            return await self._whole(call, resp)
-        raise AssertionError("unreachable: the second attempt returns")
+                try:
+                    first = await race(resp.content.readany(), call.steal)
+                except BaseException:
+                    resp.close()  # the engine sees the client go and aborts the request
+                    raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            call.forwarded_at = 0.0
+            self._done(engine)
+            raise UpstreamFailed(type(exc).__name__) from None
+        except BaseException:  # stolen, or the client went away
+            call.forwarded_at = 0.0
+            self._done(engine)
+            raise
+        finally:
+            self._unanswered[engine.id].pop(call.request_id, None)
+            call.steal = None
+        if call.stream and resp.status == 200:
+            return StreamingResponse(self._relay(call, resp, first), status_code=200,
+                                     media_type=resp.headers.get("content-type",
+                                                                 "text/event-stream"))
+        return await self._whole(call, resp)
 
     def _payload(self, call: _Call, engine: EngineState) -> bytes:
         """The upstream body; a session that moved here asks the engine to load its KV."""
         home = self._homes.get(call.hints.meta.session_id)
-        if not self.kv_moves or home is None or home == engine.id:
+        moved = call.stolen or (home is not None and home != engine.id)
+        if not self.kv_moves or not moved:
             return json.dumps(call.body).encode()
         own = call.body.get("kv_transfer_params")
         params = {**own, **KV_LOAD} if isinstance(own, dict) else dict(KV_LOAD)
@@ -331,20 +473,22 @@ class Gateway:
         kind = "service_unavailable" if status == 503 else "upstream_error"
         return _error(message, kind, status)
 
-    async def _admit(self, engine: EngineState, session_id: str) -> None:
+    async def _admit(self, engine: EngineState, call: _Call) -> None:
         """Take one of the engine's places; past ``queue_at`` in flight, wait in the gateway's
         queue for one, served in the routing's fairness order (AFS when the preset has it)."""
         if self.queue_at is None or engine.in_flight < self.queue_at:
             engine.in_flight += 1
+            engine.idle_since = None
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiting[engine.id]
-        waiters.append((session_id, fut))
+        waiter = (call.hints.meta.session_id, fut, call)
+        waiters.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.timeouts.total_s)
         except BaseException:
-            if (session_id, fut) in waiters:
-                waiters.remove((session_id, fut))
+            if waiter in waiters:
+                waiters.remove(waiter)
             elif fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._done(engine)  # the place was handed over: pass it on
             raise
@@ -353,13 +497,22 @@ class Gateway:
         """A request left the engine: hand its place to the next waiter, or free it."""
         waiters = self._waiting[engine.id]
         while waiters:
-            order = self.routing.order([sid for sid, _ in waiters], self.now())
+            order = self.routing.order([sid for sid, _, _ in waiters], self.now())
             pick = next(w for w in waiters if w[0] == order[0])
             waiters.remove(pick)
             if not pick[1].done():
                 pick[1].set_result(None)
                 return
         engine.in_flight -= 1
+        if engine.in_flight == 0:
+            engine.idle_since = self.now()
+
+    def _served(self, call: _Call, engine: EngineState) -> None:
+        """A call answered: its time there joins the engine's mean service time."""
+        took = self.now() - call.forwarded_at
+        engine.service_s = took if not engine.service_s else (
+            SERVICE_EWMA * took + (1 - SERVICE_EWMA) * engine.service_s)
+        self._calls.pop(call.request_id, None)
 
     async def _whole(self, call: _Call, resp: aiohttp.ClientResponse) -> Response:
         engine = call.engine
@@ -373,6 +526,7 @@ class Gateway:
                                 f"({type(exc).__name__})")
         finally:
             self._done(engine)
+            self._served(call, engine)
             resp.release()
         usage = None
         if resp.status == 200:
@@ -384,13 +538,18 @@ class Gateway:
         return Response(content, status_code=resp.status,
                         media_type=resp.headers.get("content-type", "application/json"))
 
-    async def _relay(self, call: _Call, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """Pass an SSE stream through chunk by chunk; read its usage chunk on the way."""
+    async def _relay(self, call: _Call, resp: aiohttp.ClientResponse,
+                     first: bytes) -> AsyncIterator[bytes]:
+        """Pass an SSE stream through chunk by chunk (``first`` was read already, to know
+        the call had started); read its usage chunk on the way."""
         engine = call.engine
         assert engine is not None
         last: deque[bytes] = deque(maxlen=_TAIL_CHUNKS)
         status = 200
         try:
+            if first:
+                last.append(first)
+                yield first
             async for chunk in resp.content.iter_any():
                 last.append(chunk)
                 yield chunk
@@ -406,6 +565,7 @@ class Gateway:
             yield b"data: " + json.dumps(err).encode() + b"\n\n"
         finally:
             self._done(engine)
+            self._served(call, engine)
             resp.release()
         await self._account(call, status, _stream_usage(b"".join(last)))
 
