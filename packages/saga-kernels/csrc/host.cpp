@@ -4,6 +4,8 @@
 // Arrays come in as contiguous 1-D views of the exact dtype (.noconvert(): a wrong dtype is a
 // TypeError, never a silent copy). Bad values raise std::invalid_argument -> ValueError.
 
+#include "cache_core.hpp"
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -579,4 +581,5 @@ NB_MODULE(_ext, m) {
              nb::arg("workers").noconvert(), nb::arg("pinned_until").noconvert())
         .def("get_many", &SessionTable::get_many, nb::arg("sessions").noconvert())
         .def("expire", &SessionTable::expire, nb::arg("now"));
+    saga_cache::bind(m);
 }

@@ -30,6 +30,7 @@ def test_no_compiler_gives_a_pure_python_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "saga/kernels/walru.py" in names and not any(n.endswith(".so") for n in names)
     assert "saga/kernels/experimental/prefix.py" in names
+    assert "saga/kernels/cache_core.py" in names
     # Import from the wheel alone (-S: no .pth, so not this checkout's editable install).
     code = ("from saga.kernels import native_status, walru_select; "
             "rows = native_status(); assert {r.backend for r in rows} == {'twin'}, rows; "
@@ -37,7 +38,11 @@ def test_no_compiler_gives_a_pure_python_wheel(tmp_path: Path) -> None:
             "print(walru_select([1.0, 2.0], [0.5, 0.5], [1.0, 1.0], [0, 0], 3.0, 1, "
             "0.3, 0.5, 0.2).order.tolist()); "
             "from saga.kernels.experimental import prefix_overlap; "
-            "assert prefix_overlap([1, 2], [1, 3], [0, 2]).tolist() == [1]")
+            "assert prefix_overlap([1, 2], [1, 3], [0, 2]).tolist() == [1]; "
+            "from saga.kernels.cache_core import cache_core, have_cache_core; "
+            "assert not have_cache_core(); "
+            "assert cache_core(1, 0, 16, ('access', False, 0, 0, 0), "
+            "('access', False, 0, 0, 0), {}) is None")
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     path = os.pathsep.join([str(unpacked), sysconfig.get_paths()["purelib"]])

@@ -1,7 +1,8 @@
 """SAGA's native kernels, each with the NumPy/Python twin that defines its meaning.
 
 Host (C++17, OpenMP when built with it): `walru_select` (saga-policy's WA-LRU victims) and
-`next_use` (saga-policy's Bélády). Every function runs its NumPy twin when the compiled module is
+`next_use` (saga-policy's Bélády); `saga.kernels.cache_core`, saga-policy's `CacheManager` in C++
+(its twin is that Python manager). Every function runs its NumPy twin when the compiled module is
 absent; `native_status()` says which. Kernels with no caller in SAGA yet (`prefix_overlap`,
 `session_table`, the CUDA kernels) live in `saga.kernels.experimental`.
 """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from saga.kernels import _native
 
-HOST_KERNELS = ("walru_select", "next_use", "prefix_overlap", "session_table")
+HOST_KERNELS = ("walru_select", "next_use", "cache_core", "prefix_overlap", "session_table")
 CUDA_KERNELS = ("walru_best", "prefix_overlap_cuda", "kv_migrate", "compact", "prefetch")
 EXPERIMENTAL = frozenset({"prefix_overlap", "session_table", *CUDA_KERNELS})
 """Kernels with no caller in SAGA yet (``saga.kernels.experimental``)."""

@@ -18,11 +18,13 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from saga.policy.block_table import BlockTable, Tier
+from saga.policy.cache_native import NativeCore, native_core
 from saga.policy.cache_slots import DRAM, HBM, SlotBook, Slots
 from saga.policy.cache_types import (
     Allocation,
@@ -67,6 +69,11 @@ class CacheManager(SlotBook):
 
     The slot-level moves each operation is made of, the occupancy properties (``hbm_used``,
     ``dram_used``, ``free``, ``dram_free``) and ``check_invariants`` come from `SlotBook`.
+
+    ``native``: run on saga-kernels' native cache core (`saga.policy.cache_native`) — None (the
+    default) when it is built, ``SAGA_NATIVE`` is not 0 and both policies have a native order;
+    True: require it (`SagaConfigError` otherwise); False: this Python code, which defines it.
+    Results are the same either way.
     """
 
     hbm_blocks: int
@@ -77,6 +84,7 @@ class CacheManager(SlotBook):
     block_bytes: int = 16 * 327_680
     swap: SwapTimeModel | None = None
     dram_policy: EvictionPolicy | None = None
+    native: bool | None = None
     stats: CacheStats = field(default_factory=CacheStats, init=False)
     table: BlockTable = field(init=False, repr=False)
     _index: dict[int, int] = field(default_factory=dict, init=False, repr=False)
@@ -84,6 +92,7 @@ class CacheManager(SlotBook):
     _free: list[int] = field(default_factory=list, init=False, repr=False)
     _used: list[int] = field(default_factory=lambda: [0, 0, 0], init=False, repr=False)
     _pending: dict[int, dict[str, float]] = field(default_factory=dict, init=False, repr=False)
+    _core: NativeCore | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, value, low in (("hbm_blocks", self.hbm_blocks, 1),
@@ -103,43 +112,76 @@ class CacheManager(SlotBook):
         self.table = BlockTable.empty(slots, self.block_tokens)
         self._hash_of = [None] * slots
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
+        if self.native is not False:
+            self._core = self._native_core()
         if self.policy.observes:
             self.policy.attach(slots, self.hbm_blocks)
+
+    def _native_core(self) -> NativeCore | None:
+        core = native_core(self, self.table)
+        if core is None:
+            if self.native:
+                raise SagaConfigError(
+                    "CacheManager(native=True) needs saga-kernels' compiled cache core (built, "
+                    "SAGA_NATIVE not 0) and policies with a native order; pass native=None "
+                    "to fall back to Python")
+            return None
+        # Read-only views of the core's state for inspection (check_invariants, tests): the
+        # Python code that mutates these never runs on a native manager.
+        self._index = cast("dict[int, int]", core.index)
+        self._free = cast("list[int]", core.free_list)
+        self._hash_of = cast("list[int | None]", core.hash_of)
+        self._used = cast("list[int]", core.used)
+        return core
 
     # ------------------------------------------------------------------ queries
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._core.core) if self._core is not None else len(self._index)
 
     def contains(self, block_hash: int) -> bool:
         """Whether the block is resident in either tier."""
+        if self._core is not None:
+            return self._core.contains(block_hash)
         return block_hash in self._index
 
     def resident(self, hashes: Iterable[int]) -> list[int]:
         """The given blocks that are resident in either tier, in the given order (one pass,
         for callers that filter many hashes at a time)."""
+        if self._core is not None:
+            return self._core.resident(hashes)
         index = self._index
         return [h for h in hashes if h in index]
 
     def tier_of(self, block_hash: int) -> Tier | None:
         """The block's tier, or None when it is not cached."""
+        if self._core is not None:
+            return self._core.tier_of(block_hash)
         slot = self._index.get(block_hash)
         return None if slot is None else Tier(int(self.table.tier[slot]))
 
     def ref_count(self, block_hash: int) -> int:
         """References held on a resident block (raises `CacheError` if it is not cached)."""
+        if self._core is not None:
+            return int(self.table.ref_count[self._core.slot(block_hash, "ref_count")])
         return int(self.table.ref_count[self._slots([block_hash], "ref_count")[0]])
 
     def pinned_until(self, block_hash: int) -> float:
         """The block's pin expiry (-inf when unpinned; raises `CacheError` if not cached)."""
+        if self._core is not None:
+            return float(self.table.pinned_until[self._core.slot(block_hash, "pinned_until")])
         return float(self.table.pinned_until[self._slots([block_hash], "pinned_until")[0]])
 
     def hashes_in(self, tier: Tier) -> list[int]:
         """Hashes of the blocks resident in ``tier`` (for inspection and tests)."""
+        if self._core is not None:
+            return self._core.hashes_in(tier)
         return [h for h, s in self._index.items() if self.table.tier[s] == tier]
 
     def longest_prefix(self, hashes: Iterable[int]) -> PrefixMatch:
         """Leading blocks resident in HBM, and the resident run across both tiers."""
+        if self._core is not None:
+            return self._core.longest_prefix(hashes)
         hs = hashes if isinstance(hashes, list | tuple) else list(hashes)
         found = np.fromiter(map(self._index.get, hs, itertools.repeat(-1, len(hs))), np.int64,
                             len(hs))
@@ -164,6 +206,8 @@ class CacheManager(SlotBook):
         little, raise `CacheError` with the cache unchanged, or with ``partial=True`` cache the
         longest leading part that fits and count the rest as ``uncached_blocks``.
         """
+        if self._core is not None:
+            return self._core.allocate(hashes, now, hints, partial)
         hs = self._unique(hashes, "allocate")
         n = len(hs)
         if n == 0:
@@ -268,6 +312,8 @@ class CacheManager(SlotBook):
         Releasing a block that is not cached or not referenced raises `CacheError` and changes
         nothing (a double free is a caller bug).
         """
+        if self._core is not None:
+            return self._core.release(hashes, now)
         hs = self._unique(hashes, "release")
         slots = self._slots(hs, "release")
         unref = self.table.ref_count[slots] <= 0
@@ -283,6 +329,8 @@ class CacheManager(SlotBook):
 
     def touch(self, hashes: Sequence[int], now: float) -> None:
         """Mark cached blocks as used at ``now`` (no reference taken)."""
+        if self._core is not None:
+            return self._core.touch(hashes, now)
         slots = self._slots(hashes, "touch")
         self.table.last_access[slots] = now
         if self.policy.observes:
@@ -294,15 +342,21 @@ class CacheManager(SlotBook):
         """Keep the blocks until ``until`` (a pin only extends: the later expiry wins)."""
         if math.isnan(until):
             raise CacheError("pin expiry 'until' is NaN; pass a time in seconds")
+        if self._core is not None:
+            return self._core.pin(hashes, until)
         slots = self._slots(hashes, "pin")
         np.maximum.at(self.table.pinned_until, slots, until)
 
     def unpin(self, hashes: Sequence[int]) -> None:
         """Remove the blocks' pins now."""
+        if self._core is not None:
+            return self._core.unpin(hashes)
         self.table.pinned_until[self._slots(hashes, "unpin")] = -np.inf
 
     def tick(self, now: float) -> int:
         """Release pins that expired by ``now``; returns how many."""
+        if self._core is not None:
+            return self._core.tick(now)
         p = self.table.pinned_until
         expired = np.flatnonzero((p <= now) & (p > -np.inf))
         p[expired] = -np.inf
@@ -313,6 +367,8 @@ class CacheManager(SlotBook):
 
     def evict(self, n: int, now: float) -> list[int]:
         """Evict up to ``n`` HBM blocks chosen by the policy (no pin breaking); their hashes."""
+        if self._core is not None:
+            return self._core.evict(n, now)
         cands = self._evictable(HBM, now)
         victims = self._select(self.policy, cands, n, now)
         evicted = [self._hash_of_slot(int(s)) for s in victims]
@@ -325,6 +381,8 @@ class CacheManager(SlotBook):
         The blocks must be unreferenced and unpinned. DRAM victims are dropped to make room;
         if DRAM cannot take them all, `CacheError` and nothing moves.
         """
+        if self._core is not None:
+            return self._core.swap_out(hashes, now)
         if self.dram_blocks == 0:
             raise CacheError("swap_out needs a DRAM tier; build the CacheManager with dram_blocks")
         hs = self._unique(hashes, "swap_out")
@@ -356,6 +414,8 @@ class CacheManager(SlotBook):
         room: `CacheError` and nothing moves, or with ``partial=True`` the leading blocks that
         fit. Prefetched blocks count as used at ``now``.
         """
+        if self._core is not None:
+            return self._core.prefetch(hashes, now, partial)
         hs = self._unique(hashes, "prefetch")
         slots = self._slots(hs, "prefetch")
         in_dram = np.flatnonzero(self.table.tier[slots] == DRAM)
@@ -392,6 +452,8 @@ class CacheManager(SlotBook):
         hs = list(hashes)
         hints = BlockHints(reuse_prob=reuse_prob, steps_to_exec=steps_to_exec,
                            next_use=next_use, size_tokens=size_tokens)
+        if self._core is not None:
+            return self._core.set_hints(hs, hints)
         cols = hint_arrays(hints, len(hs))
         found = np.fromiter(map(self._index.get, hs, itertools.repeat(-1, len(hs))), np.int64,
                             len(hs))

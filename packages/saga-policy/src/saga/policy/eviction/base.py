@@ -48,6 +48,14 @@ class EvictionPolicy(ABC):
     observes: ClassVar[bool] = False
     """Whether the policy keeps per-block state of its own, fed by the hooks below: the manager
     calls them only for such a policy, so a stateless order depends on the table alone."""
+    native_order: ClassVar[str | None] = None
+    """The name, in saga-kernels' native cache core, of the order `sort_keys` defines (the same
+    keys, ties by slot); None: only the Python selection ranks by it. A subclass that changes
+    `sort_keys` must set it back to None."""
+
+    def native_weights(self) -> tuple[float, float, float]:
+        """Parameters the native order reads (WA-LRU's weights); zeros for the others."""
+        return (0.0, 0.0, 0.0)
 
     def next_use_model(self) -> NextUseEstimator | None:
         """The next-use estimator the serving path feeds (calls, sessions, requests served) for

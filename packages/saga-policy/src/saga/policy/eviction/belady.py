@@ -31,6 +31,7 @@ class BeladyPolicy(EvictionPolicy):
     name: ClassVar[str] = "belady"
     leaves_only: ClassVar[bool] = False
     needs_next_use: ClassVar[bool] = True
+    native_order: ClassVar[str | None] = "next_use"
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         return (table.last_access[slots], -table.depth[slots], -table.next_use[slots])

@@ -28,6 +28,7 @@ class KVFlowPolicy(EvictionPolicy):
     name: ClassVar[str] = "kvflow"
     leaves_only: ClassVar[bool] = True
     reads_hints: ClassVar[bool] = True
+    native_order: ClassVar[str | None] = "steps"
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         steps = table.steps_to_exec[slots]

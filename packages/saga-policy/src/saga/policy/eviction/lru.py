@@ -15,6 +15,7 @@ class LRUPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "lru"
     leaves_only: ClassVar[bool] = False
+    native_order: ClassVar[str | None] = "access"
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         return (table.last_access[slots],)

@@ -23,6 +23,7 @@ class PrefixLRUPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "prefix_lru"
     leaves_only: ClassVar[bool] = False
+    native_order: ClassVar[str | None] = "access_deep"
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         return (-table.depth[slots], table.last_access[slots])

@@ -21,6 +21,7 @@ class RadixLRUPolicy(EvictionPolicy):
 
     name: ClassVar[str] = "radix_lru"
     leaves_only: ClassVar[bool] = True
+    native_order: ClassVar[str | None] = "access_deep"
 
     def sort_keys(self, table: BlockTable, slots: Slots, now: float) -> SortKeys:
         return (-table.depth[slots], table.last_access[slots])

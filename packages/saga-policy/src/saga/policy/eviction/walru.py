@@ -130,9 +130,13 @@ class WALRUPolicy(EvictionPolicy):
     name: ClassVar[str] = "walru"
     leaves_only: ClassVar[bool] = True
     reads_hints: ClassVar[bool] = True
+    native_order: ClassVar[str | None] = "walru"
 
     def __post_init__(self) -> None:
         check_walru_weights(self.alpha, self.beta, self.gamma)
+
+    def native_weights(self) -> tuple[float, float, float]:
+        return (self.alpha, self.beta, self.gamma)
 
     def scores(self, table: BlockTable, slots: Slots, now: float) -> FloatArray:
         """WA-LRU score of each slot, normalised over ``slots``."""
