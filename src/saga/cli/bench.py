@@ -36,6 +36,7 @@ from saga.bench.trace_workload import TraceSource, describe, open_trace_source
 from saga.cli.errors import user_errors
 from saga.cli.render import console, print_table, progress
 from saga.policy.errors import SagaConfigError
+from saga.policy.presets import SAGA
 
 QUICK_TABLES = "3,4,6"
 
@@ -183,7 +184,7 @@ def bench(
                                 ("--trace-rate", trace_rate), ("--concurrency", concurrency),
                                 ("--trace-tasks", trace_tasks),
                                 ("--latency-model", trace and latency_model),
-                                ("--saga", saga if saga != "saga" else None)):
+                                ("--saga", saga if saga != SAGA.name else None)):
                 if value is not None:
                     args += [flag, str(value)]
             section = [TRACE_HEADING, "", *(f"- {x}" for x in trace_lines), ""]

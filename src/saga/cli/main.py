@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from saga.cli import bench, demo, integrations, kernels, replay, show
+from saga.cli import bench, demo, integrations, kernels, live, replay, show
 
 app = typer.Typer(
     name="saga",
@@ -19,6 +19,7 @@ app.add_typer(show.app, name="show")
 app.add_typer(integrations.app, name="integrations")
 app.add_typer(kernels.app, name="kernels")
 app.add_typer(bench.app, name="bench")
+bench.app.command("live")(live.live)
 
 
 def _vllm_app() -> typer.Typer:

@@ -188,5 +188,119 @@ def validation_markdown(measurement: Mapping[str, Any], rows: list[dict[str, Any
     return md
 
 
-__all__ = ["ENGINES", "rel_error", "simulated_engine", "step_samples", "validate",
+# ---------------------------------------------------------------------------------------------
+# Against a live multi-engine run (``saga bench live``'s ``live.json``, read as plain data).
+
+LIVE_KIND = "saga-live"
+"""``live.json``'s ``kind``."""
+
+
+def call_samples(runs: Sequence[Mapping[str, Any]]) -> list[StepSample]:
+    """One sample per completed call of the runs: its uncached prompt tokens, the cached context
+    it attended to, its output tokens (as decoding sequences) and its latency. A call is many
+    engine steps; fitted over calls, ``per_decode_seq_s`` is the time per output token of a
+    call and the intercept the call's fixed overhead (HTTP, gateway)."""
+    out = []
+    for run in runs:
+        for t in run["tasks"]:
+            for c in t["calls"]:
+                if c["status"] == 200:
+                    cached = int(c["cached_tokens"])
+                    out.append(StepSample(int(c["prompt_tokens"]) - cached, cached,
+                                          int(c["completion_tokens"]), 0,
+                                          float(c["end_s"]) - float(c["start_s"])))
+    return out
+
+
+def live_workload(tasks: Sequence[Mapping[str, Any]], seed: int) -> Workload:
+    """The simulator's workload of one seed's live tasks (``tasks_to_json`` dicts)."""
+    out = [Task(str(t["task_id"]), str(t["agent_type"]), str(t.get("tenant", "default")),
+                float(t["arrival_s"]),
+                tuple(Call(int(c["new_tokens"]), int(c["max_tokens"]), c["tool"],
+                           float(c["tool_s"])) for c in t["calls"]),
+                system_key=str(t.get("system_key", "")),
+                system_tokens=int(t.get("system_tokens", 0))) for t in tasks]
+    return Workload(WorkloadSpec("mixed", len(out), 1.0, seed), out)
+
+
+def _live_sim(data: Mapping[str, Any], name: str, cost: Any) -> dict[str, float]:
+    """The system ``name`` simulated on every seed of the live run: means over seeds."""
+    cfg = data["config"]
+    n = int(cfg["engines"])
+    cluster = dataclasses.replace(ONE_CPU_ENGINE, gpus_per_node=n, instances=n)
+    preset = Preset.from_layers(name, data["systems"][name]["layers"])
+    sim = SimConfig(cluster=cluster, block_tokens=int(cfg.get("block_size", 32)),
+                    hbm_blocks=cfg["kv_blocks"],
+                    dram_blocks=int(cfg["dram_blocks"]) if preset.dram_tier else 0)
+    rows = []
+    for seed, tasks in data["tasks"].items():
+        r = simulate(preset, live_workload(tasks, int(seed)), sim, cost)
+        rows.append({"tct_mean_s": r.tct_mean_s, "tct_p95_s": r.tct_p95_s,
+                     "reprefilled_context_tokens": float(r.reprefilled_tokens),
+                     "hit_rate": r.hit_tokens / r.prompt_tokens if r.prompt_tokens else 0.0})
+    return {k: sum(x[k] for x in rows) / len(rows) for k in rows[0]}
+
+
+LIVE_FIGURES: tuple[tuple[str, str], ...] = (("tct_mean_s", "tct_mean_s"),
+                ("tct_p95_s", "tct_p95_s"),
+                ("reprefilled_context_tokens", "reprefilled_block_tokens"),
+                ("hit_rate", "hit_rate"))
+"""(simulator figure, the live figure it is compared with)."""
+
+
+def live_reprefilled(data: Mapping[str, Any], name: str) -> float:
+    """The simulator's re-prefilled tokens measured on the live run of system ``name``: per
+    call its context in full blocks (a partial block is never cached) less its cached tokens;
+    summed per run, mean over seeds."""
+    block = int(data["config"].get("block_size", 32))
+    runs = [r for r in data["runs"] if r["system"] == name]
+    totals = [sum(max(0, int(c["context_tokens"]) // block * block - int(c["cached_tokens"]))
+                  for t in r["tasks"] for c in t["calls"] if c["status"] == 200) for r in runs]
+    return sum(totals) / len(totals) if totals else 0.0
+
+
+def validate_live(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Simulate each system of a live multi-engine run (same tasks, same number of instances,
+    pool and DRAM tier, the preset it ran, a call-level cost fitted to all its calls) and give
+    the ratio simulated / live per figure."""
+    if not isinstance(data, Mapping) or data.get("kind") != LIVE_KIND:
+        raise SagaConfigError("not a `saga bench live` result (live.json with kind "
+                              f"{LIVE_KIND!r}); run saga bench live --out DIR first")
+    cfg = data["config"]
+    fit = fit_linear_cost(call_samples(data["runs"]), max_batched_tokens=2048,
+                          max_num_seqs=int(cfg.get("max_num_seqs", 8)))
+    # Steps, not calls, are what the simulator times: a call's per-output-token time is the
+    # step time of a lone call, and decoding in a batch is taken as free (the tiny CPU
+    # engine's steps are overhead-bound).
+    cost = dataclasses.replace(fit.cost, fixed_s=fit.cost.per_decode_seq_s, per_decode_seq_s=0.0)
+    rows = []
+    for name, live in data["summary"].items():
+        sim = _live_sim(data, name, cost)
+        row: dict[str, Any] = {"system": name}
+        for fig, live_key in LIVE_FIGURES:
+            measured = (live_reprefilled(data, name) if live_key == "reprefilled_block_tokens"
+                        else float(live[live_key]["mean"]))
+            row[f"live {fig}"] = round(measured, 3)
+            row[f"sim {fig}"] = round(sim[fig], 3)
+            row[f"sim/live {fig}"] = (round(sim[fig] / measured, 3) if measured else None)
+        rows.append(row)
+    md = [f"The simulator against `{data['command']}` ({cfg['engines']} instances, "
+          f"{cfg['kv_blocks']} KV blocks each, DRAM tier {cfg['dram_blocks']} blocks where the "
+          "preset has one, the same tasks per seed). Step time fitted to the live calls "
+          f"(R² {fit.r2:.2f}, median error {100 * fit.median_rel_error:.0f} % per call): "
+          f"{1e3 * cost.fixed_s:.2f} ms per step + {1e6 * cost.per_prefill_token_s:.1f} µs "
+          "per prefilled token; batched decoding taken as free. Ratios are simulated / live "
+          "(means over seeds); live re-prefilled context here is the responses' (full-block "
+          "context − cached tokens), the simulator's definition.", "",
+          "| system | " + " | ".join(f"sim/live {f}" for f, _ in LIVE_FIGURES) + " |",
+          "|---|" + "---|" * len(LIVE_FIGURES)]
+    md += [f"| {r['system']} | " + " | ".join(str(r[f'sim/live {f}']) for f, _ in LIVE_FIGURES)
+           + " |" for r in rows]
+    return {"rows": rows, "markdown": md, "cost_fit": {**dataclasses.asdict(cost),
+                                                       "r2": fit.r2, "calls": fit.steps}}
+
+
+__all__ = ["ENGINES", "LIVE_KIND", "call_samples", "live_reprefilled", "live_workload",
+           "rel_error",
+           "simulated_engine", "step_samples", "validate", "validate_live",
            "validation_markdown"]
