@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from saga.cli.live import TaskOptions, build_tasks, engine_spec, parse_seeds, parse_systems
 from saga.cli.main import app
+from saga.cli.vllm import parse_seeds as compare_seeds
 from saga.coordinator.gateway.live_report import best_baseline_ratios, with_section
 from saga.coordinator.gateway.live_results import (
     CallRecord,
@@ -105,10 +106,16 @@ def test_systems_take_turns_going_first() -> None:
 def test_seed_and_system_options() -> None:
     assert parse_seeds("0-2") == [0, 1, 2]
     assert parse_seeds("0,3") == [0, 3]
-    assert parse_seeds("4") == [4]
-    for bad in ("2-1", "x", "-1", "0,0"):
+    assert parse_seeds("4") == [4]          # seed 4 alone, as `saga vllm compare` reads it
+    assert parse_seeds(" 3, 0-1,1 ") == [0, 1, 3]
+    for text in ("0-4", "0,1,2", "4", "2,0"):  # the same list as `saga vllm compare --seeds`
+        assert parse_seeds(text) == compare_seeds(text, 0)
+    for bad in ("2-1", "x", "-1", "", " , ", "1-x"):
         with pytest.raises(SagaConfigError, match="--seeds"):
             parse_seeds(bad)
+    out = runner.invoke(app, ["bench", "live", "--help"]).output
+    help_text = " ".join(out.replace("\u2502", " ").split())   # unwrap rich's help box
+    assert "4 is seed 4 alone (not 4 seeds" in help_text
     assert parse_systems("saga, vllm") == ["saga", "vllm"]
     with pytest.raises(SagaConfigError, match="valid presets"):
         parse_systems("saga,nope")
@@ -160,6 +167,18 @@ def test_figures_from_counters_and_records() -> None:
     summary = over_seeds([run], ["saga"])
     assert summary["saga"]["tct_mean_s"]["mean"] == 2.5
     assert best_baseline_ratios(summary) == {}
+
+
+def test_steals_count_moved_calls_only() -> None:
+    text = ('saga_gateway_steals_total{where="gateway"} 2.0\n'
+            'saga_gateway_steals_total{where="engine"} 1.0\n'
+            'saga_gateway_steals_total{where="missed"} 5.0\n'
+            'saga_gateway_kv_moves_total 3.0\n')
+    gateway = parse_counters(text)
+    assert gateway == {"steals": 3.0, "kv_moves": 3.0}
+    run = RunResult("saga", 0, 0, [TaskRecord("a", 0.0, 1.0, (_call("a", 0, 0, 0),), 1)],
+                    [{}], gateway, 1.0, 0.0, 0.0)
+    assert summarize(run)["steals"] == 3.0
 
 
 def test_report_section_is_replaced_not_repeated() -> None:

@@ -44,9 +44,11 @@ def test_the_simulator_feeds_each_instance_its_own_next_use_model(one_node: SimC
     sim.run(w)
     ests = _estimators(sim)
     assert len({id(e) for e in ests}) == len(ests)  # one per engine
-    # Every task's last call was observed as final by the instance that served it.
+    # Every task's last call was observed as final by the instance that served it, which
+    # then forgot the session (nothing in flight or in a tool there any more).
+    assert sum(e.sessions_ended for e in ests) == len(w.tasks)
     for t in w.tasks:
-        assert any(e.phase(t.task_id) == Phase.ENDED for e in ests), t.task_id
+        assert all(e.phase(t.task_id) != Phase.IN_FLIGHT for e in ests), t.task_id
         assert all(e.session_next_use(t.task_id, 1e9) == math.inf for e in ests)
     # Calls arriving after a tool taught the tools' latency (gap since the previous call).
     tools = {c.tool for t in w.tasks for c in t.calls if c.tool is not None}

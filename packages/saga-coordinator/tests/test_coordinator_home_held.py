@@ -1,6 +1,7 @@
 """The coordinator tells its router how much of a session's KV the home still holds: nothing
-changes while the session is pinned or its tool returned in time; once its pin ran out, SAGA's
-affinity router moves it to a lighter worker as it would a new session."""
+changes while the session is pinned or its tool returned in time; once its pin ran out, an
+affinity router that weighs it (``weigh_home_held``) moves it to a lighter
+worker as it would a new session, and SAGA's own router ignores it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import math
 import pytest
 
 from saga.coordinator.core import CoordinatorCore, CoordinatorError
+from saga.policy.presets import Preset, get_preset
 
 LOADS = {"w0": 0.5, "w1": 0.0}  # w0, the home, is below theta: the spec rule keeps it home
 
 
-def _core(**kw: float) -> CoordinatorCore:
-    core = CoordinatorCore.from_preset("saga", final_grace_s=5.0, session_idle_s=600.0, **kw)
+def _weighing() -> Preset:
+    """SAGA with its affinity router told to weigh ``home_held``."""
+    p = get_preset("saga")
+    return p.derive("saga_weighing", "weighs home_held",
+                    router=p.router.with_kwargs(weigh_home_held=True))
+
+
+def _core(core: CoordinatorCore | None = None, **kw: float) -> CoordinatorCore:
+    core = core or CoordinatorCore(bundle=_weighing().build(), final_grace_s=5.0,
+                                   session_idle_s=600.0, **kw)
     for w in LOADS:
         core.register(w, f"node-{w}", 4, 0.0)
     assert core.route("s", "t", 0.0).worker_id == "w0"
@@ -69,6 +79,20 @@ def test_a_tool_reported_past_its_pin_counts_from_when_the_pin_ended() -> None:
     assert core.home_held(entry, at) == pytest.approx(math.exp(-0.5))
     # About 61 % still held: the move costs theta * 0.61 / 0.39 > 0.5 of load, so it stays.
     assert core.route("s", "t", at).reason == "HOME"
+
+
+def test_sagas_own_router_ignores_a_lapsed_pin() -> None:
+    core = _core(CoordinatorCore.from_preset("saga", final_grace_s=5.0, session_idle_s=600.0))
+    ttl = _pinned(core)
+    late = 1.0 + ttl + 1.0
+    assert core.home_held(core.session("s"), late) == 0.0  # told, but not weighed
+    assert core.route("s", "t", late).reason == "HOME"
+
+
+def test_no_preset_weighs_a_lapsed_pin_yet() -> None:
+    """Weighing is measured slower in the simulator (residence 0): no preset turns it on."""
+    assert not CoordinatorCore.from_preset("saga_eta").router.weigh_home_held  # type: ignore[attr-defined]
+    assert _weighing().build().router.weigh_home_held  # type: ignore[attr-defined]
 
 
 def test_a_lapsed_pin_with_no_lighter_worker_stays_home() -> None:

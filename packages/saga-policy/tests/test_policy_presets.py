@@ -226,8 +226,12 @@ def test_saga_eta_is_saga_with_next_use_eviction_and_the_value_ttl() -> None:
     assert isinstance(e.eviction, ETAPolicy) and e.eviction.next_use_model() is not None
     assert b.engine().eviction.next_use_model() is not e.eviction.next_use_model()
     assert isinstance(b.ttl, ValueTTL) and eta.is_saga
-    same = ("router", "queue", "stealing", "fairness", "dram_tier", "prefetch", "rehome_kv")
+    same = ("queue", "stealing", "fairness", "dram_tier", "prefetch", "rehome_kv")
     assert all(getattr(eta, f) == getattr(saga, f) for f in same)
+    # The router is SAGA's affinity: weighing how much KV a lapsed pin left measured slower.
+    assert eta.router == saga.router
+    assert not b.router.weigh_home_held  # type: ignore[attr-defined]
+    assert not saga.build().router.weigh_home_held  # type: ignore[attr-defined]
     assert saga.eviction.name == "walru"  # SAGA stays the paper's policy
     # Each ablation differs from saga_eta in exactly one layer.
     for name in ETA_PRESETS - {"saga_eta"}:

@@ -100,8 +100,21 @@ def test_partial_hold_moves_only_for_a_gain_above_the_cost() -> None:
     assert route("a", hot, 0.8, require_headroom=True, home_held=0.9) == "a"
 
 
+def test_the_affinity_router_ignores_home_held_unless_told_to_weigh_it() -> None:
+    plain = AffinityRouter()
+    assert not plain.weigh_home_held
+    loads = {"a": 0.0, "b": 0.0}
+    assert plain.route(RouteRequest("s", now=0.0), loads) == "a"
+    busy = {"a": 0.5, "b": 0.1}
+    for held in (0.0, 0.3, 1.0):  # the spec rule keeps it home, whatever the home holds
+        assert plain.route(RouteRequest("s", now=1.0, home_held=held), busy) == "a"
+    assert not plain.moves
+    with pytest.raises(SagaConfigError, match="home_held"):  # still checked
+        plain.route(RouteRequest("s", now=4.0, home_held=2.0), busy)
+
+
 def test_the_affinity_router_reads_home_held_and_records_the_move() -> None:
-    r = AffinityRouter()
+    r = AffinityRouter(weigh_home_held=True)
     loads = {"a": 0.0, "b": 0.0}
     assert r.route(RouteRequest("s", now=0.0), loads) == "a"
     busy = {"a": 0.5, "b": 0.1}
@@ -131,6 +144,8 @@ def test_every_preset_routes_as_before_without_home_held(name: str) -> None:
         got = plain.route(req, loads)
         held = rng.choice([None, 1.0])
         if isinstance(plain, AffinityRouter):
+            if not plain.weigh_home_held:
+                held = rng.choice([None, rng.random()])
             home = homes.get(sid)
             want = _spec_rule(home if home in loads else None, loads, plain.theta,
                               plain.require_headroom)

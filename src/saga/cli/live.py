@@ -50,21 +50,24 @@ __all__ = ["build_tasks", "engine_spec", "live", "parse_seeds", "parse_systems"]
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0-2`` → [0, 1, 2]; ``0,3`` → [0, 3]; ``4`` → [4] (seeds are workload seeds)."""
-    seeds: list[int] = []
+    """Seed *names*, as ``saga vllm compare --seeds`` reads them: ``0-2`` → [0, 1, 2],
+    ``0,3`` → [0, 3], ``4`` → [4] (seed 4 alone, not four seeds); sorted, a repeat counted
+    once. A reversed range or a negative seed is an error, not an empty list."""
+    seeds: set[int] = set()
     try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            a, b = int(lo), int(hi) if hi else int(lo)
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            a, b = int(lo), int(hi) if sep else int(lo)
             if a < 0 or b < a:
                 raise ValueError(part)
-            seeds += range(a, b + 1)
+            seeds.update(range(a, b + 1))
     except ValueError:
-        raise SagaConfigError(f"--seeds {text!r}: give a range like 0-2 or a list like 0,3 of "
-                              "non-negative seeds") from None
-    if len(set(seeds)) != len(seeds):
-        raise SagaConfigError(f"--seeds {text!r} names a seed twice")
-    return seeds
+        raise SagaConfigError(f"--seeds {text!r}: give seeds as a range like 0-2 or a list "
+                              "like 0,3 of non-negative integers (--seeds 4 is seed 4 alone; "
+                              "for seeds 0 to 3 give 0-3)") from None
+    if not seeds:
+        raise SagaConfigError(f"--seeds {text!r} names no seed; e.g. 0 or 0-2")
+    return sorted(seeds)
 
 
 def parse_systems(text: str) -> list[str]:
@@ -215,7 +218,8 @@ def summary_table(summary: dict[str, dict[str, Any]], title: str) -> Table:
     cols = (("mean TCT s", "tct_mean_s", ".2f"), ("p95 TCT s", "tct_p95_s", ".2f"),
             ("re-prefilled ctx", "reprefilled_context_tokens", ",.0f"),
             ("hit rate", "hit_rate", ".3f"), ("calls/s", "calls_per_s", ".2f"),
-            ("re-homes", "rehomes", ".0f"))
+            ("re-homes", "rehomes", ".0f"), ("steals", "steals", ".0f"),
+            ("KV moves", "kv_moves", ".0f"))
     table.add_column("system")
     for c, _, _ in cols:
         table.add_column(c, justify="right")
@@ -289,10 +293,13 @@ def live(
     dram_blocks: Annotated[int, typer.Option(
         help="DRAM tier per engine, in blocks, for systems whose preset has one "
                     "(0: none).")] = 32,
-    systems: Annotated[str, typer.Option(help="Comma-separated presets to compare.")
-                       ] = DEFAULT_SYSTEMS,
-    seeds: Annotated[str, typer.Option(help="Seeds: a range 0-2 or a list 0,3; seed k "
-                                       "starts with system k.")] = "0",
+    systems: Annotated[str, typer.Option(help="Comma-separated presets to compare: any "
+                                         "preset name (e.g. saga_no_ttl), the gateway "
+                                         "and the engines running it.")] = DEFAULT_SYSTEMS,
+    seeds: Annotated[str, typer.Option(help="Which seeds, as `saga vllm compare --seeds`: a "
+                                       "range 0-2 or a list 0,3; 4 is seed 4 alone (not 4 "
+                                       "seeds, unlike `saga bench --seeds N`). Seed k starts "
+                                       "with system k.")] = "0",
     tasks: Annotated[int, typer.Option(help="Tasks per seed.")] = 6,
     workload: Annotated[str, typer.Option(help="mixed, swe, web (saga-aeg templates) or "
                                           "trace-swe (bundled trajectories).")] = "mixed",
@@ -338,20 +345,22 @@ def live(
         from saga.coordinator.gateway.live import LiveConfig, run_live_sync
         from saga.coordinator.gateway.live_report import heading, write_live
 
-        store = _store_dir() if kv_moves else None
-        config = LiveConfig(tuple(_systems(names, model, kv_blocks, dram_blocks,
-                                           max_num_seqs, store)),
-                            {s: build_tasks(opts, s) for s in seed_list}, engines=engines,
-                            served_model=served, vocab_size=vocab,
-                            start_timeout_s=start_timeout, log_dir=out / "logs")
+        seed_tasks = {s: build_tasks(opts, s) for s in seed_list}
         if out.exists() and not out.is_dir():
             raise SagaConfigError(f"--out {out} is a file; give a directory")
-        total = sum(len(t.calls) for ts in config.tasks.values() for t in ts) * len(names)
-        console.print(f"live: {len(names)} systems x {len(seed_list)} seeds, {engines} "
-                      f"engines each (model {model}, {kv_blocks} KV blocks); "
-                      f"{total // len(names)} calls per system", highlight=False)
-        started = time.monotonic()
+        # Last, once every option has been checked: a bad one leaves no store behind.
+        store = _store_dir() if kv_moves else None
         try:
+            config = LiveConfig(tuple(_systems(names, model, kv_blocks, dram_blocks,
+                                               max_num_seqs, store)),
+                                seed_tasks, engines=engines, served_model=served,
+                                vocab_size=vocab, start_timeout_s=start_timeout,
+                                log_dir=out / "logs", gateway_options={"kv_moves": kv_moves})
+            total = sum(len(t.calls) for ts in config.tasks.values() for t in ts) * len(names)
+            console.print(f"live: {len(names)} systems x seeds {seed_list}, {engines} "
+                          f"engines each (model {model}, {kv_blocks} KV blocks); "
+                          f"{total // len(names)} calls per system", highlight=False)
+            started = time.monotonic()
             with progress() as bar:
                 task = bar.add_task("starting", total=total)
                 runs = run_live_sync(

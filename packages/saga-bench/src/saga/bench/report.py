@@ -97,10 +97,37 @@ def markdown_table(t: TableResult) -> str:
     return "\n".join(lines)
 
 
+OWNED_HEADINGS = ("## Table ", "## Cost model check",
+                  "## Simulator validation against the real engine",
+                  "## Trace-driven workload", "## Versions")
+"""Headings (prefixes) of the sections :func:`write_report` writes; any other ``## `` section
+of an existing ``report.md`` (``saga bench live``'s, its validation) is someone else's and is
+kept."""
+
+
+def kept_sections(report: str, owned: Sequence[str]) -> list[str]:
+    """The lines of ``report``'s ``## `` sections whose heading starts with none of ``owned``,
+    in their order (what a rewrite of the report must not drop)."""
+    keep: list[str] = []
+    mine = True
+    for line in report.splitlines():
+        if line.startswith("## "):
+            mine = line.startswith(tuple(owned))
+        elif line.startswith("# "):
+            mine = True
+        if not mine:
+            keep.append(line)
+    if keep and keep[-1].strip():
+        keep.append("")
+    return keep
+
+
 def write_report(run: BenchRun, out: Path, command: str,
                  validation: Mapping[str, Any] | None = None,
                  extra: Sequence[str] = ()) -> Path:
-    """Every table's files and ``report.md`` under ``out``; returns the report's path."""
+    """Every table's files and ``report.md`` under ``out``; returns the report's path. The
+    sections of an existing ``report.md`` that the bench does not write (``saga bench live``'s)
+    are kept, before the versions."""
     out.mkdir(parents=True, exist_ok=True)
     files = {t.id: write_table(t, out) for t in run.tables}
     rates = check_published_rates()
@@ -136,9 +163,11 @@ def write_report(run: BenchRun, out: Path, command: str,
     else:
         md += [*list(validation.get("markdown", [])), ""]
     md += list(extra)
+    path = out / "report.md"
+    owned = [h for h in (*OWNED_HEADINGS, *extra) if h.startswith("## ")]
+    md += kept_sections(path.read_text() if path.is_file() else "", owned)
     md += ["## Versions", "", "| package | version |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in versions().items()]
-    path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     (out / "bench.json").write_text(json.dumps(_clean({
         "scale": run.scale.name, "seeds": run.seeds, "jobs": run.jobs, "reused": run.reused,
@@ -148,4 +177,5 @@ def write_report(run: BenchRun, out: Path, command: str,
     return path
 
 
-__all__ = ["markdown_table", "plot_table", "versions", "write_report", "write_table"]
+__all__ = ["OWNED_HEADINGS", "kept_sections", "markdown_table", "plot_table", "versions",
+           "write_report", "write_table"]

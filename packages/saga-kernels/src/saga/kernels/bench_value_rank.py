@@ -3,8 +3,10 @@
 Builds one saga-policy `CacheManager` per policy holding ``sessions × depth`` blocks under a
 shared system prompt (each session waiting on a tool, every tenth ended), then times
 ``select_victims`` over every evictable block, as the cache calls it, and the parts of the eta
-path: the estimator's prediction, the values and the ranking (NumPy, and this package's native
-value ranking when built). Best of ``repeats`` loops of ``loops`` calls. Needs saga-policy:
+path: the estimator's prediction and the values with their ranking (NumPy, and this package's
+native value ranking when built; leaves-first selection not included), and the policy's
+selection without this package (``eta_select_python``). Best of ``repeats`` loops of
+``loops`` calls. Needs saga-policy:
 
     uv run --no-sync python -m saga.kernels.bench_value_rank
 """
@@ -56,7 +58,6 @@ def _best(fn: Callable[[], object], loops: int, repeats: int) -> float:
 def measure(sessions: int = 256, depth: int = 64, shared: int = 8, k: int = 32,
             loops: int = 20, repeats: int = 5) -> dict[str, float]:
     """Seconds per call of each path (see the module docstring)."""
-    from saga.policy.eviction.base import _leaves_first
     from saga.policy.eviction.eta import ETAPolicy
     from saga.policy.eviction.walru import WALRUPolicy
     from saga.policy.nextuse import MIN_UNTIL_S
@@ -76,6 +77,8 @@ def measure(sessions: int = 256, depth: int = 64, shared: int = 8, k: int = 32,
     est = eta.estimator
     assert est is not None
     out["eta_select"] = _best(lambda: eta.select_victims(t, cands, k, now), loops, repeats)
+    out["eta_select_python"] = _best(
+        lambda: super(ETAPolicy, eta).select_victims(t, cands, k, now), loops, repeats)
     out["eta_predict"] = _best(lambda: est.predict(cands, now), loops, repeats)
     nu, p = est.predict(cands, now)
     m = eta.model
@@ -86,9 +89,8 @@ def measure(sessions: int = 256, depth: int = 64, shared: int = 8, k: int = 32,
     head = min(cands.size, 2 * k + 64)
 
     def rank(backend: str) -> object:
-        sel = value_rank.eta_select(nu, p, d, la, now, head, backend=backend,  # type: ignore[arg-type]
-                                    **model)
-        return _leaves_first(t, cands[sel.order], k, complete=head == cands.size)
+        return value_rank.eta_select(nu, p, d, la, now, head, backend=backend,  # type: ignore[arg-type]
+                                     **model)
 
     out["eta_rank_numpy"] = _best(lambda: rank("numpy"), loops, repeats)
     if value_rank.HAVE_VALUE_RANK:

@@ -18,7 +18,7 @@ deterministic: time comes in as ``now``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -66,9 +66,12 @@ class ReuseByRefs:
 
     def referenced(self, refs_before: int) -> None:
         """A block with ``refs_before`` earlier references (0: new) is read again."""
-        if refs_before > 0:
-            self.reused[min(refs_before, REF_CLASSES)] += 1
-        self.reached[min(refs_before + 1, REF_CLASSES)] += 1
+        self.referenced_many(np.array([refs_before], np.int64))
+
+    def referenced_many(self, refs_before: npt.NDArray[np.int64]) -> None:
+        """`referenced` for each block of a request at once."""
+        np.add.at(self.reused, np.minimum(refs_before[refs_before > 0], REF_CLASSES), 1)
+        np.add.at(self.reached, np.minimum(refs_before + 1, REF_CLASSES), 1)
 
     def prob(self, refs: npt.NDArray[np.int64]) -> FloatArray:
         """Reuse probability of blocks with ``refs`` references so far (0: unknown → 1)."""
@@ -114,42 +117,163 @@ class GapModel(Protocol):
 
     def bind(self, slot: int, block_hash: int) -> None: ...
 
+    def bind_many(self, slots: Slots, hashes: Sequence[int]) -> None: ...
+
     def predict(self, slots: Slots, now: float) -> tuple[FloatArray, FloatArray]: ...
+
+    def forget(self, cap: int, resident: Container[int]) -> int: ...
+
+
+FEATURES = 6
+"""`GapRegressor`'s features: 1, own mean log gap, has one, ancestor's, has one, log refs."""
+
+
+def _logs(x: FloatArray) -> FloatArray:
+    """``math.log`` of each element (the C library's, so results match scalar code exactly)."""
+    return np.fromiter(map(math.log, x.tolist()), np.float64, x.size)
+
+
+def _ffill(v: FloatArray, before: float) -> FloatArray:
+    """Each position's latest non-NaN value of ``v`` up to it (``before`` where none yet)."""
+    at = np.where(np.isnan(v), -1, np.arange(v.size))
+    np.maximum.accumulate(at, out=at)
+    return np.where(at >= 0, v[np.maximum(at, 0)], before)
+
+
+def _segments(hashes: Sequence[int]) -> list[tuple[int, int]]:
+    """``hashes`` cut into runs without a repeated hash (one run for a prefix chain), so each
+    run can be updated at once and repeats still see their earlier occurrence's update."""
+    n = len(hashes)
+    if len(set(hashes)) == n:
+        return [(0, n)]
+    out: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    start = 0
+    for i, h in enumerate(hashes):
+        if h in seen:
+            out.append((start, i))
+            seen, start = set(), i
+        seen.add(h)
+    out.append((start, n))
+    return out
 
 
 @dataclass(eq=False)
 class _History:
-    """Per-hash history (kept after eviction, as LRB keeps it) and per-slot copies for
-    vectorised prediction."""
+    """Per-hash history in rows of arrays (kept after eviction, as LRB keeps it, up to a cap:
+    `forget`), and per-slot copies for vectorised prediction. A request's chain updates all
+    its rows at once."""
 
     use_reuse_prob: bool = True
     reuse: ReuseByRefs = field(default_factory=ReuseByRefs)
-    last_ref: dict[int, float] = field(default_factory=dict)
-    refs: dict[int, int] = field(default_factory=dict)
     slot_last: FloatArray = field(default_factory=lambda: np.zeros(0))
     slot_refs: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    _row: dict[int, int] = field(default_factory=dict, repr=False)
+    _free: list[int] = field(default_factory=list, repr=False)
+    _clock: int = 0
+    last: FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
+    refs: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
+                                        repr=False)
+    seq: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
+                                       repr=False)
 
     def attach(self, slots: int) -> None:
         """Size the per-slot arrays for a cache of ``slots`` slots."""
         self.slot_last = np.zeros(slots)
         self.slot_refs = np.zeros(slots, np.int64)
 
-    def _touch(self, h: int, slot: int, now: float) -> float | None:
-        """Count a reference of ``h``; the gap since its last one (None: first)."""
-        prev = self.last_ref.get(h)
-        n = self.refs.get(h, 0)
-        if self.use_reuse_prob:
-            self.reuse.referenced(n)
-        self.last_ref[h] = now
-        self.refs[h] = n + 1
-        if slot >= 0:
-            self.slot_last[slot] = now
-            self.slot_refs[slot] = n + 1
-        return None if prev is None else max(now - prev, MIN_GAP_S)
+    def known(self) -> int:
+        """How many hashes have a history."""
+        return len(self._row)
 
-    def _bind(self, slot: int, h: int) -> None:
-        self.slot_last[slot] = self.last_ref.get(h, 0.0)
-        self.slot_refs[slot] = self.refs.get(h, 0)
+    def remembers(self, block_hash: int) -> bool:
+        """Whether ``block_hash`` has a history."""
+        return block_hash in self._row
+
+    def _grow(self, rows: int) -> None:
+        """Room for ``rows`` rows in every per-hash array."""
+        n = rows - self.last.size
+        self.last = np.concatenate([self.last, np.zeros(n)])
+        self.refs = np.concatenate([self.refs, np.zeros(n, np.int64)])
+        self.seq = np.concatenate([self.seq, np.zeros(n, np.int64)])
+
+    def _reset(self, row: int) -> None:
+        """A row given to a new hash: no history."""
+        self.refs[row] = 0
+
+    def _rows(self, hashes: Sequence[int]) -> npt.NDArray[np.int64]:
+        """Each hash's row, new hashes getting one."""
+        index = self._row
+        rows = list(map(index.get, hashes))
+        if None in rows:
+            for i, r in enumerate(rows):
+                if r is None:
+                    h = hashes[i]
+                    got = index.get(h)
+                    if got is None:
+                        got = self._free.pop() if self._free else len(index)
+                        if got >= self.last.size:
+                            self._grow(max(64, 2 * self.last.size))
+                        index[h] = got
+                        self._reset(got)
+                    rows[i] = got
+        return np.array(rows, np.int64)
+
+    def forget(self, cap: int, resident: Container[int]) -> int:
+        """Drop the history of the hashes referenced longest ago, skipping ``resident`` ones,
+        down to ``cap - cap // 8`` hashes once more than ``cap`` have one (the slack spares a
+        scan per request); returns how many were dropped.
+
+        A block gone that long is a new block if it ever comes back, which bounds the history
+        of a long-running engine by the cache's size rather than by everything it ever held.
+        """
+        n = len(self._row)
+        if n <= cap:
+            return 0
+        hashes = list(self._row)
+        rows = np.fromiter(self._row.values(), np.int64, n)
+        gone = np.flatnonzero(~np.fromiter((h in resident for h in hashes), np.bool_, n))
+        drop = min(int(gone.size), n - (cap - cap // 8))
+        if drop <= 0:
+            return 0
+        if drop < gone.size:
+            gone = gone[np.argpartition(self.seq[rows[gone]], drop - 1)[:drop]]
+        for j in gone.tolist():
+            del self._row[hashes[j]]
+        self._free.extend(rows[gone].tolist())
+        return drop
+
+    def _touch(self, rows: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
+               now: float) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        """Count a reference of each row (no repeats); their earlier reference counts and
+        times. Held slots get the new count and time."""
+        n, prev = self.refs[rows], self.last[rows]
+        if self.use_reuse_prob:
+            self.reuse.referenced_many(n)
+        self.last[rows] = now
+        self.refs[rows] = n + 1
+        self.seq[rows] = self._clock + np.arange(rows.size)
+        self._clock += int(rows.size)
+        held = slots >= 0
+        self.slot_last[slots[held]] = now
+        self.slot_refs[slots[held]] = n[held] + 1
+        return n, prev
+
+    def bind(self, slot: int, block_hash: int) -> None:
+        """``slot`` now holds ``block_hash``: copy its history in."""
+        self.bind_many(np.array([slot], np.int64), [block_hash])
+
+    def bind_many(self, slots: Slots, hashes: Sequence[int]) -> None:
+        """Each of ``slots`` (distinct) now holds its hash: copy their histories in."""
+        get = self._row.get
+        rows = np.fromiter((get(h, -1) for h in hashes), np.int64, len(hashes))
+        known = rows >= 0
+        self._bind(slots[known], rows[known], slots[~known])
+
+    def _bind(self, slots: Slots, rows: npt.NDArray[np.int64], unknown: Slots) -> None:
+        """Copy rows into ``slots``; ``unknown`` slots get no history."""
+        self.slot_last[slots], self.slot_refs[slots] = self.last[rows], self.refs[rows]
+        self.slot_last[unknown], self.slot_refs[unknown] = 0.0, 0
 
     def _finish(self, slots: Slots, now: float, gap: FloatArray) -> tuple[FloatArray, FloatArray]:
         age = np.maximum(now - self.slot_last[slots], 0.0)
@@ -165,43 +289,64 @@ class GapEWMA(_History):
     of the first few gaps); `remaining_time` makes it a time until use.
     """
 
-    log_gap: dict[int, float] = field(default_factory=dict)
-    n_gaps: dict[int, int] = field(default_factory=dict)
     slot_log_gap: FloatArray = field(default_factory=lambda: np.zeros(0))
+    log_gap: FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
+    n_gaps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
+                                          repr=False)
 
     def attach(self, slots: int) -> None:
         super().attach(slots)
         self.slot_log_gap = np.full(slots, np.nan)
 
+    def _grow(self, rows: int) -> None:
+        n = rows - self.log_gap.size
+        super()._grow(rows)
+        self.log_gap = np.concatenate([self.log_gap, np.full(n, np.nan)])
+        self.n_gaps = np.concatenate([self.n_gaps, np.zeros(n, np.int64)])
+
+    def _reset(self, row: int) -> None:
+        super()._reset(row)
+        self.log_gap[row] = np.nan
+        self.n_gaps[row] = 0
+
     def observe(self, hashes: Sequence[int], slots: Sequence[int], now: float) -> None:
         """A request read ``hashes`` (a chain, head first; ``slots`` -1 where not cached)."""
-        carry = math.nan
-        for h, s in zip(hashes, slots, strict=True):
-            gap = self._touch(h, s, now)
-            if gap is not None:
-                n = self.n_gaps.get(h, 0) + 1
-                m = self.log_gap.get(h, 0.0)
-                self.log_gap[h] = m + max(1.0 / n, EWMA_WEIGHT) * (math.log(gap) - m)
-                self.n_gaps[h] = n
-            own = self.log_gap.get(h, math.nan)
-            carry = own if own == own else carry
-            if s >= 0:
-                self.slot_log_gap[s] = carry
+        rows = self._rows(hashes)
+        self._observe(rows, np.asarray(slots, np.int64).reshape(-1), _segments(hashes), now)
 
-    def bind(self, slot: int, block_hash: int) -> None:
-        """``slot`` now holds ``block_hash``: copy its history in."""
-        self._bind(slot, block_hash)
-        self.slot_log_gap[slot] = self.log_gap.get(block_hash, math.nan)
+    def _observe(self, rows: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
+                 segments: list[tuple[int, int]], now: float) -> None:
+        carry = math.nan
+        for a, b in segments:
+            carry = self._ewma(rows[a:b], slots[a:b], now, carry)
+
+    def _ewma(self, rows: npt.NDArray[np.int64], slots: npt.NDArray[np.int64], now: float,
+              carry: float) -> float:
+        """Update the rows' mean log gap; the held slots get it, or the nearest ancestor's."""
+        n, prev = self._touch(rows, slots, now)
+        seen = n > 0
+        if seen.any():
+            r = rows[seen]
+            lg = _logs(np.maximum(now - prev[seen], MIN_GAP_S))
+            k = self.n_gaps[r] + 1
+            m = self.log_gap[r]
+            m = np.where(np.isnan(m), 0.0, m)
+            self.log_gap[r] = m + np.maximum(1.0 / k, EWMA_WEIGHT) * (lg - m)
+            self.n_gaps[r] = k
+        fill = _ffill(self.log_gap[rows], carry)
+        held = slots >= 0
+        self.slot_log_gap[slots[held]] = fill[held]
+        return float(fill[-1]) if fill.size else carry
+
+    def _bind(self, slots: Slots, rows: npt.NDArray[np.int64], unknown: Slots) -> None:
+        super()._bind(slots, rows, unknown)
+        self.slot_log_gap[slots], self.slot_log_gap[unknown] = self.log_gap[rows], np.nan
 
     def predict(self, slots: Slots, now: float) -> tuple[FloatArray, FloatArray]:
         """Predicted next-use time and reuse probability of each slot."""
         lg = self.slot_log_gap[slots]
         gap = np.where(np.isnan(lg), 0.0, np.exp(np.nan_to_num(lg)))
         return self._finish(slots, now, gap)
-
-
-FEATURES = 6
-"""`GapRegressor`'s features: 1, own mean log gap, has one, ancestor's, has one, log refs."""
 
 
 @dataclass(eq=False)
@@ -221,8 +366,10 @@ class GapRegressor(GapEWMA):
     xty: FloatArray = field(default_factory=lambda: np.zeros(FEATURES))
     weights: FloatArray | None = None
     pending: int = 0
-    x_at_ref: dict[int, tuple[float, ...]] = field(default_factory=dict)
     slot_x: FloatArray = field(default_factory=lambda: np.zeros((0, FEATURES)))
+    x_at_ref: FloatArray = field(default_factory=lambda: np.zeros((0, FEATURES)), repr=False)
+    has_x: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, np.bool_),
+                                         repr=False)
 
     def __post_init__(self) -> None:
         if not (self.ridge > 0 and 0 < self.decay <= 1 and self.refit >= 1):
@@ -232,37 +379,80 @@ class GapRegressor(GapEWMA):
         super().attach(slots)
         self.slot_x = np.zeros((slots, FEATURES))
 
-    def observe(self, hashes: Sequence[int], slots: Sequence[int], now: float) -> None:
-        """As `GapEWMA.observe`, and each gap becomes a training sample of the regressor."""
-        before = {h: self.last_ref.get(h) for h in hashes}
-        super().observe(hashes, slots, now)
+    def _grow(self, rows: int) -> None:
+        n = rows - self.has_x.size
+        super()._grow(rows)
+        self.x_at_ref = np.concatenate([self.x_at_ref, np.zeros((n, FEATURES))])
+        self.has_x = np.concatenate([self.has_x, np.zeros(n, np.bool_)])
+
+    def _reset(self, row: int) -> None:
+        super()._reset(row)
+        self.has_x[row] = False
+
+    def _observe(self, rows: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
+                 segments: list[tuple[int, int]], now: float) -> None:
+        """As `GapEWMA`, and each gap becomes a training sample of the regressor."""
+        seen, before = self.refs[rows] > 0, self.last[rows]
+        super()._observe(rows, slots, segments, now)
+        xs: list[FloatArray] = []
+        ys: list[FloatArray] = []
         inherited = math.nan
-        for h, s in zip(hashes, slots, strict=True):
-            prev = before[h]
-            x_prev = self.x_at_ref.get(h)
-            if prev is not None and x_prev is not None:
-                self._learn(np.asarray(x_prev), math.log(max(now - prev, MIN_GAP_S)))
-            own = self.log_gap.get(h, math.nan)
-            x = _features(own, inherited, self.refs[h])
-            inherited = own if own == own else inherited
-            self.x_at_ref[h] = x
-            if s >= 0:
-                self.slot_x[s] = x
+        for a, b in segments:
+            r = rows[a:b]
+            learn = seen[a:b] & self.has_x[r]
+            if learn.any():
+                xs.append(self.x_at_ref[r[learn]])
+                ys.append(_logs(np.maximum(now - before[a:b][learn], MIN_GAP_S)))
+            inherited = self._features(r, slots[a:b], inherited)
+        if xs:
+            self._learn(np.concatenate(xs), np.concatenate(ys))
 
-    def _learn(self, x: FloatArray, y: float) -> None:
-        self.xtx = self.decay * self.xtx + np.outer(x, x)
-        self.xty = self.decay * self.xty + x * y
-        self.pending += 1
-        if self.pending >= self.refit:
-            w = np.asarray(np.linalg.solve(self.xtx + self.ridge * np.eye(FEATURES), self.xty),
-                           np.float64)
-            self.weights = w
-            self.pending = 0
+    def _features(self, rows: npt.NDArray[np.int64], slots: npt.NDArray[np.int64],
+                  inherited: float) -> float:
+        """The rows' feature vectors at this reference (copied to held slots); returns the
+        ancestor log gap a following run inherits."""
+        own = self.log_gap[rows]
+        fill = _ffill(own, inherited)
+        inh = np.concatenate([[inherited], fill[:-1]])
+        has_own, has_inh = ~np.isnan(own), ~np.isnan(inh)
+        x = np.empty((rows.size, FEATURES))
+        x[:, 0] = 1.0
+        x[:, 1] = np.where(has_own, own, 0.0)
+        x[:, 2] = has_own
+        x[:, 3] = np.where(has_inh, inh, 0.0)
+        x[:, 4] = has_inh
+        x[:, 5] = np.fromiter(map(math.log1p, self.refs[rows].tolist()), np.float64, rows.size)
+        self.x_at_ref[rows] = x
+        self.has_x[rows] = True
+        held = slots >= 0
+        self.slot_x[slots[held]] = x[held]
+        return float(fill[-1]) if fill.size else inherited
 
-    def bind(self, slot: int, block_hash: int) -> None:
-        super().bind(slot, block_hash)
-        x = self.x_at_ref.get(block_hash)
-        self.slot_x[slot] = x if x is not None else 0.0
+    def _learn(self, x: FloatArray, y: FloatArray) -> None:
+        """Add the samples (rows of ``x``, targets ``y``) in order: ``XᵀX ← decay·XᵀX + x xᵀ``
+        and ``Xᵀy ← decay·Xᵀy + x y`` each, refitting every ``refit`` samples. One array holds
+        both sums, so each sample costs two in-place operations."""
+        f = FEATURES
+        add = np.empty((y.size, f, f + 1))
+        add[:, :, :f] = x[:, :, None] * x[:, None, :]
+        add[:, :, f] = x * y[:, None]
+        acc = np.empty((f, f + 1))
+        acc[:, :f], acc[:, f] = self.xtx, self.xty
+        decay = self.decay
+        for row in add:
+            np.multiply(acc, decay, out=acc)
+            np.add(acc, row, out=acc)
+            self.pending += 1
+            if self.pending >= self.refit:
+                self.weights = np.asarray(np.linalg.solve(
+                    acc[:, :f] + self.ridge * np.eye(f), acc[:, f].copy()), np.float64)
+                self.pending = 0
+        self.xtx, self.xty = acc[:, :f].copy(), acc[:, f].copy()
+
+    def _bind(self, slots: Slots, rows: npt.NDArray[np.int64], unknown: Slots) -> None:
+        super()._bind(slots, rows, unknown)
+        self.slot_x[slots] = np.where(self.has_x[rows][:, None], self.x_at_ref[rows], 0.0)
+        self.slot_x[unknown] = 0.0
 
     def predict(self, slots: Slots, now: float) -> tuple[FloatArray, FloatArray]:
         """Predicted next-use time and reuse probability of each slot."""
@@ -270,13 +460,6 @@ class GapRegressor(GapEWMA):
             return self._finish(slots, now, np.zeros(slots.size))
         gap = np.exp(np.clip(self.slot_x[slots] @ self.weights, -30.0, 30.0))
         return self._finish(slots, now, gap)
-
-
-def _features(own: float, inherited: float, refs: int) -> tuple[float, ...]:
-    """The regressor's feature vector of one block at one reference."""
-    has_own, has_inh = own == own, inherited == inherited
-    return (1.0, own if has_own else 0.0, float(has_own), inherited if has_inh else 0.0,
-            float(has_inh), math.log1p(refs))
 
 
 GAP_MODELS: Mapping[str, type[GapEWMA]] = MappingProxyType(

@@ -374,8 +374,10 @@ SAGA_ETA = SAGA.derive(
     "and second until their predicted next use first (a session's tool return, its workflow "
     "end, a shared prefix's users, else the block's own reuse gaps), and a tool call's pin "
     "lasts while that value exceeds the pressure-dependent price of holding HBM; the rest as "
-    "SAGA (prefetch when the tool returns).",
-    eviction=policy("eviction", "eta"), ttl=policy("ttl", "value"), mechanisms=peers.SAGA_ETA)
+    "SAGA (prefetch when the tool returns; SAGA's affinity routing: weighing a lapsed pin, "
+    "AffinityRouter(weigh_home_held=True), measured slower and stays off).",
+    eviction=policy("eviction", "eta"), ttl=policy("ttl", "value"),
+    mechanisms=peers.SAGA_ETA)
 
 _ETA_ABLATIONS = (
     SAGA_ETA.derive("saga_eta_no_eta", "saga_eta with vLLM's prefix LRU instead of eviction by "

@@ -66,7 +66,8 @@ class RouteRequest:
     home_held: float | None = None
     """Share of the session's context its home is expected to still hold when the call arrives
     (:func:`expected_home_held`): 1 while pinned, 0 once its KV is expected gone. None (the
-    default): unknown, and :class:`AffinityRouter` routes exactly by the spec's rule."""
+    default): unknown, and :class:`AffinityRouter` routes exactly by the spec's rule (as it
+    does with any value unless built with ``weigh_home_held``)."""
 
 
 class Router(Protocol):
@@ -232,18 +233,22 @@ class AffinityRouter(RouterEvents):
     is momentarily least loaded, and each move costs the session's KV (the simulator measured
     61 % of WebArena calls moving on 16 saturated instances, for 1.9x the TCT).
 
-    A request that says how much of the session's KV its home still holds
-    (``RouteRequest.home_held``) weighs the move by it (:func:`route`): a home whose pin lapsed
-    and whose KV is being evicted keeps the session only while no worker is lighter.
+    With ``weigh_home_held`` (off by default and in every preset: taking unpinned KV as gone at
+    once, it measured slower in the simulator), a request that says how much
+    of the session's KV its home still holds (``RouteRequest.home_held``) weighs the move by it
+    (:func:`route`): a home whose pin lapsed and whose KV is being evicted keeps the session
+    only while no worker is lighter. Off, ``home_held`` is ignored and the spec's rule routes.
     """
 
     load_kind: ClassVar[LoadKind] = "utilisation"
 
-    def __init__(self, theta: float = THETA, *, require_headroom: bool = True) -> None:
+    def __init__(self, theta: float = THETA, *, require_headroom: bool = True,
+                 weigh_home_held: bool = False) -> None:
         if not (theta > 0 and math.isfinite(theta)):
             raise SagaConfigError(f"AffinityRouter.theta must be a finite number > 0, got {theta}")
         self.theta = theta
         self.require_headroom = require_headroom
+        self.weigh_home_held = weigh_home_held
         self._home: dict[str, str] = {}
         self.moves: deque[Move] = deque(maxlen=MOVES_KEPT)
 
@@ -252,8 +257,11 @@ class AffinityRouter(RouterEvents):
         _check_loads(loads)
         home = self._home.get(request.session_id)
         usable_home = home if home is not None and home in loads else None
+        held = request.home_held
+        if held is not None:
+            move_cost(held, self.theta)  # a bad share is an error, weighed or not
         dst = route(usable_home, loads, self.theta, require_headroom=self.require_headroom,
-                    home_held=request.home_held)
+                    home_held=held if self.weigh_home_held else None)
         if home is not None and dst != home:
             self.moves.append(Move(request.session_id, home, dst, request.now))
         self._home[request.session_id] = dst

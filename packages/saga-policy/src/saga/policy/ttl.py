@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -95,6 +95,9 @@ class TTLPolicy(Protocol):
     ``return_eta`` is the median seconds until a session pinned for ``tool``, ``elapsed_s`` into
     it, comes back (None when the policy has no latency model): what the pin cap ranks by.
     """
+
+    reads_hints: ClassVar[bool]
+    """Whether ``ttl`` prices ``reuse_prob``: a deployment computes the AEG's hints for it."""
 
     def ttl(self, tool: str, pressure: float, *, queue_delay_s: float = 0.0,
             reload_s: float = 0.0, reuse_prob: float = 1.0,
@@ -201,6 +204,8 @@ def _cdf_prefix(cdf: Callable[[float], float], cdf_array: Callable[[FloatArray],
 
 class _PerTool(Generic[_M]):
     """Latency models per tool: explicit ones first, then a registry, then a default."""
+
+    reads_hints: ClassVar[bool] = False
 
     def __init__(self, models: Mapping[str, _M] | None, source: LatencySource | None,
                  default: _M | None) -> None:
@@ -332,6 +337,7 @@ class FixedTTL:
     ``KvCacheRetentionConfig`` allows); a baseline, not a SAGA policy."""
 
     seconds: float = TTL_MAX_S
+    reads_hints: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _check_ttl_max(self.seconds)

@@ -12,6 +12,7 @@ the price as the tool runs on.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from saga.policy.errors import SagaConfigError
 from saga.policy.ttl import (
@@ -101,6 +102,8 @@ class ValueTTL(_PerTool[HasQuantile]):
     probability and the share of the pool its KV holds passes them (``reuse_prob``, ``share``);
     one that does not gets ``1`` and :data:`DEFAULT_SHARE`.
     """
+
+    reads_hints: ClassVar[bool] = True
 
     def __init__(self, *, source: LatencySource | None = None, ttl_max: float = TTL_MAX_S,
                  price_scale: float = PRICE_SCALE, default: HasQuantile | None = None) -> None:

@@ -131,11 +131,10 @@ def leaves_first(cand: IntArray, value: FloatArray, depth: IntArray, last: Float
 
 
 def end_session(estimator: NextUseEstimator, session_id: str, now: float) -> None:
-    """Tell ``estimator`` that a session it knows ended after its last call (its blocks: read
-    never). The estimator reads the time since that call as the pending tool's latency, which
-    the tool never had; acceptable until the estimator takes an end without a call."""
-    if estimator.session_next_use(session_id, now) != float("inf"):
-        estimator.observe_request((), now, session_id=session_id, final=True)
+    """Tell ``estimator`` that a session ended after its last call: its blocks are read never,
+    the time since that call teaches no tool latency, and the estimator forgets the session
+    (``NextUseEstimator.session_ended``; an unknown session is ignored)."""
+    estimator.session_ended(session_id, now)
 
 
 class ValueRanker:

@@ -10,12 +10,18 @@ of its HBM blocks, by :func:`saga.policy.pins.cap_victims` (the rule the vLLM sc
 
 Blocks a session shares with others (the agent type's system prompt) keep their pin until it
 expires: the cache cannot tell one session's pin on them from another's.
+
+The book also remembers each pin granted (TTL 0 included) until the session's next call, so the
+router hears what SAGA's coordinator tells it (``RouteRequest.home_held``): nothing when the
+tool returned within its pin, else how much of the KV the home still holds since the pin ran
+out (`saga.policy.routing.expected_home_held`, unpinned KV taken as evicted at once).
 """
 
 from __future__ import annotations
 
 from saga.bench.sim.instance import Instance
 from saga.policy.pins import Pin, PinTable, cap_blocks, cap_victims, return_eta
+from saga.policy.routing import expected_home_held
 from saga.policy.ttl import TTLPolicy
 
 
@@ -29,6 +35,7 @@ class PinBook:
         self._ttl = ttl
         self._table = PinTable()
         self._inst: dict[str, Instance] = {}
+        self._granted: dict[str, tuple[float, float]] = {}
         self.cap_releases = 0
 
     def __len__(self) -> int:
@@ -50,6 +57,24 @@ class PinBook:
         for victim in cap_victims(mine, cap, now, lambda p: return_eta(self._ttl, p, now)):
             self.release(victim.session_id)
             self.cap_releases += 1
+
+    def granted(self, session: str, now: float, ttl: float) -> None:
+        """The TTL policy granted ``session`` a pin of ``ttl`` seconds at ``now`` (as the
+        coordinator's ``tool_started``; 0 counts: a pin that lapsed at once)."""
+        self._granted[session] = (now, ttl)
+
+    def home_held(self, session: str, now: float, tool_s: float) -> float | None:
+        """What the coordinator routes the session's next call with, its tool having taken
+        ``tool_s``: None when no pin was granted or the tool returned within it, else the share
+        of the KV its home holds at ``now`` (`expected_home_held` from the pin's end)."""
+        got = self._granted.pop(session, None)
+        if got is None or not tool_s > got[1]:
+            return None
+        return expected_home_held(now, got[0] + got[1], residence_s=0.0)
+
+    def forget(self, session: str) -> None:
+        """The session's task ended."""
+        self._granted.pop(session, None)
 
     def release(self, session: str) -> None:
         """End the session's pin (its next call was admitted, or the cap chose it)."""

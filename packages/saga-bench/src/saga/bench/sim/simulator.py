@@ -108,6 +108,8 @@ class Simulation:
         self.pins = PinBook(cfg.pin_cap_fraction, self.ttl)
         self.stealer = bundle.stealer
         self.reads_hints = self.instances[0].cache.policy.reads_hints
+        # The AEG's hints are computed when the eviction order or the TTL policy reads them.
+        self.needs_hints = self.reads_hints or (self.ttl is not None and self.ttl.reads_hints)
         self.hinter = SessionHinter(PatternInference(theta_conf=cfg.theta_conf))
         self._hint_memo: dict[tuple[str, str | None, int], ReuseHint] = {}
         self._heap: list[tuple[float, int, int, Any]] = []
@@ -205,8 +207,9 @@ class Simulation:
         loads = {n: inst.load(self.router.load_kind) for n, inst in self.by_name.items()}
         signals = {n: WorkerSignals(len(inst.waiting), inst.pressure(now))
                    for n, inst in self.by_name.items()} if self.router.reads_signals else None
+        held = self.pins.home_held(task.task_id, now, task.calls[k - 1].tool_s) if k else None
         name = self.router.route(RouteRequest(task.task_id, tuple(hashes[:n_prompt]), prompt, now,
-                                              signals), loads)
+                                              signals, home_held=held), loads)
         inst = self.by_name[name]
         self._call_started(inst, task.task_id, now)
         req = Request(st, k, now, prompt, call.output_tokens, st.context, hashes)
@@ -317,12 +320,13 @@ class Simulation:
         st.next_call += 1
         st.home = inst.index
         reuse_prob = 1.0
-        if self.reads_hints:
+        if self.needs_hints:
             self.hinter.observe_call(task.task_id, r.prompt_tokens, r.output_tokens, call.tool)
             h = self._hint(task.agent_type, call.tool)
             reuse_prob = h.reuse_prob
-            inst.cache.set_hints(r.resident, reuse_prob=h.reuse_prob,
-                                 steps_to_exec=h.steps_to_exec)
+            if self.reads_hints:
+                inst.cache.set_hints(r.resident, reuse_prob=h.reuse_prob,
+                                     steps_to_exec=h.steps_to_exec)
         self._observe_finish(r, inst, now, reuse_prob)
         if call.tool is None:
             self._task_done(st, inst, now)
@@ -334,6 +338,7 @@ class Simulation:
                                reload_s=reload_s, reuse_prob=reuse_prob, share=min(share, 1.0))
             n.pins += 1
             n.pins_held += call.tool_s <= ttl
+            self.pins.granted(task.task_id, now, ttl)
             if ttl > 0:
                 shared = min(task.system_tokens // b, len(r.resident)) if (
                     self.preset.prefix_caching) else 0
@@ -359,7 +364,8 @@ class Simulation:
         task = st.task
         st.done_s = now
         self._open -= 1
-        if self.reads_hints:
+        self.pins.forget(task.task_id)
+        if self.needs_hints:
             self.hinter.finish(task.task_id, task.agent_type)
         for i in self.instances:
             i.queue.on_task_done(task.task_id)

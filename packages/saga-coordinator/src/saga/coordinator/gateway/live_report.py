@@ -56,6 +56,10 @@ def best_baseline_ratios(summary: Mapping[str, Mapping[str, Any]], saga: str = "
     return out
 
 
+_NONE = {"mean": math.nan, "std": 0.0}
+"""A figure an older ``live.json`` does not have."""
+
+
 def _pm(fig: Mapping[str, Any], fmt: str) -> str:
     mean, std = fig["mean"], fig["std"]
     if not math.isfinite(mean):
@@ -82,13 +86,14 @@ def live_markdown(data: Mapping[str, Any]) -> list[str]:
           f"{data['machine']['cpus']} CPUs shared, load average "
           f"{data['machine']['load_min']:.1f}–{data['machine']['load_max']:.1f}.", "",
           "| system | mean TCT (s) | p95 TCT (s) | re-prefilled context | hit rate | calls/s "
-          "| preemptions | re-homes | KV moves | KV blocks loaded |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| preemptions | re-homes | steals | KV moves | KV blocks loaded |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, r in summary.items():
         md.append(f"| {s} | {_pm(r['tct_mean_s'], '.2f')} | {_pm(r['tct_p95_s'], '.2f')} | "
                   f"{_pm(r['reprefilled_context_tokens'], ',.0f')} | {_pm(r['hit_rate'], '.3f')}"
                   f" | {_pm(r['calls_per_s'], '.2f')} | {_pm(r['preemptions'], '.0f')} | "
-                  f"{_pm(r['rehomes'], '.0f')} | {_pm(r['kv_moves'], '.0f')} | "
+                  f"{_pm(r['rehomes'], '.0f')} | {_pm(r.get('steals', _NONE), '.0f')} | "
+                  f"{_pm(r['kv_moves'], '.0f')} | "
                   f"{_pm(r['kv_loaded_blocks'], '.0f')} |")
     ratios = data.get("ratios") or {}
     if ratios:

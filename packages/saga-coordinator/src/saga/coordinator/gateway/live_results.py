@@ -7,7 +7,8 @@ token an engine looked up when it scheduled a request (again after a preemption)
 ``vllm:external_prefix_cache_hits_total`` those loaded through its KV connector (the DRAM tier,
 or KV moved from another engine through SAGA's node KV store, whose blocks loaded are counted by
 ``vllm:saga_kv_store_loaded_blocks_total``; the gateway counts the calls it sent to a session's
-new engine in ``saga_gateway_kv_moves_total``). What was neither had to be computed: the
+new engine in ``saga_gateway_kv_moves_total``: re-homed by the router, or stolen, counted in
+``saga_gateway_steals_total``). What was neither had to be computed: the
 prefilled tokens. Of those, the calls' new tokens had to be computed anyway; the rest is
 **re-prefilled context**, the waste a cache exists to avoid. The responses' ``cached_tokens``
 give the same per call (without preemptions) and are kept as a cross-check.
@@ -49,9 +50,13 @@ COUNTERS = {
     "vllm:saga_kv_store_load_s_total": "kv_load_s",
     "saga_gateway_rehomes_total": "rehomes",
     "saga_gateway_kv_moves_total": "kv_moves",
+    "saga_gateway_steals_total": "steals",
     "saga_gateway_retries_total": "retries",
 }
 """Counter → short name (summed over label sets: engines, models)."""
+
+SKIPPED = {"saga_gateway_steals_total": 'where="missed"'}
+"""Label sets a counter's sum leaves out (a steal that missed its call moved nothing)."""
 
 BLOCK_TOKENS = 32
 """Tokens per KV block of SAGA's engines (``saga.vllm.serve``'s block size)."""
@@ -65,6 +70,8 @@ def parse_counters(text: str) -> dict[str, float]:
     for line in text.splitlines():
         m = _LINE.match(line)
         if m is None or m.group(1) not in COUNTERS:
+            continue
+        if SKIPPED.get(m.group(1), "\0") in (m.group(2) or ""):
             continue
         try:
             value = float(m.group(3))
@@ -180,6 +187,7 @@ def summarize(run: RunResult) -> dict[str, float]:
             max(0, c.context_tokens // BLOCK_TOKENS * BLOCK_TOKENS - c.cached_tokens)
             for c in calls)),
         "rehomes": run.gateway_counters.get("rehomes", 0.0),
+        "steals": run.gateway_counters.get("steals", 0.0),
         "kv_moves": run.gateway_counters.get("kv_moves", 0.0),
         "kv_loaded_blocks": tot.get("kv_loaded_blocks", 0.0),
     }
@@ -187,8 +195,7 @@ def summarize(run: RunResult) -> dict[str, float]:
 
 FIGURES = ("tct_mean_s", "tct_p95_s", "reprefilled_context_tokens", "hit_rate", "calls_per_s",
            "response_reprefilled_context_tokens", "response_reprefilled_block_tokens",
-           "preemptions", "rehomes", "kv_moves",
-           "kv_loaded_blocks")
+           "preemptions", "rehomes", "steals", "kv_moves", "kv_loaded_blocks")
 """The figures reported per system over seeds (mean ± std)."""
 
 
