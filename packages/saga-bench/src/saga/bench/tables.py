@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from saga.bench import paper
-from saga.bench.jobs import Job, ReplayJob, Scale, SimJob, Variant, build_preset, with_nodes
+from saga.bench.jobs import Job, Scale, SimJob, Variant, build_preset, with_nodes
 from saga.bench.stats import fmt_mean_std, fmt_p, geomean, mean_std, speedup, welch_p
+from saga.bench.tables_replay import TABLE4_POLICIES, TABLE4_TRACES, _t4_build, _t4_jobs
+from saga.bench.tables_result import Results, TableDef, TableResult
 from saga.policy.errors import SagaConfigError
 from saga.policy.presets import SAGA as SAGA_PRESET
 from saga.policy.presets import get_preset
@@ -26,7 +27,6 @@ REF = SAGA_PRESET.name
 """The system every table compares against (speedups, "vs full") by default; ``Scale.saga``
 (``saga bench --saga``) names another SAGA preset to take its place."""
 
-Results = Mapping[Job, dict[str, Any]]
 
 SYSTEMS = ("vllm", "vllm_apc", "sglang", "llumnix", "trt_llm_scaffolding", "vllm_kvflow",
            "continuum", "autellix", "saga")
@@ -86,36 +86,6 @@ SENSITIVITY: dict[str, tuple[float, float, float]] = {
     "ttl_max": (300.0, 120.0, 600.0), "theta_conf": (0.7, 0.5, 0.9),
 }
 """The spec's parameter ranges: (default, low, high)."""
-
-
-@dataclass
-class TableResult:
-    """A finished table: rows of formatted cells, the raw numbers, and what to plot."""
-
-    id: str
-    title: str
-    columns: list[str]
-    rows: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-    plot: dict[str, Any] = field(default_factory=dict)
-    """``{"ylabel": str, "groups": {series: {label: (mean, std)}}}`` for a bar chart."""
-    summary: list[str] = field(default_factory=list)
-    """Markdown lines that say in words what the table found (report.md, terminal)."""
-
-
-@dataclass(frozen=True)
-class TableDef:
-    """One table: its id, the jobs it needs at a scale, and how it is built from results."""
-
-    id: str
-    title: str
-    jobs: Callable[[Scale, Sequence[int]], list[Job]]
-    build: Callable[[Scale, Sequence[int], Results], TableResult]
-    later_jobs: Callable[[Scale, Sequence[int], Results], list[Job]] | None = None
-    """Jobs chosen from the first jobs' results (run in a second phase), e.g. where to ablate."""
-    companions: tuple[str, ...] = ()
-    """Tables that come with this one when it is asked for."""
 
 
 def _sim(scale: Scale, seeds: Sequence[int], variant: Variant, kind: str,
@@ -210,56 +180,7 @@ def _t3c_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
 
 # ---------------------------------------------------------------------------- table 4
 
-TABLE4_TRACES = ("swe", "web", "trace-swe", "mooncake")
-TABLE4_POLICIES = ("lru", "prefix_lru", "arc", "s3fifo", "walru", "kvflow", "eta")
-
-
-def _t4_jobs(scale: Scale, seeds: Sequence[int]) -> list[Job]:
-    return [ReplayJob(t, s, scale) for t in TABLE4_TRACES for s in seeds]
-
-
-def _t4_build(scale: Scale, seeds: Sequence[int], res: Results) -> TableResult:
-    runs = [res[ReplayJob(t, s, scale)] for t in TABLE4_TRACES for s in seeds]
-    ran = [p for p in TABLE4_POLICIES if all(p in r["ratio"] for r in runs)]
-    ratios = {t: {p: [float(res[ReplayJob(t, s, scale)]["ratio"][p]) for s in seeds]
-                  for p in ran} for t in TABLE4_TRACES}
-    names = {"lru": "standard LRU", "prefix_lru": "LRU + prefix (vLLM)", "walru": "WA-LRU (SAGA)",
-             "kvflow": "KVFlow", "arc": "ARC (vLLM offloading)", "s3fifo": "S3-FIFO",
-             "eta": "eta (next use)"}
-    rows = []
-    groups: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in TABLE4_TRACES}
-    for p in ran:
-        ref = paper.TABLE4_RATIO.get(p)
-        means = [mean_std(ratios[t][p])[0] for t in ("swe", "web")]
-        rows.append({
-            "policy": names[p],
-            "SWE-bench": fmt_mean_std(ratios["swe"][p], 3) + "x",
-            "WebArena": fmt_mean_std(ratios["web"][p], 3) + "x",
-            "mean (SWE, Web)": f"{sum(means) / 2:.3f}x",
-            "SWE, real trajectories": fmt_mean_std(ratios["trace-swe"][p], 3) + "x",
-            "Mooncake": fmt_mean_std(ratios["mooncake"][p], 3) + "x",
-            "paper SWE / Web": "—" if ref is None else f"{ref[0]:.2f}x / {ref[1]:.2f}x",
-        })
-        for t in TABLE4_TRACES:
-            groups[t][p] = mean_std(ratios[t][p])
-    caps = {t: res[ReplayJob(t, seeds[0], scale)]["capacity_blocks"] for t in TABLE4_TRACES}
-    notes = [
-        "Competitive ratio = missed KV blocks of the policy / missed blocks of Bélády's offline "
-        "optimum, replaying each trace through saga-policy's CacheManager (HBM only) at a "
-        "capacity of 1/8 of the trace's distinct blocks "
-        f"(seed {seeds[0]}: {caps}).",
-        "SWE-bench / WebArena: the simulator's workloads as request traces; SWE, real "
-        "trajectories: the bundled mini-swe-agent runs (their real token counts per call) "
-        "drawn per task, tool latencies from the SWE template; Mooncake: windows "
-        "of the real conversation trace (no sessions, so no workflow hints: WA-LRU ranks by "
-        f"recency and size only). {len(seeds)} seeds.",
-    ]
-    if len(ran) < len(TABLE4_POLICIES):
-        notes.append("Not in these replay results: "
-                     f"{', '.join(p for p in TABLE4_POLICIES if p not in ran)}.")
-    return TableResult("4", "Online eviction vs Bélády (competitive ratio, lower is better)",
-                       list(rows[0]), rows, notes, {"ratios": ratios, "capacity": caps},
-                       {"ylabel": "misses / Bélády misses", "groups": groups})
+# Built from cache replays in saga.bench.tables_replay.
 
 
 # ---------------------------------------------------------------------------- table 5
@@ -523,5 +444,5 @@ TABLES: dict[str, TableDef] = {
 """Every table by id (the regime map, asked for by id only, is in saga.bench.tables_map)."""
 
 
-__all__ = ["ABLATION_SETS", "SYSTEMS", "TABLES", "TableDef", "TableResult", "ablations",
-           "check_saga", "sensitivity_params", "systems"]
+__all__ = ["ABLATION_SETS", "SYSTEMS", "TABLE4_POLICIES", "TABLE4_TRACES", "TABLES", "Results",
+           "TableDef", "TableResult", "ablations", "check_saga", "sensitivity_params", "systems"]

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from saga.coordinator import pinning
 from saga.coordinator.invariants import problems
 from saga.coordinator.table import (
     DEFAULT_PRESET,
@@ -38,7 +39,7 @@ from saga.coordinator.table import (
 from saga.policy.afs import AFS, EPOCH_S
 from saga.policy.errors import UnknownSessionError
 from saga.policy.presets import PolicyBundle, Preset, get_preset
-from saga.policy.routing import Router, RouteRequest, expected_home_held
+from saga.policy.routing import Router, RouteRequest
 from saga.policy.stealing import Steal, WaitingSession, WorkerState, WorkStealer
 from saga.policy.ttl import TTLPolicy
 
@@ -59,11 +60,6 @@ __all__ = [
 AFS_CAPACITY_PER_S = 1000.0
 """Work (computed tokens) per second AFS divides among tenants, unless the preset's fairness
 spec names its own ``capacity_per_s``."""
-
-_MAX_PIN_COST_S = 1e6
-"""Bound on the queueing and reload seconds handed to a TTL policy (finite whatever a worker
-reports; far past any ``TTL_max``, so the bound never changes a TTL)."""
-
 
 def _fairness(preset: Preset, capacity_per_s: float, epoch_s: float) -> AFS | None:
     """The deployment's fairness layer from the preset's spec (None: the preset has none).
@@ -306,13 +302,7 @@ class CoordinatorCore:
         """Share of the session's KV its home is expected to hold at ``now``: None while no pin
         was granted since its last call or the pin outlived its tool (the home holds it), else
         from when the pin ended (still running: 1)."""
-        if entry.pin_lapsed_at is not None:
-            until = entry.pin_lapsed_at
-        elif entry.pin_ttl_s is not None:
-            until = entry.pinned_until
-        else:
-            return None
-        return expected_home_held(now, until, residence_s=self.kv_residence_s)
+        return pinning.home_held(entry, now, self.kv_residence_s)
 
     def _rehome(self, entry: SessionEntry, w: WorkerEntry) -> None:
         """The session's home is now ``w`` (routing or stealing moved it)."""
@@ -400,33 +390,13 @@ class CoordinatorCore:
         queueing delay on the session's worker (queued calls x its time per call) and, as the
         cost of rebuilding the KV, that time per call (the coordinator knows no KV sizes)."""
         entry = self.session(session_id)
-        if self.ttl is None:
-            entry.pinned_until = 0.0
-            return 0.0
-        queue_delay_s, reload_s = self._pin_costs(entry)
-        ttl = self.ttl.ttl(tool, pressure, queue_delay_s=queue_delay_s, reload_s=reload_s)
-        entry.pinned_until = now + ttl
-        entry.pin_ttl_s, entry.pin_lapsed_at = ttl, None
-        return ttl
-
-    def _pin_costs(self, entry: SessionEntry) -> tuple[float, float]:
-        """``(queue_delay_s, reload_s)`` a dropped pin costs on the session's worker."""
-        w = self.workers.get(entry.worker_id)
-        if w is None:
-            return 0.0, 0.0
-        queued = max(float(len(w.waiting)), (w.load - 1.0) * w.slots, 0.0)
-        return (min(queued * w.step_time_s, _MAX_PIN_COST_S),
-                min(w.step_time_s, _MAX_PIN_COST_S))
+        return pinning.start_pin(entry, self.ttl, tool, pressure, now,
+                                 self.workers.get(entry.worker_id))
 
     def tool_finished(self, session_id: str, tool: str, latency_s: float) -> None:
         """The tool returned: its latency trains the TTL model, the pin ends. A tool that ran
         past its pin left the session's KV unprotected from when the pin ran out."""
-        entry = self.session(session_id)
-        if entry.pin_ttl_s is not None and latency_s > entry.pin_ttl_s:
-            entry.pin_lapsed_at = entry.pinned_until
-        entry.pinned_until, entry.pin_ttl_s = 0.0, None
-        if latency_s > 0 and self.ttl is not None:
-            self.ttl.observe(tool, latency_s)
+        pinning.finish_pin(self.session(session_id), self.ttl, tool, latency_s)
 
     def call_finished(self, session_id: str, prompt_tokens: int, output_tokens: int,
                       cached_tokens: int, worker_id: str | None = None, *,

@@ -35,15 +35,16 @@ import json
 import logging
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from prometheus_client import Counter
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
+from saga.coordinator.gateway.answers import AnswerMixin, _error, error_body
 from saga.coordinator.gateway.engines import EngineState, parse_vllm_metrics
 from saga.coordinator.gateway.hints import CallHints, HintError, read_hints, strip_cache_control
 from saga.coordinator.gateway.metrics import GatewayMetrics
@@ -51,7 +52,6 @@ from saga.coordinator.gateway.routing import Routing, prompt_hashes, prompt_text
 from saga.coordinator.gateway.steal import (
     KV_LOAD_S_PER_TOKEN,
     KV_MOVE_S,
-    SERVICE_EWMA,
     EngineQueue,
     Queued,
     Stolen,
@@ -65,19 +65,13 @@ from saga.coordinator.gateway.tenants import AuthError, Tenants
 from saga.coordinator.table import CoordinatorError, NoWorkerError
 from saga.policy.stealing import Steal
 
-__all__ = ["Gateway", "Timeouts"]
+__all__ = ["Gateway", "Timeouts", "error_body"]
 
 log = logging.getLogger("saga.gateway")
 
 LATE_SCRAPES_DOWN = 3
 """Scrapes in a row that time out before an engine is marked down (a refused connection marks
 it down at once)."""
-_TAIL_CHUNKS = 8
-"""Last chunks of a stream kept to read its usage event from."""
-_PENDING_KEPT = 65_536
-"""Sessions whose announced tool the gateway remembers (to name it when it returns)."""
-_HOMES_KEPT = 65_536
-"""Sessions whose last engine the gateway remembers (to tell a moved call to load its KV)."""
 KV_LOAD = {"saga_load": True}
 """``kv_transfer_params`` of a call whose session moved: load its prefix from the KV store."""
 
@@ -89,15 +83,6 @@ class Timeouts:
     connect_s: float = 2.0
     total_s: float = 600.0
     scrape_s: float = 1.0
-
-
-def error_body(message: str, kind: str, code: int, param: str | None = None) -> dict[str, Any]:
-    """An OpenAI-style error object (clients print ``error.message``)."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _error(message: str, kind: str, code: int, param: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, kind, code, param), status_code=code)
 
 
 @dataclass
@@ -123,7 +108,7 @@ class _Call:
 _Waiter = tuple[str, "asyncio.Future[None]", _Call]
 
 
-class Gateway:
+class Gateway(AnswerMixin):
     """Engines, routing, tenants and metrics of one gateway process."""
 
     def __init__(self, engines: list[EngineState], routing: Routing, tenants: Tenants,
@@ -465,14 +450,6 @@ class Gateway:
         self.kv_moved.inc()
         return json.dumps({**call.body, "kv_transfer_params": params}).encode()
 
-    def _failed(self, call: _Call, status: int, message: str) -> JSONResponse:
-        """The gateway's own error answer, counted like an engine's (engine ``none`` when no
-        engine was tried)."""
-        engine = call.tried[-1] if call.tried else "none"
-        self.metrics.of(self.metrics.requests, engine, call.endpoint, str(status)).inc()
-        kind = "service_unavailable" if status == 503 else "upstream_error"
-        return _error(message, kind, status)
-
     async def _admit(self, engine: EngineState, call: _Call) -> None:
         """Take one of the engine's places; past ``queue_at`` in flight, wait in the gateway's
         queue for one, served in the routing's fairness order (AFS when the preset has it)."""
@@ -507,119 +484,6 @@ class Gateway:
         if engine.in_flight == 0:
             engine.idle_since = self.now()
 
-    def _served(self, call: _Call, engine: EngineState) -> None:
-        """A call answered: its time there joins the engine's mean service time."""
-        took = self.now() - call.forwarded_at
-        engine.service_s = took if not engine.service_s else (
-            SERVICE_EWMA * took + (1 - SERVICE_EWMA) * engine.service_s)
-        self._calls.pop(call.request_id, None)
-
-    async def _whole(self, call: _Call, resp: aiohttp.ClientResponse) -> Response:
-        engine = call.engine
-        assert engine is not None
-        try:
-            content = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.metrics.of(self.metrics.errors, "upstream_" + type(exc).__name__).inc()
-            await self.mark_down(engine, f"response broke: {type(exc).__name__}")
-            return self._failed(call, 502, f"engine {engine.id} broke off its answer "
-                                f"({type(exc).__name__})")
-        finally:
-            self._done(engine)
-            self._served(call, engine)
-            resp.release()
-        usage = None
-        if resp.status == 200:
-            try:
-                usage = json.loads(content).get("usage")
-            except (ValueError, AttributeError):
-                usage = None
-        await self._account(call, resp.status, usage)
-        return Response(content, status_code=resp.status,
-                        media_type=resp.headers.get("content-type", "application/json"))
-
-    async def _relay(self, call: _Call, resp: aiohttp.ClientResponse,
-                     first: bytes) -> AsyncIterator[bytes]:
-        """Pass an SSE stream through chunk by chunk (``first`` was read already, to know
-        the call had started); read its usage chunk on the way."""
-        engine = call.engine
-        assert engine is not None
-        last: deque[bytes] = deque(maxlen=_TAIL_CHUNKS)
-        status = 200
-        try:
-            if first:
-                last.append(first)
-                yield first
-            async for chunk in resp.content.iter_any():
-                last.append(chunk)
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            status = 502
-            self.metrics.of(self.metrics.errors, "stream_broken").inc()
-            log.error("502: stream from engine %s broke after its first byte (%s)", engine.id,
-                      type(exc).__name__)
-            await self.mark_down(engine, f"stream broke: {type(exc).__name__}")
-            err = error_body(f"engine {engine.id} broke off the stream "
-                             f"({type(exc).__name__}); the answer is incomplete",
-                             "upstream_error", 502)
-            yield b"data: " + json.dumps(err).encode() + b"\n\n"
-        finally:
-            self._done(engine)
-            self._served(call, engine)
-            resp.release()
-        await self._account(call, status, _stream_usage(b"".join(last)))
-
-    async def _account(self, call: _Call, status: int, usage: Any) -> None:
-        engine = call.engine
-        assert engine is not None
-        m = self.metrics
-        m.of(m.requests, engine.id, call.endpoint, str(status)).inc()
-        prompt = completion = cached = 0
-        if isinstance(usage, dict):
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict):
-                cached = int(details.get("cached_tokens") or 0)
-        m.of(m.prompt_tokens, engine.id).inc(prompt)
-        m.of(m.cached_tokens, engine.id).inc(cached)
-        self.tenants.count(call.tenant, tokens=prompt + completion)
-        m.of(m.tenant_tokens, call.tenant).inc(prompt + completion)
-        if status != 200:
-            return
-        meta = call.hints.meta
-        if meta.final:
-            self._homes.pop(meta.session_id, None)
-        else:
-            self._homes[meta.session_id] = engine.id
-            self._homes.move_to_end(meta.session_id)
-            if len(self._homes) > _HOMES_KEPT:
-                self._homes.popitem(last=False)
-        pinned = await self.routing.finished(
-            meta.session_id, engine.id, self.now(), prompt_tokens=prompt,
-            output_tokens=completion, cached_tokens=cached, final=meta.final,
-            pending_tool=meta.pending_tool, tool_latency_s=meta.tool_latency_s)
-        if meta.pending_tool is not None and not meta.final:
-            self._pending[meta.session_id] = meta.pending_tool
-            self._pending.move_to_end(meta.session_id)
-            if len(self._pending) > _PENDING_KEPT:
-                self._pending.popitem(last=False)
-            if pinned > 0:
-                m.pins.inc()
-
 
 class _EngineDown(Exception):
     """The engine a queued request waited for went down (the request is routed again)."""
-
-
-def _stream_usage(tail: bytes) -> Any:
-    """The ``usage`` of the last SSE ``data:`` event in ``tail`` that has one."""
-    for line in reversed(tail.split(b"\n")):
-        if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                usage = json.loads(line[6:]).get("usage")
-            except ValueError:
-                continue
-            if usage:
-                return usage
-    return None
