@@ -35,7 +35,7 @@ def presets_table() -> Table:
     A row per layer (rather than a column) keeps the policies' parameters whole in 80
     terminal columns."""
     table = Table(title="SAGA presets: every layer and switch (off: the layer is not run)",
-                  title_justify="left")
+                  title_justify="left", show_edge=False)  # edges would fold saga's parameters
     table.add_column("preset", no_wrap=True)
     table.add_column("layer", no_wrap=True)
     table.add_column("policy or setting", overflow="fold")

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saga.policy.errors import SagaError
+
 __all__ = ["CONNECTOR_MODULE", "CONNECTOR_NAME", "DEFAULT_MAX_BYTES", "LOAD_PARAM", "MAGIC",
            "SAVE_PARAM", "BlockEntry", "KVBlockStore", "StoreError", "StoreSweeper", "Swept",
            "kv_transfer_config", "namespace", "sweep_store"]
@@ -69,7 +71,7 @@ def kv_transfer_config(store_dir: str, max_bytes: int | None = None) -> dict[str
             "kv_connector_extra_config": extra}
 
 
-class StoreError(Exception):
+class StoreError(SagaError):
     """An entry is missing, unreadable or corrupted (the block is recomputed instead)."""
 
 

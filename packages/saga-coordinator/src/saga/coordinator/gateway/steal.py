@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from saga.coordinator.gateway.engines import EngineState
+from saga.policy.errors import SagaError
 from saga.policy.stealing import WaitingSession
 
 __all__ = ["BLOCK_TOKENS", "KV_LOAD_S_PER_TOKEN", "KV_MOVE_S", "EngineQueue", "Queued",
@@ -102,7 +103,7 @@ def measured_load_s_per_token(engines: Iterable[EngineState]) -> float | None:
     return seconds / (blocks * BLOCK_TOKENS)
 
 
-class Stolen(Exception):
+class Stolen(SagaError):
     """A steal moved the waiting call to engine ``dst``."""
 
     def __init__(self, dst: str) -> None:
@@ -110,7 +111,7 @@ class Stolen(Exception):
         self.dst = dst
 
 
-class UpstreamFailed(Exception):
+class UpstreamFailed(SagaError):
     """The engine refused, reset or timed out before the call's first byte."""
 
     def __init__(self, kind: str) -> None:
